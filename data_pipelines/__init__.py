@@ -1,0 +1,1 @@
+"""Preference data: readers, adapters, builders, tokenisation and collators (imports nothing above it)."""
