@@ -1,0 +1,163 @@
+"""Crash-safe checkpoints: written to a temp folder, verified by a manifest, renamed into place.
+
+Layout of ``run_dir/checkpoints/step-000120/``::
+
+    trainable.safetensors   every parameter with requires_grad (LoRA adapters + heads, or all weights)
+    optim.pt                optimizer + scheduler state (loaded with ``weights_only=True``)
+    rng.pt                  torch / python / numpy RNG states as tensors
+    state.json              step, data position, algorithm state (LCPO eta, Curry stage, ...)
+    engine/                 DeepSpeed ZeRO shards (DeepSpeed backend only, instead of optim.pt)
+    MANIFEST.json           sha256 of every file; written last - a folder without it is partial
+
+A run killed at any moment leaves either complete checkpoints or ``.tmp-*`` folders, which are
+reported and ignored. A complete checkpoint whose files do not match the manifest raises.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prefopt.core.errors import PrefoptError
+from prefopt.core.io import atomic_write_json
+
+PREFIX = "step-"
+
+
+class CheckpointError(PrefoptError):
+    """A checkpoint is partial, corrupt or does not fit the model."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def rng_state() -> dict[str, torch.Tensor]:
+    import numpy as np
+
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "numpy_keys": torch.from_numpy(np_state[1].astype("int64")),
+            "numpy_pos": torch.tensor([np_state[2], np_state[3]], dtype=torch.int64),
+            "numpy_gauss": torch.tensor([np_state[4]], dtype=torch.float64),
+            "python": torch.tensor(py_state[1], dtype=torch.int64)}
+
+
+def set_rng_state(state: dict[str, torch.Tensor]) -> None:
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    pos, has_gauss = (int(x) for x in state["numpy_pos"])
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype("uint32"), pos, has_gauss,
+                         float(state["numpy_gauss"][0])))
+    random.setstate((3, tuple(int(x) for x in state["python"]), None))
+
+
+def _folder(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"{PREFIX}{step:06d}"
+
+
+def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, backend: Any,
+                    state: dict[str, Any], keep_last: int = 2) -> Path | None:
+    """Write checkpoint ``step`` atomically; keep the newest ``keep_last``. Collective under DeepSpeed."""
+    final = _folder(Path(run_dir), step)
+    tmp = final.parent / f".tmp-{final.name}"
+    if backend.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    backend.barrier()
+    if hasattr(backend, "save_engine_state"):
+        backend.save_engine_state(str(tmp / "engine"), {"step": step})
+    if backend.is_main:
+        from safetensors.torch import save_file
+
+        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        if hasattr(backend, "state_dict"):
+            torch.save(backend.state_dict(), tmp / "optim.pt")
+        torch.save(rng_state(), tmp / "rng.pt")
+        atomic_write_json(tmp / "state.json", {"step": step, **state})
+        files = sorted(p for p in tmp.rglob("*") if p.is_file())
+        atomic_write_json(tmp / "MANIFEST.json",
+                          {str(p.relative_to(tmp)): _sha256(p) for p in files})
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        _prune(final.parent, keep_last)
+    backend.barrier()
+    return final
+
+
+def _prune(folder: Path, keep_last: int) -> None:
+    done = sorted(p for p in folder.glob(f"{PREFIX}*") if (p / "MANIFEST.json").exists())
+    for old in done[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def verify(folder: Path) -> None:
+    """Raise :class:`CheckpointError` unless every manifest entry exists with its checksum."""
+    manifest = folder / "MANIFEST.json"
+    if not manifest.exists():
+        raise CheckpointError(f"checkpoint {folder} is partial (no MANIFEST.json); refusing to load it")
+    for rel, digest in json.loads(manifest.read_text()).items():
+        path = folder / rel
+        if not path.exists():
+            raise CheckpointError(f"checkpoint {folder} is corrupt: {rel} is missing")
+        if _sha256(path) != digest:
+            raise CheckpointError(f"checkpoint {folder} is corrupt: {rel} does not match its checksum")
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """Newest complete checkpoint under ``run_dir`` (verified), or None. Partial ones are reported."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.exists():
+        return None
+    for tmp in folder.glob(".tmp-*"):
+        warnings.warn(f"ignoring partial checkpoint {tmp} (the run was interrupted while saving)",
+                      stacklevel=2)
+    done = sorted(folder.glob(f"{PREFIX}*"))
+    if not done:
+        return None
+    verify(done[-1])
+    return done[-1]
+
+
+def load_checkpoint(folder: str | Path, model: torch.nn.Module, backend: Any) -> dict[str, Any]:
+    """Restore trainable weights, optimizer/scheduler (or engine shards) and RNG; return state.json."""
+    folder = Path(folder)
+    verify(folder)
+    if hasattr(backend, "load_engine_state"):  # DeepSpeed: the engine restores weights and optimizer
+        backend.load_engine_state(str(folder / "engine"))
+    else:
+        _copy_trainable(folder, model)
+        backend.load_state_dict(torch.load(folder / "optim.pt", weights_only=True))
+    set_rng_state(torch.load(folder / "rng.pt", weights_only=True))
+    return json.loads((folder / "state.json").read_text())
+
+
+def _copy_trainable(folder: Path, model: torch.nn.Module) -> None:
+    from safetensors.torch import load_file
+
+    weights = load_file(str(folder / "trainable.safetensors"))
+    expected = set(trainable_state(model))
+    if set(weights) != expected:
+        missing, extra = sorted(expected - set(weights))[:3], sorted(set(weights) - expected)[:3]
+        raise CheckpointError(f"checkpoint {folder} does not fit this model (missing {missing}, "
+                              f"unexpected {extra})")
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value.to(params[name].device, params[name].dtype))
