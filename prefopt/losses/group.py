@@ -1,0 +1,121 @@
+"""GRPO clipped surrogate (token ratio) and its sequence-ratio variant GSPO (``GROUP_LOSSES``).
+
+Per-token term (spec §1; DeepSeekMath eq. 3, DAPO eq. 8 for ε_low/ε_high):
+``ℓ_{i,t} = −min(ρ A_i, clip(ρ, 1−ε_low, 1+ε_high) A_i) + β · KL_{i,t}``,
+``ρ_{i,t} = exp(log π_θ − log π_old)`` (``importance_sampling_level="token"``) or the sequence
+geometric mean ``exp(mean_t(log π_θ − log π_old))`` broadcast to every token (``"sequence"``, GSPO,
+Zheng et al. 2025 eq. 7). The per-token losses are aggregated by :func:`aggregate` with the global
+counts, so ``out.loss`` is ``[B]`` per-sequence contributions: **the trainer minimises
+``out.loss.sum()``** (summed over micro-batches/ranks it equals the unsharded loss).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from prefopt.core.registry import GROUP_LOSSES
+from prefopt.losses.aggregate import LOSS_TYPE_TO_MODE, LossOutput, aggregate, masked_mean
+from prefopt.losses.kl_estimators import kl_estimate
+
+__all__ = ["GRPOParams", "GSPOParams", "grpo_loss", "gspo_loss"]
+
+
+@dataclass(frozen=True)
+class GRPOParams:
+    """Loss keyword defaults for ``grpo`` (spec §1: paper → ours). Rollout defaults live in the
+    trainer config: G 8, max completion 512, temperature 1.0, lr 1e-6, μ 1, scale_rewards group."""
+
+    epsilon_low: float = 0.2
+    epsilon_high: float = 0.2
+    beta: float = 0.0            # 0 → no reference model needed
+    kl_estimator: str = "k3"
+    loss_type: str = "dapo"      # grpo | dapo | bnpo | dr_grpo (bnpo = dapo with local counts)
+    importance_sampling_level: str = "token"
+
+
+@dataclass(frozen=True)
+class GSPOParams:
+    """Loss keyword defaults for ``gspo`` (GSPO paper: ε 3e-4 / 4e-4, sequence-level ratio)."""
+
+    epsilon_low: float = 3e-4
+    epsilon_high: float = 4e-4
+    beta: float = 0.0
+    kl_estimator: str = "k3"
+    loss_type: str = "dapo"
+    importance_sampling_level: str = "sequence"
+
+
+def _ratio(logps, old_logps, mask, level):
+    log_ratio = (logps.to(torch.float32) - old_logps.to(torch.float32)) * mask
+    if level == "token":
+        return torch.exp(log_ratio)
+    if level == "sequence":
+        seq = log_ratio.sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1.0)
+        return torch.exp(seq).expand_as(log_ratio)
+    raise ValueError(f"unknown importance_sampling_level '{level}'; known: token, sequence")
+
+
+@GROUP_LOSSES.register("grpo")
+def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor,
+              completion_mask: torch.Tensor, *, ref_logps: torch.Tensor | None = None,
+              epsilon_low: float = 0.2, epsilon_high: float = 0.2, beta: float = 0.0,
+              kl_estimator: str = "k3", loss_type: str = "dapo",
+              importance_sampling_level: str = "token",
+              num_tokens: torch.Tensor | float | None = None,
+              num_sequences: torch.Tensor | float | None = None,
+              max_completion_length: int | None = None,
+              is_weights: torch.Tensor | None = None) -> LossOutput:
+    """Clipped GRPO surrogate.
+
+    Args:
+        logps, old_logps, ref_logps: ``[B, T]`` per-token log-probs under π_θ, π_old, π_ref
+            (CONTRIBUTING layout); ``ref_logps`` is required only when ``beta > 0``.
+        advantages: ``[B]`` sequence advantages (e.g. ``ADVANTAGES.get("grpo")``), detached here.
+        completion_mask: ``[B, T]`` 1 on completion tokens.
+        num_tokens / num_sequences: global counts for the aggregation (see ``aggregate``).
+        max_completion_length: ``L_max`` for ``loss_type="dr_grpo"`` (default: T).
+        is_weights: optional ``[B, T]`` or ``[B, 1]`` detached train/rollout correction weights
+            (TIS/MIS, already truncated or masked by the caller) multiplying the policy term.
+
+    Returns:
+        ``LossOutput(loss=[B] contributions (sum them), metrics)``; metrics (local, detached):
+        ``clip_ratio/low_mean``, ``clip_ratio/high_mean``, ``clip_ratio/region_mean``,
+        ``ratio_mean``, ``kl`` (when beta > 0).
+    """
+    if loss_type not in LOSS_TYPE_TO_MODE:
+        raise ValueError(f"unknown loss_type '{loss_type}'; known: {', '.join(LOSS_TYPE_TO_MODE)}")
+    mask = completion_mask.to(torch.float32)
+    adv = advantages.detach().to(torch.float32).reshape(-1, 1)
+    ratio = _ratio(logps, old_logps, mask, importance_sampling_level)
+    clipped = torch.clamp(ratio, 1.0 - epsilon_low, 1.0 + epsilon_high)
+    per_token = -torch.min(ratio * adv, clipped * adv)
+    if is_weights is not None:
+        per_token = per_token * is_weights.detach().to(torch.float32)
+    metrics: dict[str, torch.Tensor] = {}
+    if beta != 0.0:
+        if ref_logps is None:
+            raise ValueError("grpo_loss: beta > 0 needs ref_logps")
+        kl = kl_estimate(logps, ref_logps, kl_estimator)
+        per_token = per_token + beta * kl
+        metrics["kl"] = masked_mean(kl, mask)
+    if loss_type == "bnpo":
+        num_tokens = None
+    loss = aggregate(per_token, mask, loss_type, num_tokens=num_tokens,
+                     num_sequences=num_sequences, max_len=max_completion_length)
+    r = ratio.detach()
+    low = ((r < 1.0 - epsilon_low) & (adv < 0)).float()
+    high = ((r > 1.0 + epsilon_high) & (adv > 0)).float()
+    metrics.update({"clip_ratio/low_mean": masked_mean(low, mask),
+                    "clip_ratio/high_mean": masked_mean(high, mask),
+                    "clip_ratio/region_mean": masked_mean(low + high, mask),
+                    "ratio_mean": masked_mean(r, mask)})
+    return LossOutput(loss=loss, metrics=metrics)
+
+
+@GROUP_LOSSES.register("gspo")
+def gspo_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor,
+              completion_mask: torch.Tensor, **kwargs) -> LossOutput:
+    """GSPO (Zheng et al. 2025, eq. 7): ``grpo_loss`` with the sequence-level ratio and GSPO's ε."""
+    params = {**GSPOParams().__dict__, **kwargs}
+    return grpo_loss(logps, old_logps, advantages, completion_mask, **params)

@@ -1,0 +1,30 @@
+"""Per-token KL(π_θ‖π_ref) estimators from samples y ~ π_θ (Schulman, "Approximating KL divergence").
+
+With log r = log π_ref − log π_θ at each sampled token:
+- ``k1 = −log r``                 unbiased, high variance, can be negative;
+- ``k2 = ½ (log r)²``             biased, low variance, ≥ 0;
+- ``k3 = exp(log r) − log r − 1`` unbiased, low variance, ≥ 0 (GRPO, DeepSeekMath eq. 4).
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["KL_ESTIMATORS", "kl_estimate"]
+
+KL_ESTIMATORS = ("k1", "k2", "k3")
+
+
+def kl_estimate(logps: torch.Tensor, ref_logps: torch.Tensor, kind: str = "k3") -> torch.Tensor:
+    """Per-token KL estimate (same shape as the inputs, differentiable w.r.t. ``logps``).
+
+    Example: log π_θ = 0, log π_ref = log ½ → k1 = log 2 ≈ 0.6931, k2 = ½ (log 2)² ≈ 0.2402,
+    k3 = ½ + log 2 − 1 ≈ 0.1931.
+    """
+    log_r = ref_logps.to(torch.float32) - logps.to(torch.float32)
+    if kind == "k1":
+        return -log_r
+    if kind == "k2":
+        return 0.5 * log_r.pow(2)
+    if kind == "k3":
+        return torch.exp(log_r) - log_r - 1.0
+    raise ValueError(f"unknown KL estimator '{kind}'; known: {', '.join(KL_ESTIMATORS)}")
