@@ -146,6 +146,7 @@ def _prepare_dir(final: Path, build: Callable[[Path], dict], force: bool = False
         for stale in final.parent.glob(f".{final.name}.tmp-*"):  # left by a killed process
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache may be shared
         try:
             info = build(tmp)
             (tmp / MARKER).write_text(json.dumps(info, indent=2, default=str) + "\n")
