@@ -1,0 +1,164 @@
+"""Reward-model ensembles (spec section 4; Coste et al., ICLR 2024, arXiv 2310.02743).
+
+Reductions over member scores ``R [K, ...]`` (member dimension first) are pure functions:
+
+* ``mean``: ``(1/K) sum_i R_i``
+* ``wco`` (worst-case optimisation): ``min_i R_i``
+* ``uwo`` (uncertainty-weighted): ``mean - lam * Var_i(R_i)`` with ``Var = (1/(K - ddof)) sum (R_i -
+  mean)^2``. The spec (and Coste et al.'s code) penalise the **variance**, not the std; ``penalty="std"``
+  gives RewardBench's offline ``mean - lam * std`` convention instead. Default ``ddof = 0``.
+
+Two containers: :class:`EnsembleRewardModel` (K independent :class:`RewardModel` members) and
+:class:`SharedBackboneEnsemble` (memory-lean: one backbone, K scalar heads with their own seeds).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from reward_models.heads import gather_positions, last_token_index, make_linear_head
+from reward_models.models import RewardModel
+
+METHODS = ("mean", "wco", "min", "uwo")
+
+__all__ = ["aggregate", "member_variance", "zscore_members", "best_of_n", "EnsembleOutput",
+           "EnsembleRewardModel", "SharedBackboneEnsemble", "METHODS"]
+
+
+def member_variance(scores: Tensor, ddof: int = 0) -> Tensor:
+    """Variance over the member dimension 0: ``(1/(K - ddof)) sum_i (R_i - mean)^2``."""
+    k = scores.shape[0]
+    if k - ddof <= 0:
+        raise ValueError(f"variance with ddof={ddof} needs more than {ddof} members, got {k}")
+    s = scores.float()
+    return ((s - s.mean(0)) ** 2).sum(0) / (k - ddof)
+
+
+def aggregate(scores: Tensor, method: str = "mean", *, lam: float = 0.5, ddof: int = 0,
+              penalty: str = "var") -> tuple[Tensor, Tensor]:
+    """Aggregate member scores ``[K, ...]`` -> ``(aggregate [...], variance [...])``.
+
+    Worked example (spec E1): ``R = (0.5, 1.0, 3.0)``: mean 1.5; min 0.5; variance
+    ``(1 + 0.25 + 2.25)/3 = 1.1667`` (ddof 0) or ``3.5/2 = 1.75`` (ddof 1); UWO at ``lam = 0.5``:
+    ``1.5 - 0.5 * 1.1667 = 0.9167`` (ddof 0) or ``1.5 - 0.875 = 0.625`` (ddof 1).
+
+    Args:
+        scores: ``[K, ...]`` member scores.
+        method: ``mean``, ``wco`` (alias ``min``) or ``uwo``.
+        lam: UWO coefficient (spec: 0.5 for best-of-n/reranking, 0.1 for PPO-style RL).
+        ddof: 0 = population variance (default), 1 = unbiased.
+        penalty: ``var`` (spec) or ``std`` (RewardBench offline convention).
+    """
+    if scores.ndim < 1 or scores.shape[0] < 1:
+        raise ValueError("aggregate needs member scores with the member dimension first")
+    s = scores.float()
+    var = member_variance(s, ddof) if s.shape[0] - ddof > 0 else torch.zeros_like(s[0])
+    if method == "mean":
+        return s.mean(0), var
+    if method in ("wco", "min"):
+        return s.min(0).values, var
+    if method == "uwo":
+        if penalty not in ("var", "std"):
+            raise ValueError(f"penalty must be 'var' or 'std', got {penalty!r}")
+        pen = var if penalty == "var" else var.sqrt()
+        return s.mean(0) - lam * pen, var
+    raise ValueError(f"ensemble method must be one of {METHODS}, got {method!r}")
+
+
+def zscore_members(scores: Tensor, means: Sequence[float] | Tensor, stds: Sequence[float] | Tensor) -> Tensor:
+    """Z-score each member with its own calibration mean/std (``normalize_members=True``)."""
+    m = torch.as_tensor(means, dtype=torch.float32, device=scores.device)
+    sd = torch.as_tensor(stds, dtype=torch.float32, device=scores.device)
+    shape = (-1,) + (1,) * (scores.ndim - 1)
+    return (scores.float() - m.view(shape)) / sd.view(shape)
+
+
+def best_of_n(scores: Tensor, method: str = "wco", **kw) -> Tensor:
+    """Index of the best of n candidates from member scores ``[K, n]`` (spec E4)."""
+    agg, _ = aggregate(scores, method, **kw)
+    return agg.argmax(-1)
+
+
+@dataclass(frozen=True)
+class EnsembleOutput:
+    """``member_rewards [K, B]``, ``rewards [B]`` (aggregate) and ``variance [B]``."""
+
+    member_rewards: Tensor
+    rewards: Tensor
+    variance: Tensor
+
+
+class _AggregateMixin:
+    method: str
+    lam: float
+    ddof: int
+    penalty: str
+    calibration: tuple[list[float], list[float]] | None
+
+    def _aggregate(self, member: Tensor) -> EnsembleOutput:
+        if self.calibration is not None:
+            member = zscore_members(member, *self.calibration)
+        agg, var = aggregate(member, self.method, lam=self.lam, ddof=self.ddof, penalty=self.penalty)
+        return EnsembleOutput(member_rewards=member, rewards=agg, variance=var)
+
+
+class EnsembleRewardModel(_AggregateMixin, nn.Module):
+    """K independent scalar reward models (same recipe, different seeds) with an aggregation rule.
+
+    Args:
+        members: K >= 2 ``RewardModel`` of kind ``bt`` (or ``polar``).
+        method, lam, ddof, penalty: see :func:`aggregate`.
+        calibration: optional ``(means, stds)`` per member for ``normalize_members=True``.
+    """
+
+    def __init__(self, members: Sequence[RewardModel], method: str = "mean", *, lam: float = 0.5,
+                 ddof: int = 0, penalty: str = "var",
+                 calibration: tuple[list[float], list[float]] | None = None):
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs k >= 2 members, got {len(members)}")
+        if any(m.config.kind == "gpm" for m in members):
+            raise ValueError("ensemble members must be scalar reward models (bt/polar), not gpm")
+        self.members = nn.ModuleList(members)
+        self.method, self.lam, self.ddof, self.penalty = method, lam, ddof, penalty
+        self.calibration = calibration
+        aggregate(torch.zeros(len(members), 1), method, lam=lam, ddof=min(ddof, len(members) - 1),
+                  penalty=penalty)  # validate the options early
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, **kw) -> EnsembleOutput:
+        member = torch.stack([m(input_ids, attention_mask, **kw).rewards for m in self.members])
+        return self._aggregate(member)
+
+
+class SharedBackboneEnsemble(_AggregateMixin, nn.Module):
+    """Memory-lean ensemble: one backbone, K ``Linear(d, 1)`` heads seeded ``seeds[i]``.
+
+    The members share every backbone weight, so only head init / data order differ; cheaper but less
+    diverse than independent members.
+    """
+
+    def __init__(self, backbone: nn.Module, seeds: Sequence[int], method: str = "mean", *,
+                 lam: float = 0.5, ddof: int = 0, penalty: str = "var", head_init: str = "normal",
+                 calibration: tuple[list[float], list[float]] | None = None):
+        super().__init__()
+        if len(seeds) < 2:
+            raise ValueError(f"an ensemble needs k >= 2 members, got {len(seeds)}")
+        base = RewardModel(backbone, "bt", seed=seeds[0], head_init=head_init)
+        self.model = base.model
+        self.config = base.config
+        d = base.config.hidden_size
+        dtype = next(self.model.parameters()).dtype
+        self.heads = nn.ModuleList([make_linear_head(d, 1, head_init, s).to(dtype) for s in seeds])
+        self.method, self.lam, self.ddof, self.penalty = method, lam, ddof, penalty
+        self.calibration = calibration
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> EnsembleOutput:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        hidden = RewardModel.hidden_states(self, input_ids, attention_mask)  # same body call
+        pooled = gather_positions(hidden, last_token_index(attention_mask))
+        member = torch.stack([h(pooled.to(h.weight.dtype)).squeeze(-1).float() for h in self.heads])
+        return self._aggregate(member)

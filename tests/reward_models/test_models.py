@@ -1,0 +1,177 @@
+"""RewardModel: padding invariance (B5/0.2), HF compatibility, save/load, LoRA round trip (0.3), P3."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from prefopt.core.errors import ConfigError, ModelLoadError
+from reward_models.models import REWARD_CONFIG, REWARD_HEAD, RewardModel
+
+PAD = 0
+
+
+def tiny_lm(seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, intermediate_size=128, pad_token_id=PAD, eos_token_id=2)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def rows(seed: int = 0, lengths=(5, 9, 3, 7)):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, 256, (n,), generator=g).tolist() for n in lengths]
+
+
+def pad(seqs, side: str):
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), PAD)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        sl = slice(0, len(s)) if side == "right" else slice(width - len(s), width)
+        ids[i, sl] = torch.tensor(s)
+        mask[i, sl] = 1
+    return ids, mask
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return tiny_lm()
+
+
+def _values(out):
+    return out.rewards if out.rewards is not None else torch.cat([out.embeddings, out.gate], -1)
+
+
+@pytest.mark.parametrize("kind", ["bt", "gpm", "polar"])
+def test_padding_and_batch_invariance(lm, kind):
+    """Left vs right padding and batch 1 vs N give the same outputs (atol 1e-5)."""
+    rm = RewardModel(lm, kind, seed=1, embed_dim=4, head_init="normal").eval()
+    seqs = rows()
+    plen = torch.tensor([2, 4, 1, 3])
+    with torch.no_grad():
+        right = _values(rm(*pad(seqs, "right"), prompt_lengths=plen))
+        left = _values(rm(*pad(seqs, "left"), prompt_lengths=plen))
+        single = torch.cat([_values(rm(*pad([s], "right"), prompt_lengths=plen[i:i + 1]))
+                            for i, s in enumerate(seqs)])
+    assert torch.allclose(right, left, atol=1e-5)
+    assert torch.allclose(right, single, atol=1e-5)
+
+
+def test_pad_equals_eos_uses_mask(lm):
+    """pad == eos: a trailing real EOS is still the pooled token (mask, not pad-id search)."""
+    rm = RewardModel(lm, "bt", seed=1).eval()
+    seq = rows()[0] + [PAD]  # the real last token has the pad id
+    with torch.no_grad():
+        a = rm(*pad([seq], "right")).rewards
+        b = rm(*pad([seq, rows()[1]], "left")).rewards[0]
+        c = rm(*pad([seq[:-1]], "right")).rewards
+    assert torch.allclose(a, b, atol=1e-5)
+    assert not torch.allclose(a, c, atol=1e-5)
+
+
+def test_bt_save_load_and_hf_sequence_classification(lm, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    rm = RewardModel(lm, "bt", seed=5).eval()
+    rm.set_reward_stats(-1.5, 2.0, normalize=True)
+    ids, mask = pad(rows(), "right")
+    with torch.no_grad():
+        ref = rm(ids, mask).rewards
+    rm.save_pretrained(tmp_path)
+    hf = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert type(hf).__name__ == "LlamaForSequenceClassification" and hf.config.num_labels == 1
+    with torch.no_grad():
+        assert torch.allclose(hf(input_ids=ids, attention_mask=mask).logits.squeeze(-1), ref, atol=1e-5)
+        back = RewardModel.load(tmp_path).eval()
+        assert torch.equal(back(ids, mask).rewards, ref)
+    cfg = json.loads((tmp_path / REWARD_CONFIG).read_text())
+    assert cfg["reward_mean"] == -1.5 and cfg["reward_std"] == 2.0 and cfg["normalize"] is True
+    assert torch.allclose(back.serve_rewards(ref), (ref + 1.5) / 2.0)
+
+
+@pytest.mark.parametrize("kind", ["gpm", "polar"])
+def test_gpm_polar_round_trip_bit_exact(lm, kind, tmp_path):
+    rm = RewardModel(lm, kind, seed=2, embed_dim=6, beta=0.2, head_init="normal").eval()
+    ids, mask = pad(rows(), "left")
+    plen = torch.tensor([2, 4, 1, 3])
+    with torch.no_grad():
+        ref = _values(rm(ids, mask, prompt_lengths=plen))
+    rm.save_pretrained(tmp_path)
+    assert (tmp_path / REWARD_HEAD).is_file()
+    back = RewardModel.load(tmp_path).eval()
+    assert back.config == rm.config
+    with torch.no_grad():
+        assert torch.equal(_values(back(ids, mask, prompt_lengths=plen)), ref)
+    (tmp_path / REWARD_HEAD).unlink()
+    with pytest.raises(ModelLoadError, match="reward_head.safetensors is missing"):
+        RewardModel.load(tmp_path)
+
+
+def test_bt_missing_score_raises(lm, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    RewardModel(lm, "bt", seed=1).save_pretrained(tmp_path)
+    f = tmp_path / "model.safetensors"
+    sd = {k: v for k, v in load_file(str(f)).items() if k != "score.weight"}
+    save_file(sd, str(f), metadata={"format": "pt"})
+    with pytest.raises(ModelLoadError, match="no 'score.weight'"):
+        RewardModel.load(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["bt", "gpm"])
+def test_lora_heads_saved_and_reloaded_bit_exact(kind, tmp_path):
+    """B5 / 0.3: LoRA adapter + heads round trip exactly; a missing head raises."""
+    from peft import LoraConfig
+
+    rm = RewardModel(tiny_lm(0), kind, seed=3, embed_dim=4).enable_lora(
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+    with torch.no_grad():  # move adapter and heads away from their init
+        for name, p in rm.named_parameters():
+            if "lora_" in name or not name.startswith("model."):
+                p.add_(torch.randn_like(p) * 0.05)
+    trainable = {n for n, p in rm.named_parameters() if p.requires_grad}
+    assert any(n.startswith(("score", "embed_head", "gate_head")) for n in trainable)
+    rm.eval()
+    ids, mask = pad(rows(), "right")
+    plen = torch.tensor([2, 4, 1, 3])
+    with torch.no_grad():
+        ref = _values(rm(ids, mask, prompt_lengths=plen))
+    rm.save_pretrained(tmp_path)
+    assert (tmp_path / "adapter_config.json").is_file() and (tmp_path / REWARD_HEAD).is_file()
+    back = RewardModel.load(tmp_path, backbone=tiny_lm(0)).eval()
+    with torch.no_grad():
+        assert torch.equal(_values(back(ids, mask, prompt_lengths=plen)), ref)
+    (tmp_path / REWARD_HEAD).unlink()
+    with pytest.raises(ModelLoadError, match="missing"):
+        RewardModel.load(tmp_path, backbone=tiny_lm(0))
+
+
+def test_p3_polar_reads_reward_token(lm):
+    """P3: with reward_token_id set, tokens after REWARD do not change the reward."""
+    rm = RewardModel(lm, "polar", seed=1, head_init="normal", reward_token_id=255).eval()
+    base = rows(lengths=(6,))[0]
+    base = [t if t != 255 else 254 for t in base] + [255]
+    with torch.no_grad():
+        r0 = rm(torch.tensor([base])).rewards
+        r1 = rm(torch.tensor([base + [17, 42, 99]])).rewards
+        r2 = rm(torch.tensor([base + [18, 3, 7]])).rewards
+    assert torch.allclose(r0, r1, atol=1e-6) and torch.allclose(r0, r2, atol=1e-6)
+    assert not RewardModel(lm, "polar").score.weight.any()  # zero-init by default
+    with pytest.raises(ValueError, match="no REWARD token"):
+        rm(torch.tensor([[5, 6, 7]]))
+
+
+def test_config_validation(lm, tmp_path):
+    with pytest.raises(ConfigError, match="even"):
+        RewardModel(lm, "gpm", embed_dim=5)
+    with pytest.raises(ConfigError, match="kind"):
+        RewardModel(lm, "xyz")
+    rm = RewardModel(lm, "gpm", embed_dim=4)
+    with pytest.raises(ValueError, match="prompt_lengths"):
+        rm(torch.tensor([[5, 6, 7]]))
+    with pytest.raises(ModelLoadError, match="not found"):
+        RewardModel.load(tmp_path / "nope")
