@@ -89,7 +89,10 @@ def adapt(name: str, records: Iterable[RawRecord], options: dict | None = None,
         source: label stored in each example's ``source`` (and default ids ``<source>:<line>``).
     """
     spec = get_adapter(name)
-    opts = from_dict(spec.options, options or {}, where=f"adapter '{name}' options")
+    try:
+        opts = from_dict(spec.options, options or {}, where="options")
+    except ConfigError as exc:
+        raise ConfigError(f"adapter '{name}': {exc}") from None
     ctx = AdaptContext(opts, issues or Issues("raise"), source or name)
     return spec.fn(records, ctx)
 

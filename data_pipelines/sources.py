@@ -64,7 +64,7 @@ def _open_binary(path: Path):
 
 def _decode_line(raw: bytes, file: str, line: int) -> str:
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8").rstrip("\r\n")
     except UnicodeDecodeError as exc:
         raise RecordError("bad_encoding", f"bytes that are not UTF-8 at byte {exc.start} of the line "
                           f"({raw[exc.start:exc.start + 4]!r})", file=file, line=line) from None
