@@ -16,6 +16,7 @@ subset is reported as ``None`` rather than 0.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -246,7 +247,7 @@ def score_rewardbench(rows: Iterable[Mapping[str, Any]], *, ensemble_agg: str = 
     )
 
 
-def write_results_json(path: str, result: RewardBenchResult) -> None:
+def write_results_json(path: str | os.PathLike, result: RewardBenchResult) -> None:
     """Atomically write ``result.to_dict()`` as JSON."""
     atomic_write_json(path, result.to_dict())
 
