@@ -231,11 +231,19 @@ class RewardModel(nn.Module):
         self.config = dataclasses.replace(self.config, reward_mean=float(mean), reward_std=float(std),
                                           normalize=self.config.normalize if normalize is None else normalize)
 
-    def enable_lora(self, lora_config: Any) -> "RewardModel":
-        """Wrap the backbone with a peft LoRA adapter; heads stay outside it, trainable and saved."""
+    def enable_lora(self, lora: Any) -> "RewardModel":
+        """Wrap the backbone body with a LoRA adapter; heads stay outside it, fully trainable and saved.
+
+        Args:
+            lora: a ``peft.LoraConfig`` or a ``prefopt.core.lora.LoraSettings`` (its ``modules_to_save``
+                is ignored: the heads are always saved with the adapter).
+        """
         import peft
 
-        self.model = peft.get_peft_model(self.model, lora_config)
+        if not isinstance(lora, peft.LoraConfig):
+            lora = peft.LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                   target_modules=lora.target_modules, bias="none")
+        self.model = peft.get_peft_model(self.model, lora)
         self.config = dataclasses.replace(self.config, lora=True)
         for head in self.head_modules().values():
             head.requires_grad_(True)

@@ -127,8 +127,11 @@ def test_lora_heads_saved_and_reloaded_bit_exact(kind, tmp_path):
     """B5 / 0.3: LoRA adapter + heads round trip exactly; a missing head raises."""
     from peft import LoraConfig
 
-    rm = RewardModel(tiny_lm(0), kind, seed=3, embed_dim=4).enable_lora(
-        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+    from prefopt.core.lora import LoraSettings
+
+    lora = (LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0) if kind == "bt"
+            else LoraSettings(r=4, alpha=8.0, dropout=0.0, target_modules="all-linear"))
+    rm = RewardModel(tiny_lm(0), kind, seed=3, embed_dim=4).enable_lora(lora)
     with torch.no_grad():  # move adapter and heads away from their init
         for name, p in rm.named_parameters():
             if "lora_" in name or not name.startswith("model."):
