@@ -1,0 +1,1 @@
+"""Toy games (tabular bandits) used by acceptance tests of the online optimizers."""
