@@ -21,3 +21,32 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"shared data folder not found at {SHARED_DATA}; set PREFOPT_SHARED_DATA")
     return SHARED_DATA
+
+
+# --- tiny models (prefopt.core.models). Only the SmolLM2 tokenizer is needed: it is extracted from the
+# --- embedded GGUF once into $PREFOPT_CACHE (~10 s on a fresh machine), never the full model conversion.
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """The real SmolLM2 tokenizer (vocab 49152, pad = eos = <|im_end|>, SmolLM2 chat template)."""
+    from prefopt.core.models import load_tokenizer
+
+    return load_tokenizer("tiny-llama")
+
+
+@pytest.fixture
+def tiny_model():
+    """A fresh 2-layer, 64-wide random Llama (seed 0, float32, eval mode) using the SmolLM2 vocabulary."""
+    from prefopt.core.models import make_tiny_model
+
+    return make_tiny_model("tiny-llama", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    """A saved tiny-llama (seed 0) + tokenizer directory, loadable with ``load_causal_lm(path)``."""
+    from prefopt.core.models import make_tiny_model
+
+    out = tmp_path_factory.mktemp("tiny_llama")
+    make_tiny_model("tiny-llama", seed=0).save_pretrained(out, safe_serialization=True)
+    tiny_tokenizer.save_pretrained(out)
+    return out
