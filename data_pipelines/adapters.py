@@ -11,6 +11,7 @@ Every bad record raises a :class:`~data_pipelines.errors.RecordError` naming fil
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
@@ -98,12 +99,13 @@ def adapt(name: str, records: Iterable[RawRecord], options: dict | None = None,
 
 
 def get_adapter(name: str) -> AdapterSpec:
-    """Look up an adapter; raise listing the known ones when ``name`` is unknown or not an adapter."""
-    spec = DATASETS.get(name)
-    if getattr(spec, "kind", None) != "adapter":
-        raise ConfigError(f"'{name}' is a {getattr(spec, 'kind', '?')}, not an adapter; "
-                          f"adapters: {', '.join(adapter_names())}")
-    return spec
+    """Look up an adapter; ``ConfigError`` (with a did-you-mean hint) when ``name`` is not one."""
+    if name in DATASETS and getattr(DATASETS.get(name), "kind", None) == "adapter":
+        return DATASETS.get(name)
+    known = adapter_names()
+    hint = difflib.get_close_matches(name, known, n=1)
+    raise ConfigError(f"unknown adapter '{name}'" + (f" (did you mean '{hint[0]}'?)" if hint else "")
+                      + f"; adapters: {', '.join(known)}")
 
 
 def adapter_names() -> list[str]:
