@@ -136,7 +136,7 @@ def curriculum_pairs(ex: RankedExample, counts: Counter, stages: int = 0,
             counts["tie_pairs_dropped"] += 1
             continue
         out.append((ex.scores[best] - ex.scores[j], j))
-    out.sort(key=lambda t: -t[0])  # stable: equal gaps keep rank order
+    out.sort(key=lambda t: -t[0])  # stable: equal gaps keep the worst-first order
     levels = sorted({gap for gap, _ in out}, reverse=True)
     pairs = []
     for gap, j in out:

@@ -101,8 +101,8 @@ def iter_jsonl(path: str | Path, issues: Issues | None = None) -> Iterator[RawRe
                     continue
                 yield RawRecord(obj, file, line)
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        raise DataError(f"gzip stream is truncated or corrupt after line {line} (last good line {line}): "
-                        f"{exc}", file=file, line=line + 1) from None
+        raise DataError(f"gzip stream is truncated or corrupt; last good line is {line} ({exc})",
+                        file=file, line=line + 1) from None
 
 
 def _rows_from_json(obj: Any, file: str) -> list[Any]:

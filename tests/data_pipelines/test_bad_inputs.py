@@ -123,15 +123,15 @@ def test_truncated_gzip_names_last_good_line(tmp_path):
             seen.append(rec.line)
     last = seen[-1]
     assert 0 < last < 2000
-    assert str(info.value).startswith(f"{p}, line {last + 1}: gzip stream is truncated or corrupt after line "
-                                      f"{last} (last good line {last})")
+    assert str(info.value).startswith(f"{p}, line {last + 1}: gzip stream is truncated or corrupt; "
+                                      f"last good line is {last} (")
     assert info.value.file == str(p)
 
 
 def test_not_gzip_at_all(tmp_path):
     p = tmp_path / "d.jsonl.gz"
     p.write_bytes(b"plain text, not gzip\n")
-    with pytest.raises(DataError, match=r"d.jsonl.gz, line 1: gzip stream is truncated or corrupt after line 0"):
+    with pytest.raises(DataError, match=r"d.jsonl.gz, line 1: gzip stream is truncated or corrupt; last good line is 0"):
         list(read_records(str(p)))
 
 

@@ -111,3 +111,17 @@ def test_load_examples_round_trip(tmp_path):
     assert infer_kind(pair.to_record()) == "pairwise" and infer_kind(ranked.to_record()) == "ranked"
     with pytest.raises(DataError, match=r"train.jsonl, line 2: not a PairwiseExample record"):
         load_examples(p, kind="pairwise")
+
+
+def test_json_file_errors_name_file_and_line(tmp_path):
+    scalar, broken, corrupt = tmp_path / "s.json", tmp_path / "b.json", tmp_path / "c.parquet"
+    scalar.write_text("3")
+    broken.write_text('[\n{"prompt": "a"},\n{"prompt": }\n]')
+    corrupt.write_bytes(b"not parquet")
+    with pytest.raises(DataError, match=r"s.json: top level must be a JSON array of objects or an object of"):
+        list(read_records(str(scalar)))
+    with pytest.raises(DataError) as info:
+        list(read_records(str(broken)))
+    assert str(info.value) == f"{broken}, line 3: malformed JSON: Expecting value at column 12"
+    with pytest.raises(DataError, match=r"c.parquet: cannot read parquet file"):
+        list(read_records(str(corrupt)))
