@@ -30,8 +30,6 @@ import gzip
 import json
 import math
 import os
-import sys
-import types
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -151,27 +149,14 @@ def resolve_hub_dir(hub_dir: str | os.PathLike | None = None) -> tuple[Path | No
 def _import_glm_winrate():
     """Import the library's GLM module.
 
-    alpaca_eval 0.6.6 imports ``pkg_resources`` when the package is imported (two helpers, unused by the
-    metrics), and setuptools >= 81 no longer ships it; a stand-in is registered for that import only.
+    alpaca_eval 0.6.6 imports ``pkg_resources`` at package import; it comes from setuptools < 81, which
+    the ``eval`` extra pins (``pip install -e .[eval]``).
     """
-    import importlib.util
+    import warnings as _w
 
-    if "alpaca_eval.metrics.glm_winrate" in sys.modules or importlib.util.find_spec("pkg_resources"):
+    with _w.catch_warnings():
+        _w.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
         from alpaca_eval.metrics import glm_winrate
-        return glm_winrate
-    import importlib.metadata
-
-    from packaging.version import parse as parse_version
-
-    shim = types.ModuleType("pkg_resources")
-    shim.parse_version = parse_version
-    shim.get_distribution = lambda name: types.SimpleNamespace(version=importlib.metadata.version(name))
-    sys.modules["pkg_resources"] = shim
-    try:
-        from alpaca_eval.metrics import glm_winrate
-    finally:
-        if sys.modules.get("pkg_resources") is shim:
-            del sys.modules["pkg_resources"]  # alpaca_eval.utils keeps its own reference
     return glm_winrate
 
 
