@@ -117,8 +117,9 @@ def lcpo(*, policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, eta: Ten
     eta_i = eta.to(delta.device).float()[ids]
     w = lcpo_weights(delta, eta_i)
     loss = -w * F.logsigmoid(delta) - (1 - w) * F.logsigmoid(-delta)
-    m = reward_metrics(beta * (policy_chosen_logps.float() - (0 if ref_chosen_logps is None else ref_chosen_logps.float())),
-                       beta * (policy_rejected_logps.float() - (0 if ref_rejected_logps is None else ref_rejected_logps.float())))
+    rc = 0.0 if ref_chosen_logps is None else ref_chosen_logps.float()
+    rr = 0.0 if ref_rejected_logps is None else ref_rejected_logps.float()
+    m = reward_metrics(beta * (policy_chosen_logps.float() - rc), beta * (policy_rejected_logps.float() - rr))
     m.update({"lcpo/w_mean": w.mean(), "lcpo/suspected_flips": (w < 0.5).float().mean(),
               "lcpo/p_mean": torch.sigmoid(delta).detach().mean()})
     m.update({f"lcpo/eta_{k}": eta[k].detach().float() for k in range(eta.numel())})
@@ -174,6 +175,7 @@ class LCPOState:
         self.ema_alpha = float(state.get("ema_alpha", self.ema_alpha))
 
 
+# needs_ref: True for the dpo/ipo bases; with simpo/cpo the reference inputs are optional and unused.
 LOSSES.register("lcpo", LossSpec(
     lcpo, LCPOHParams, ("policy_chosen_logps", "policy_rejected_logps", "eta"),
     optional_inputs=("ref_chosen_logps", "ref_rejected_logps", "chosen_lengths", "rejected_lengths",

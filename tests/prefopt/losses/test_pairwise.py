@@ -6,6 +6,8 @@ Golden setup (unless stated): beta = 0.1, policy logps (chosen, rejected) = (-10
 """
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
 
 import pytest
@@ -241,3 +243,23 @@ def test_fp16_inputs_computed_in_float32():
     out = run("dpo", inp)
     assert out.loss.dtype == torch.float32
     assert out.loss.item() == pytest.approx(0.598139, abs=1e-6)
+
+
+def test_registry_contract_every_loss_spec():
+    """Every LOSSES entry is a LossSpec whose hparams_cls fields and input names are keyword parameters of
+    fn, whose hparams_cls() builds with defaults, and whose required inputs have no defaults in fn."""
+    from prefopt.losses.base import LossSpec
+
+    for name in LOSSES.names():
+        spec = LOSSES.get(name)
+        assert isinstance(spec, LossSpec), name
+        params = inspect.signature(spec.fn).parameters
+        fields = [f.name for f in dataclasses.fields(spec.hparams_cls)]
+        assert dataclasses.is_dataclass(spec.hparams_cls) and spec.hparams_cls.__dataclass_params__.frozen
+        spec.hparams_cls()
+        for k in (*fields, *spec.inputs, *spec.optional_inputs):
+            assert k in params and params[k].kind is inspect.Parameter.KEYWORD_ONLY, (name, k)
+        for k in spec.inputs:
+            assert params[k].default is inspect.Parameter.empty, (name, k)
+        for k in fields:
+            assert params[k].default == getattr(spec.hparams_cls(), k), (name, k)
