@@ -1,0 +1,135 @@
+"""Default generation backend: transformers ``generate``, batched with left padding, on any device.
+
+Log-probs of the sampled tokens are ``log_softmax`` of the *processed* scores ``generate`` sampled from
+(temperature, top-k and top-p applied); for greedy decoding these are the model's own log-probs.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from prefopt.generation.base import Completion, Prompt, SamplingParams, cut_at_stop
+
+
+def encode_prompt_ids(tokenizer: Any, prompt: Prompt) -> list[int]:
+    """Token ids of one prompt: message lists through the chat template (with the assistant header),
+    strings as they are (no special tokens added)."""
+    if isinstance(prompt, str):
+        return list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    from data_pipelines.tokenize import encode_prompt
+
+    return encode_prompt(tokenizer, [dict(m) for m in prompt])
+
+
+class HFGenerator:
+    """:class:`~prefopt.generation.base.Generator` over a transformers causal LM.
+
+    Args:
+        model: a causal LM (or PEFT wrapper); used in eval mode under ``torch.no_grad``.
+        tokenizer: its tokenizer (pad token required; ``prefopt.core.models`` tokenizers have one).
+        batch_size: prompts per ``generate`` call (each expands to ``n`` rows).
+        max_prompt_length: keep at most this many trailing prompt tokens (None = all).
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 8, max_prompt_length: int | None = None):
+        self.model, self.tok = model, tokenizer
+        self.batch_size, self.max_prompt_length = batch_size, max_prompt_length
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.eos_id = tokenizer.eos_token_id
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, *, dtype: str = "float32", device: Any = None,
+                        trust_remote_code: bool = False, **kwargs: Any) -> "HFGenerator":
+        """Load a model with :func:`prefopt.core.models.load_causal_lm` (ModelLoadError if missing)."""
+        from prefopt.core.models import load_causal_lm
+
+        model, tok = load_causal_lm(name_or_path, dtype=dtype, trust_remote_code=trust_remote_code)
+        if device is not None:
+            model = model.to(device)
+        return cls(model, tok, **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def sync_weights(self, model_or_state_dict: Any) -> None:
+        """Copy new weights in (a no-op when the policy object itself is passed)."""
+        if model_or_state_dict is self.model:
+            return
+        state = model_or_state_dict
+        if hasattr(state, "state_dict"):
+            state = state.state_dict()
+        self.model.load_state_dict(dict(state))
+
+    def _config(self, params: SamplingParams) -> Any:
+        from transformers import GenerationConfig
+
+        kw: dict[str, Any] = dict(max_new_tokens=params.max_new_tokens, num_return_sequences=params.n,
+                                  pad_token_id=self.pad_id, eos_token_id=self.eos_id,
+                                  return_dict_in_generate=True, output_scores=True)
+        if params.greedy:
+            kw.update(do_sample=False)
+        else:
+            kw.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
+        if params.stop:
+            kw["stop_strings"] = list(params.stop)
+        return GenerationConfig(**kw)
+
+    def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r):] = torch.as_tensor(r, dtype=torch.long)
+            mask[i, width - len(r):] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    @torch.no_grad()
+    def _generate_batch(self, prompt_rows: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
+        ids, mask = self._left_pad(prompt_rows)
+        extra = {"tokenizer": self.tok} if params.stop else {}
+        out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=self._config(params),
+                                  **extra)
+        gen = out.sequences[:, ids.shape[1]:]
+        steps = len(out.scores)
+        logps = torch.zeros(gen.shape, dtype=torch.float32, device=gen.device)
+        for t in range(steps):  # log-softmax one step at a time: [rows, vocab] at most in memory
+            logps[:, t] = torch.log_softmax(out.scores[t].float(), -1).gather(-1, gen[:, t:t + 1]).squeeze(-1)
+        result: list[list[Completion]] = []
+        for i, row in enumerate(gen.tolist()):
+            p = i // params.n
+            if i % params.n == 0:
+                result.append([])
+            result[-1].append(self._finish(row, logps[i].tolist(), params, prompt_rows[p]))
+        return result
+
+    def _finish(self, row: list[int], logps: list[float], params: SamplingParams, prompt: list[int]) -> Completion:
+        """Trim padding after EOS, cut at stop strings, decode."""
+        n, reason = len(row), "length"
+        if self.eos_id is not None and self.eos_id in row:
+            n, reason = row.index(self.eos_id) + 1, "stop"
+        if params.stop:
+            for k in range(1, n + 1):  # first token whose prefix text contains a stop string
+                text, hit = cut_at_stop(self.tok.decode(row[:k], skip_special_tokens=True), params.stop)
+                if hit:
+                    return Completion(row[:k], text, logps[:k], "stop", list(prompt))
+        text = self.tok.decode(row[:n], skip_special_tokens=True)
+        return Completion(row[:n], text, logps[:n], reason, list(prompt))
+
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[list[Completion]]:
+        """``params.n`` completions per prompt, seeded with ``params.seed`` (same call -> same samples)."""
+        rows = [encode_prompt_ids(self.tok, p) for p in prompts]
+        if self.max_prompt_length is not None:
+            rows = [r[-self.max_prompt_length:] for r in rows]
+        was_training = getattr(self.model, "training", False)
+        self.model.eval()
+        out: list[list[Completion]] = []
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(params.seed)
+            for s in range(0, len(rows), self.batch_size):
+                out.extend(self._generate_batch(rows[s:s + self.batch_size], params))
+        if was_training:
+            self.model.train()
+        return out
