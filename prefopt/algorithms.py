@@ -1,0 +1,89 @@
+"""Algorithms as declarative, registered specs (not trainer subclasses).
+
+An :class:`AlgorithmSpec` names its loop (offline/online), the batch schema it consumes, the
+registered loss it calls and what extra inputs the loop must supply. Adding a DPO variant is one
+loss function, one spec line here, one YAML and one golden test.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from prefopt.core.config import from_dict
+from prefopt.core.errors import ConfigError
+from prefopt.core.registry import ALGORITHMS, LOSSES
+
+
+@dataclass(frozen=True)
+class AlgorithmSpec:
+    """What an algorithm needs from the loop.
+
+    Attributes:
+        name: registry name (the YAML ``algorithm:`` value).
+        loss: name in :data:`prefopt.core.registry.LOSSES` (offline) or ``GROUP_LOSSES`` (online).
+        loop: ``offline`` (fixed preference data) or ``online`` (rollouts each step).
+        schema: ``pairwise`` ([chosen; rejected] batches) or ``ranked`` (K responses per prompt).
+        extras: extra inputs the loop must build: ``token_kl`` (full-vocab KL per token, needs a live
+            reference forward), ``sparse_mask`` (SparsePO masks), ``lcpo_state`` (noise-rate EM state).
+        curriculum: train stage by stage on ``meta.stage`` (Curry-DPO).
+        paper: citation shown by ``prefopt ls algorithms`` and the docs.
+    """
+
+    name: str
+    loss: str
+    loop: Literal["offline", "online"] = "offline"
+    schema: Literal["pairwise", "ranked"] = "pairwise"
+    extras: frozenset[str] = field(default_factory=frozenset)
+    curriculum: bool = False
+    paper: str = ""
+
+    def loss_spec(self) -> Any:
+        import prefopt.losses  # noqa: F401  (registration)
+
+        return LOSSES.get(self.loss)
+
+    def build_hparams(self, values: dict[str, Any]) -> Any:
+        """Typed loss hyper-parameters from the YAML ``loss:`` mapping (unknown keys fail)."""
+        return from_dict(self.loss_spec().hparams_cls, dict(values), "loss")
+
+    @property
+    def needs_ref(self) -> bool:
+        return bool(self.loss_spec().needs_ref)
+
+    def check(self, cfg: Any) -> None:
+        """Reject incompatible settings (spec offline_losses.md section 6)."""
+        mode = cfg.reference.mode
+        if "token_kl" in self.extras and mode == "precompute":
+            raise ConfigError(f"{self.name} needs a live reference forward; reference.mode=precompute "
+                              "cannot serve it")
+        if self.curriculum and cfg.curriculum == "iterative" and mode == "precompute":
+            raise ConfigError("Curry-DPO iterative refreshes the reference each stage; "
+                              "use reference.mode auto/copy, not precompute")
+
+
+def get_algorithm(name: str) -> AlgorithmSpec:
+    import prefopt.losses  # noqa: F401
+
+    return ALGORITHMS.get(name)
+
+
+def _offline(name: str, loss: str | None = None, paper: str = "", **kw: Any) -> None:
+    ALGORITHMS.register(name, AlgorithmSpec(name=name, loss=loss or name, paper=paper, **kw))
+
+
+_offline("dpo", paper="Rafailov et al. 2023, Direct Preference Optimization, eq. 7")
+_offline("ipo", paper="Azar et al. 2023, A General Theoretical Paradigm (IPO), eq. 17")
+_offline("hinge", paper="Zhao et al. 2023, SLiC-HF")
+_offline("cdpo", paper="Mitchell 2023, conservative DPO note (label smoothing)")
+_offline("robust", paper="Chowdhury et al. 2024, Provably Robust DPO, eq. 8")
+_offline("sigmoid_norm", paper="length-normalised DPO")
+_offline("simpo", paper="Meng et al. 2024, SimPO, eq. 6")
+_offline("cpo", paper="Xu et al. 2024, Contrastive Preference Optimization, eq. 11")
+_offline("orpo", paper="Hong et al. 2024, ORPO, eq. 6")
+_offline("sparsepo", extras=frozenset({"token_kl", "sparse_mask"}),
+         paper="Christopoulou et al. 2024, SparsePO, eq. 10")
+_offline("lcpo", extras=frozenset({"lcpo_state"}),
+         paper="Latent-collective preference optimisation / RE-PO (EM over label noise)")
+_offline("irpo", schema="ranked", paper="In-context Ranking Preference Optimization (IRPO), eq. 9")
+_offline("curry_dpo", loss="dpo", curriculum=True,
+         paper="Pattnaik et al. 2024, Curry-DPO: curriculum learning with ranked preferences")

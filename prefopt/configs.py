@@ -1,0 +1,116 @@
+"""Typed configs for ``prefopt train`` (kind ``train``). Defaults live here and only here.
+
+A training YAML looks like::
+
+    kind: train
+    algorithm: dpo            # any name from `prefopt ls algorithms`
+    loss: {beta: 0.1}         # the algorithm's hyper-parameters (its dataclass; unknown keys fail)
+    model: {name: smollm2-135m-instruct, lora: {r: 16}}
+    data: {path: runs/data/hh_rlhf_helpful}
+    optim: {lr: 5.0e-6}
+    run: {output_dir: runs/dpo}
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from prefopt.core.backend import BackendConfig, OptimConfig
+from prefopt.core.models import ModelConfig
+from prefopt.core.registry import CONFIG_KINDS
+from prefopt.losses.sparsepo import SparsePOMaskConfig
+
+
+@dataclass(frozen=True)
+class RunSection:
+    """Where and how a run writes: run directory, seed, logging and checkpoint cadence."""
+
+    output_dir: str = "runs/train"
+    seed: int = 0
+    # Log metrics every N optimizer steps.
+    log_every: int = 1
+    # Save a checkpoint every N optimizer steps (0 = only at the end).
+    save_every: int = 0
+    # Checkpoints kept on disk (oldest removed first).
+    keep_last: int = 2
+    # Resume from the newest complete checkpoint in output_dir when one exists.
+    resume: bool = True
+    tensorboard: bool = True
+    # Evaluate held-out implicit-reward accuracy every N optimizer steps (0 = start and end only).
+    eval_every: int = 0
+    # On a NaN/inf loss: "stop" (keep the last good checkpoint, raise) or "skip" (skip and count).
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+
+
+@dataclass(frozen=True)
+class TrainDataConfig:
+    """Built preference data (``prefopt data build`` output) and its tokenisation policy."""
+
+    # A folder holding train.jsonl (+ test.jsonl) written by `prefopt data build`, or a .jsonl file.
+    path: str = ""
+    # Held-out records; default: <path>/test.jsonl when it exists.
+    eval_path: str | None = None
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = 200
+    # Total tokens of prompt + completion; longer examples follow `overlong`.
+    max_length: int = 512
+    max_prompt_length: int = 256
+    overlong: Literal["drop", "truncate_left", "truncate_right"] = "drop"
+    shuffle: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError("data.max_prompt_length must be smaller than data.max_length")
+
+
+@dataclass(frozen=True)
+class ReferenceConfig:
+    """Reference model for KL-regularised losses.
+
+    ``auto``: base model with LoRA adapters disabled when LoRA is on (no second copy), else a frozen copy.
+    ``precompute``: reference sequence log-probs computed once before training and cached on disk.
+    """
+
+    mode: Literal["auto", "copy", "adapter_disabled", "precompute"] = "auto"
+    # Where precomputed reference log-probs are cached (default: <output_dir>/ref_cache).
+    cache_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Root of a ``kind: train`` YAML (offline algorithms; online ones add the ``online`` section)."""
+
+    algorithm: str = "dpo"
+    # Hyper-parameters of the algorithm's loss; validated against its dataclass.
+    loss: dict[str, Any] = field(default_factory=dict)
+    run: RunSection = field(default_factory=RunSection)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: TrainDataConfig = field(default_factory=TrainDataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    # Pairs (or ranked lists) per micro-batch per process.
+    batch_size: int = 4
+    epochs: float = 1.0
+    # Stop after this many optimizer steps (0 = run the epochs).
+    max_steps: int = 0
+    # "bf16" runs forward passes under bfloat16 autocast (CPU and GPU); loss maths stay float32.
+    precision: Literal["fp32", "bf16"] = "fp32"
+    # Curriculum (Curry-DPO): "iterative" refreshes the reference between stages; "ordered" keeps it.
+    curriculum: Literal["iterative", "ordered", "shuffled"] = "iterative"
+    # SparsePO mask source (provider: learned | activation | ones | zeros | random).
+    sparsepo: SparsePOMaskConfig = field(default_factory=SparsePOMaskConfig)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.epochs <= 0 and self.max_steps <= 0:
+            raise ValueError("set epochs > 0 or max_steps > 0")
+        from prefopt.algorithms import get_algorithm
+
+        spec = get_algorithm(self.algorithm)
+        spec.build_hparams(self.loss)
+        spec.check(self)
+
+
+CONFIG_KINDS.register("train", TrainConfig)

@@ -1,0 +1,90 @@
+"""Offline training data: built records -> tokenised items -> per-rank micro-batches.
+
+Items keep what the loop needs beyond token ids: curriculum stage (``meta.stage``) and annotator id
+(``meta.annotator_id``, for LCPO). Order is a seeded shuffle per epoch (or stage order for
+curriculum data), so a resumed run replays exactly the same micro-batches.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from data_pipelines.schemas import PairwiseExample, RankedExample
+from data_pipelines.sources import load_examples
+from data_pipelines.tokenize import LengthPolicy, TokenizeStats, tokenize_pairwise, tokenize_ranked
+from prefopt.core.errors import DataError
+
+
+@dataclass(frozen=True)
+class Item:
+    """One tokenised training unit (a pair, or a ranked list) with loop metadata."""
+
+    tok: Any  # TokenizedPair | TokenizedList
+    index: int
+    stage: int = 1
+    annotator: int = 0
+
+
+def _resolve(path: str, name: str) -> Path | None:
+    p = Path(path)
+    if p.is_dir():
+        p = p / name
+        return p if p.is_file() else None
+    return p
+
+
+def train_eval_paths(path: str, eval_path: str | None) -> tuple[Path, Path | None]:
+    """``(train file, eval file or None)`` from a built folder or explicit files."""
+    if not path:
+        raise DataError("data.path is empty: point it at a folder from `prefopt data build` or a .jsonl")
+    train = _resolve(path, "train.jsonl")
+    if train is None or not train.is_file():
+        raise DataError(f"training data not found: {path} (expected a .jsonl file or a folder with train.jsonl)")
+    evalp = Path(eval_path) if eval_path else _resolve(path, "test.jsonl") if Path(path).is_dir() else None
+    if evalp is not None and not evalp.is_file():
+        raise DataError(f"eval data not found: {evalp}")
+    return train, evalp
+
+
+def tokenize_items(path: Path, schema: str, tokenizer: Any, policy: LengthPolicy,
+                   limit: int | None) -> tuple[list[Item], dict[str, int]]:
+    """Load ``path`` as ``schema`` records and tokenise them (keeping stage/annotator metadata)."""
+    records = load_examples(path, schema)[:limit]
+    stats = TokenizeStats()
+    items = []
+    for rec in records:
+        if schema == "pairwise":
+            if not isinstance(rec, PairwiseExample):
+                raise DataError(f"expected pairwise records, got {type(rec).__name__}", file=str(path))
+            tok = tokenize_pairwise(rec, tokenizer, policy, stats)
+        else:
+            if not isinstance(rec, RankedExample):
+                raise DataError(f"expected ranked records, got {type(rec).__name__}", file=str(path))
+            tok = tokenize_ranked(rec, tokenizer, policy, stats)
+        if tok is not None:
+            items.append(Item(tok, len(items), int(rec.meta.get("stage", 1)),
+                              int(rec.meta.get("annotator_id", 0))))
+    if not items:
+        raise DataError(f"no usable examples left after tokenisation ({stats.as_dict()})", file=str(path))
+    return items, {"records": len(records), **stats.as_dict()}
+
+
+def epoch_order(items: list[Item], epoch: int, seed: int, shuffle: bool) -> list[Item]:
+    """Seeded order for one epoch (deterministic, identical on every rank)."""
+    order = list(items)
+    if shuffle:
+        random.Random(seed * 1000003 + epoch).shuffle(order)
+    return order
+
+
+def micro_batches(order: list[Item], batch_size: int, rank: int, world: int) -> list[list[Item]]:
+    """Split an epoch into global batches of ``batch_size * world``; this rank takes its slice.
+
+    The tail that cannot fill every rank's micro-batch is dropped so all ranks step together.
+    """
+    global_bs = batch_size * world
+    n = len(order) // global_bs
+    return [order[i * global_bs + rank * batch_size: i * global_bs + (rank + 1) * batch_size]
+            for i in range(n)]

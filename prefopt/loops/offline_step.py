@@ -1,0 +1,187 @@
+"""One offline micro-batch: items -> batch -> policy/reference log-probs -> registered loss.
+
+The loss maths lives in :mod:`prefopt.losses`; this module only assembles the inputs each loss
+declares (sequence log-probs, token log-probs, token KL and SparsePO masks, LCPO's eta, IRPO's
+per-response margins) from one forward of the policy and one no-grad forward of the reference.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from data_pipelines.collate import collate_list, collate_packed, collate_pairwise, collate_shared_prompt
+from prefopt.logprobs import forward_token_logps
+from prefopt.losses.base import LossOutput, pair_inputs, seq_logps, seq_mean_logps
+from prefopt.losses.irpo import irpo_from_margins
+from prefopt.loops.common import autocast
+
+
+@dataclass
+class StepContext:
+    """Everything a micro-batch needs that does not change between steps."""
+
+    spec: Any            # AlgorithmSpec
+    loss_spec: Any       # LossSpec
+    hparams: Any         # the loss's hyper-parameter dataclass
+    pad_id: int
+    precision: str
+    device: torch.device
+    layout: str = "padded"
+    reference: Any = None        # prefopt.loops.reference.Reference or None
+    ref_cache: dict[int, Tensor] | None = None  # precomputed (2,) reference seq log-probs by item index
+    lcpo_state: Any = None
+    mask_head: Any = None        # SparsePO learned mask head
+    mask_provider: str = "learned"
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def collate(items: list, ctx: StepContext) -> Any:
+    """Batch the tokenised items in the configured layout ([chosen; rejected] rows for pairs)."""
+    toks = [it.tok for it in items]
+    if ctx.spec.schema == "ranked":
+        return collate_list(toks, ctx.pad_id)
+    if ctx.layout == "packed":
+        return collate_packed(toks)
+    if ctx.layout == "shared_prompt":
+        return collate_shared_prompt(toks, ctx.pad_id)
+    return collate_pairwise(toks, ctx.pad_id)
+
+
+def _ref_token_logps(ctx: StepContext, policy: Any, batch: Any) -> Tensor | None:
+    if ctx.reference is None or ctx.ref_cache is not None:
+        return None
+    with autocast(ctx.precision, ctx.device):
+        return ctx.reference.run(policy, lambda m: forward_token_logps(m, batch).token_logps).float()
+
+
+def pairwise_loss(ctx: StepContext, policy: Any, items: list) -> LossOutput:
+    """Loss for a micro-batch of preference pairs (every pairwise loss, LCPO and SparsePO)."""
+    if "token_kl" in ctx.spec.extras:
+        return sparsepo_loss(ctx, policy, items)
+    batch = collate(items, ctx)
+    with autocast(ctx.precision, ctx.device):
+        out = forward_token_logps(policy, batch)
+    pol = out.token_logps.float()
+    inputs = pair_inputs(pol, out.completion_mask, _ref_token_logps(ctx, policy, batch))
+    if ctx.ref_cache is not None:
+        ref = torch.stack([ctx.ref_cache[it.index] for it in items]).to(pol.device)
+        inputs["ref_chosen_logps"], inputs["ref_rejected_logps"] = ref[:, 0], ref[:, 1]
+    if ctx.lcpo_state is not None:
+        inputs["eta"] = ctx.lcpo_state.eta
+        inputs["annotator_id"] = torch.tensor([it.annotator for it in items], dtype=torch.long)
+    result = ctx.loss_spec(inputs, ctx.hparams)
+    return _with_common_metrics(result, inputs, out.completion_mask)
+
+
+def _with_common_metrics(result: LossOutput, inputs: dict, mask: Tensor) -> LossOutput:
+    metrics = dict(result.metrics)
+    c, r = inputs["policy_chosen_logps"].detach(), inputs["policy_rejected_logps"].detach()
+    metrics.setdefault("logps/chosen", c.mean())
+    metrics.setdefault("logps/rejected", r.mean())
+    if "ref_chosen_logps" in inputs:
+        kl = torch.cat([c - inputs["ref_chosen_logps"], r - inputs["ref_rejected_logps"]])
+        metrics["policy/kl_seq"] = kl.detach().float().mean()
+    metrics["num_tokens"] = mask.float().sum()
+    return LossOutput(result.loss, metrics, result.aux)
+
+
+def ranked_margins(ctx: StepContext, policy: Any, items: list) -> tuple[Tensor, Any]:
+    """Per-response mean log-ratio (policy - reference) as a padded (B, K) tensor, plus the batch."""
+    batch = collate(items, ctx)
+    with autocast(ctx.precision, ctx.device):
+        out = forward_token_logps(policy, batch)
+    ref = _ref_token_logps(ctx, policy, batch)
+    mask = out.completion_mask
+    h = seq_mean_logps(out.token_logps.float(), mask)
+    if ref is not None:
+        h = h - seq_mean_logps(ref, mask)
+    return h, batch
+
+
+def relevance_and_rank(scores: list[float]) -> tuple[list[float], list[float]]:
+    """IRPO grades for scored responses: relevance = score - min score (worst = 0), rank = 1 + position
+    in descending score order (ties keep input order)."""
+    lo = min(scores)
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    rank = [0.0] * len(scores)
+    for pos, i in enumerate(order):
+        rank[i] = float(pos + 1)
+    return [s - lo for s in scores], rank
+
+
+def ranked_loss(ctx: StepContext, policy: Any, items: list) -> LossOutput:
+    """IRPO over K scored responses per prompt (each response is one item of the list)."""
+    h_flat, batch = ranked_margins(ctx, policy, items)
+    sizes = [len(it.tok.completion_ids) for it in items]
+    k = max(sizes)
+    h = h_flat.new_zeros(len(items), k)
+    rel, rank = torch.zeros(len(items), k), torch.ones(len(items), k)
+    valid = torch.zeros(len(items), k, dtype=torch.bool)
+    start = 0
+    for b, (it, n) in enumerate(zip(items, sizes)):
+        h[b, :n] = h_flat[start:start + n]
+        r, p = relevance_and_rank(list(it.tok.scores))
+        rel[b, :n], rank[b, :n], valid[b, :n] = torch.tensor(r), torch.tensor(p), True
+        start += n
+    hp = ctx.hparams
+    loss = irpo_from_margins(h, rel, rank, valid, beta=hp.beta, weight=hp.weight, lse_norm=hp.lse_norm)
+    best = torch.where(valid, rel, torch.full_like(rel, -1.0)).argmax(-1)
+    acc = (h.gather(1, best[:, None]) >= torch.where(valid, h, h.new_full(h.shape, -1e9))
+           .max(-1, keepdim=True).values).float().mean()
+    metrics = {"rewards/accuracies": acc.detach(), "irpo/h_mean": h.detach().mean(),
+               "num_tokens": batch.completion_mask.float().sum()}
+    return LossOutput(loss, metrics)
+
+
+def sparsepo_loss(ctx: StepContext, policy: Any, items: list) -> LossOutput:
+    """SparsePO: token log-ratios, per-token KL from both full logits, masks from the reference."""
+    from prefopt.logprobs import token_logps
+    from prefopt.losses.kl import token_kl
+    from prefopt.losses.sparsepo import MASK_PROVIDERS
+
+    batch = collate_pairwise([it.tok for it in items], ctx.pad_id)
+    kw = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
+          "position_ids": batch.position_ids, "use_cache": False}
+    with autocast(ctx.precision, ctx.device):
+        pol_logits = policy(**kw).logits
+        ref_out = ctx.reference.run(policy, lambda m: m(**kw, output_hidden_states=True))
+    pol = token_logps(pol_logits, batch.input_ids).float()
+    ref = token_logps(ref_out.logits, batch.input_ids).float()
+    # token t's distribution comes from logits at t-1: shift KL onto the label positions
+    kl = token_kl(pol_logits[:, :-1].float(), ref_out.logits[:, :-1].float())
+    kl = torch.cat([kl.new_zeros(kl.shape[0], 1), kl], dim=1)
+    hidden = [h[:, :-1] for h in ref_out.hidden_states[1:]]
+    hidden = [torch.cat([x.new_zeros(x.shape[0], 1, x.shape[2]), x], dim=1) for x in hidden]
+    mask = batch.completion_mask
+    if ctx.mask_provider == "learned":
+        m_u = ctx.mask_head(hidden, mask)
+    elif ctx.mask_provider == "activation":
+        m_u = MASK_PROVIDERS.get("activation")({"residual": hidden}, mask)
+    else:
+        m_u = MASK_PROVIDERS.get(ctx.mask_provider)(mask)
+    inputs = {"policy_token_logps": pol, "ref_token_logps": ref, "completion_mask": mask,
+              "token_kl": kl, "mask_u": m_u}
+    result = ctx.loss_spec(inputs, ctx.hparams)
+    seq = pair_inputs(pol, mask, ref)
+    return _with_common_metrics(result, seq, mask)
+
+
+def implicit_reward_margins(ctx: StepContext, policy: Any, items: list) -> Tensor:
+    """Held-out metric: per pair ``(r_w - r_l)`` with r = policy - reference summed log-probs
+    (reference-free algorithms: the difference of mean log-probs)."""
+    batch = collate_pairwise([it.tok for it in items], ctx.pad_id)
+    with torch.no_grad(), autocast(ctx.precision, ctx.device):
+        pol = forward_token_logps(policy, batch)
+        ref = None
+        if ctx.reference is not None:
+            ref = ctx.reference.run(policy, lambda m: forward_token_logps(m, batch).token_logps)
+    mask = pol.completion_mask
+    if ref is None:
+        s = seq_mean_logps(pol.token_logps.float(), mask)
+    else:
+        s = seq_logps(pol.token_logps.float(), mask) - seq_logps(ref.float(), mask)
+    c, r = s.chunk(2)
+    return c - r

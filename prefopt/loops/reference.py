@@ -1,0 +1,89 @@
+"""Reference models for KL-regularised losses (one place for every mode).
+
+* ``adapter_disabled``: the LoRA policy with its adapters switched off - no second copy in memory.
+* ``copy``: a frozen deep copy of the starting policy (full fine-tuning).
+* ``precompute``: sequence log-probs computed once before training and cached on disk
+  (``ref_logps.safetensors`` keyed by a fingerprint of the data and model), then no reference forward.
+
+Curry-DPO's iterative mode calls :func:`refresh_reference` between stages: the policy at the end of
+stage s becomes the frozen reference of stage s+1 (for LoRA: adapters merged into the base weights,
+then fresh adapters).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Any, Callable
+
+import torch
+
+
+def is_peft(model: torch.nn.Module) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+def resolve_mode(mode: str, model: torch.nn.Module, needs_ref: bool) -> str:
+    """Concrete reference mode for ``auto`` (adapter-disabled under LoRA, else a copy)."""
+    if not needs_ref:
+        return "none"
+    if mode == "auto":
+        return "adapter_disabled" if is_peft(model) else "copy"
+    if mode == "adapter_disabled" and not is_peft(model):
+        raise ValueError("reference.mode=adapter_disabled needs LoRA (model.lora) to be set")
+    return mode
+
+
+class Reference:
+    """Runs the reference forward: ``ref(fn)`` calls ``fn(model)`` with the reference weights active."""
+
+    def __init__(self, mode: str, policy: torch.nn.Module):
+        self.mode = mode
+        self.frozen: torch.nn.Module | None = None
+        if mode in ("copy", "precompute") and not is_peft(policy):
+            self.frozen = _frozen_copy(policy)
+
+    def run(self, policy: torch.nn.Module, fn: Callable[[torch.nn.Module], Any]) -> Any:
+        with torch.no_grad():
+            if self.frozen is not None:
+                return fn(self.frozen)
+            if is_peft(policy):
+                with policy.disable_adapter():
+                    return fn(policy)
+            raise RuntimeError(f"reference mode {self.mode} has no model")
+
+    def release(self) -> None:
+        """Free the frozen copy once precomputed log-probs are cached."""
+        self.frozen = None
+
+
+def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    ref = copy.deepcopy(model)
+    ref.eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
+
+
+def refresh_reference(policy: torch.nn.Module, reference: Reference, lora: Any) -> tuple[torch.nn.Module, Reference]:
+    """Curry-DPO iterative mode: the current policy becomes the new frozen reference.
+
+    Full fine-tuning: a fresh frozen copy of the policy. LoRA: adapters are merged into the base
+    weights (the merged model is the new reference with adapters disabled) and new adapters start.
+    """
+    if is_peft(policy):
+        from prefopt.core.models import apply_lora_settings
+
+        merged = policy.merge_and_unload()
+        new_policy = apply_lora_settings(merged, lora)
+        return new_policy, Reference("adapter_disabled", new_policy)
+    return policy, Reference("copy", policy)
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module):
+    was = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was)

@@ -1,0 +1,84 @@
+"""Import rules (CONTRIBUTING.md): data_pipelines -> reward_models -> prefopt, never back; the maths
+modules import with torch alone; device/distributed APIs live only in prefopt/core/backend.py."""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# package -> packages it must not import (prefopt.core is allowed everywhere)
+FORBIDDEN = {"data_pipelines": ("reward_models", "prefopt"), "reward_models": ("prefopt",)}
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.append((node.lineno, node.module))
+    return out
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_no_upward_imports(package):
+    bad = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        for line, mod in _imports(path):
+            top = mod.split(".")[0]
+            if top in FORBIDDEN[package] and not mod.startswith("prefopt.core"):
+                bad.append(f"{path.relative_to(ROOT)}:{line} imports {mod}")
+    assert not bad, "upward imports:\n" + "\n".join(bad)
+
+
+def test_core_imports_only_stdlib_torch_yaml_at_module_level():
+    allowed = {"torch", "yaml", "prefopt"}
+    bad = []
+    for path in sorted((ROOT / "prefopt" / "core").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in tree.body:  # module level only; imports inside functions are lazy
+            mods = []
+            if isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                mods = [node.module]
+            for mod in mods:
+                top = mod.split(".")[0]
+                if top not in allowed and top not in sys.stdlib_module_names and top != "__future__":
+                    bad.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {mod}")
+    assert not bad, "\n".join(bad)
+
+
+def test_loss_modules_import_with_torch_alone():
+    """Run in a fresh interpreter where transformers/trl/peft/deepspeed/datasets cannot be imported."""
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in {'transformers','trl','peft','deepspeed','datasets','vllm','accelerate'}:\n"
+        "            raise ImportError('blocked ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import prefopt.losses, reward_models.losses\n"
+        "from prefopt.core.registry import LOSSES\n"
+        "assert 'dpo' in LOSSES\n"
+        "print('ok')\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
+
+
+def test_no_device_or_distributed_api_outside_backend():
+    needles = ("deepspeed.initialize", "torch.distributed.init", "init_process_group", ".cuda()")
+    bad = []
+    for pkg in ("prefopt", "reward_models", "data_pipelines"):
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            if path.name == "backend.py" and path.parent.name == "core":
+                continue
+            text = path.read_text(encoding="utf-8")
+            bad += [f"{path.relative_to(ROOT)}: {n}" for n in needles if n in text]
+    assert not bad, "\n".join(bad)
