@@ -1,10 +1,15 @@
 """Token/sequence aggregation of per-token losses with *global* counts (shard-invariant).
 
-Every group loss in this package returns per-sequence **contributions**: ``loss[i]`` is sequence
-i's share of the aggregated objective, so ``out.loss.sum()`` is the loss of this shard and the sum
-over shards equals the loss of the unsharded batch, provided the caller passes the global counts
-(tokens / sequences of the whole accumulated batch across ranks and micro-batches). With counts
-left as ``None`` the local ones are used (TRL's ``bnpo`` behaviour for ``token_mean``).
+:func:`aggregate` returns per-sequence **contributions** ``c[i]`` (sequence i's share of the
+aggregated objective): ``c.sum()`` is this shard's part, and the sum over shards (ranks,
+micro-batches) equals the unsharded loss, provided the caller passes the global counts (tokens /
+sequences of the whole accumulated batch). With counts left as ``None`` the local ones are used
+(TRL's ``bnpo`` behaviour for ``token_mean``).
+
+The group losses follow the ``LossOutput`` contract of :mod:`prefopt.losses.base` ("per-example
+loss, the trainer takes the mean"): they return ``loss = B_local · c``, so ``out.loss.mean()`` is this
+shard's share and, with default (local) counts, simply the usual aggregated loss. Under DDP, whose
+gradient all-reduce *averages* over W ranks, multiply by W (or pass global counts divided by W).
 
 Modes (spec §1, ``loss_type``):
 - ``token_mean``            Σ_{i,t} m ℓ / N_tok                    (``dapo``; ``bnpo`` with local N_tok)
@@ -15,21 +20,10 @@ from __future__ import annotations
 
 import torch
 
-try:  # the shared output type (owned by another module); fall back to an identical local one
-    from prefopt.losses.base import LossOutput  # type: ignore[import-not-found]
-except ModuleNotFoundError as _e:  # pragma: no cover - depends on checkout state
-    if _e.name not in ("prefopt.losses.base",):
-        raise
-    from dataclasses import dataclass, field
+from prefopt.losses.base import LossOutput, LossSpec
 
-    @dataclass(frozen=True)
-    class LossOutput:  # type: ignore[no-redef]
-        """Per-example loss (differentiable) and detached scalar metrics."""
-
-        loss: torch.Tensor
-        metrics: dict = field(default_factory=dict)
-
-__all__ = ["AGG_MODES", "LOSS_TYPE_TO_MODE", "LossOutput", "aggregate", "masked_mean"]
+__all__ = ["AGG_MODES", "LOSS_TYPE_TO_MODE", "LossOutput", "LossSpec", "aggregate", "masked_mean",
+           "to_mean_contract"]
 
 AGG_MODES = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
 LOSS_TYPE_TO_MODE = {
@@ -79,6 +73,11 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str, *,
         return per_seq_sum / m.sum(-1).clamp(min=1.0) / n_seq
     length = float(max_len if max_len is not None else m.shape[-1])
     return per_seq_sum / (n_seq * length)
+
+
+def to_mean_contract(contributions: torch.Tensor) -> torch.Tensor:
+    """Scale contributions by the local batch size so that ``.mean()`` equals their sum."""
+    return contributions * contributions.shape[0]
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

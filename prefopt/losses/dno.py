@@ -4,7 +4,10 @@ Loss (Algorithm 1, line 5 / Algorithm 2): with Δ = η[(log π(y1) − log π_t(
 ``L = −[z log σ(Δ) + (1 − z) log σ(−Δ)]``; z = 1 (DNO-Prct hard label, y1 = y+) or the soft target
 z = σ(r_t(y1) − r_t(y2)) (conceptual DNO). The reference π_t is the *previous iterate*. Regularised
 option (Appendix A): log π_t ← (1 − τ/η) log π_t + (τ/η) log π_ref. Batch layout ``[y1 block; y2
-block]`` along B; ``out.loss`` is ``[P]`` per-pair contributions: **minimise ``out.loss.sum()``**.
+block]`` along B; ``out.loss`` is ``[P]``; ``out.loss.mean()`` is this shard's share (see
+:mod:`.aggregate`). Registered as the ``LossSpec`` ``dno`` (hparams :class:`DNOParams`); inputs
+``policy_token_logps``, ``prev_token_logps``, ``completion_mask``; optional ``target``,
+``ref_token_logps`` (τ > 0), ``num_pairs``.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from prefopt.core.registry import GROUP_LOSSES
-from prefopt.losses.aggregate import LossOutput
+from prefopt.losses.aggregate import LossOutput, LossSpec
 
 __all__ = ["DNOParams", "DNOPairParams", "dno_loss", "dno_pairs", "replay_fractions"]
 
@@ -76,33 +79,33 @@ def _seq(logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (logps.to(torch.float32) * mask).sum(-1)
 
 
-@GROUP_LOSSES.register("dno")
-def dno_loss(logps: torch.Tensor, prev_logps: torch.Tensor, completion_mask: torch.Tensor, *,
-             eta: float = 0.1, target: torch.Tensor | None = None,
-             ref_logps: torch.Tensor | None = None, tau: float = 0.0,
+def dno_loss(policy_token_logps: torch.Tensor, prev_token_logps: torch.Tensor,
+             completion_mask: torch.Tensor, *, eta: float = 0.1, target: torch.Tensor | None = None,
+             ref_token_logps: torch.Tensor | None = None, tau: float = 0.0,
              num_pairs: torch.Tensor | float | None = None) -> LossOutput:
     """DNO contrastive loss against the previous iterate π_t.
 
     Args:
-        logps, prev_logps: ``[2P, T]`` per-token log-probs under π_θ and π_t (``[y1; y2]``).
+        policy_token_logps, prev_token_logps: ``[2P, T]`` per-token log-probs under π_θ and π_t
+            (``[y1; y2]``).
         completion_mask: ``[2P, T]``.
         eta: η (the paper's "beta").
         target: ``[P]`` soft label z ∈ [0, 1] that y1 ≻ y2 (default 1: hard DNO-Prct label).
-        ref_logps, tau: regularised variant (τ > 0) mixing π_t with π_ref geometrically.
+        ref_token_logps, tau: regularised variant (τ > 0) mixing π_t with π_ref geometrically.
         num_pairs: global pair count for sharded batches (default: local P).
 
     Returns:
-        ``LossOutput(loss=[P] contributions, metrics)``; metrics: ``margin`` (mean Δ),
+        ``LossOutput(loss=[P], metrics)``; metrics: ``margin`` (mean Δ),
         ``accuracy`` (Δ > 0), ``chosen_reward``/``rejected_reward`` (η log-ratios).
     """
     m = completion_mask.to(torch.float32)
-    anchor = _seq(prev_logps, m).detach()
+    anchor = _seq(prev_token_logps, m).detach()
     if tau:
-        if ref_logps is None:
-            raise ValueError("dno_loss: tau > 0 needs ref_logps")
+        if ref_token_logps is None:
+            raise ValueError("dno_loss: tau > 0 needs ref_token_logps")
         a = tau / eta
-        anchor = (1.0 - a) * anchor + a * _seq(ref_logps, m).detach()
-    ratio = eta * (_seq(logps, m) - anchor)
+        anchor = (1.0 - a) * anchor + a * _seq(ref_token_logps, m).detach()
+    ratio = eta * (_seq(policy_token_logps, m) - anchor)
     p = ratio.shape[0] // 2
     if ratio.shape[0] != 2 * p:
         raise ValueError("dno_loss expects a [y1 block; y2 block] batch with an even size")
@@ -113,4 +116,9 @@ def dno_loss(logps: torch.Tensor, prev_logps: torch.Tensor, completion_mask: tor
     d = delta.detach()
     metrics = {"margin": d.mean(), "accuracy": (d > 0).float().mean(),
                "chosen_reward": ratio[:p].detach().mean(), "rejected_reward": ratio[p:].detach().mean()}
-    return LossOutput(loss=per_pair / n.clamp(min=1.0), metrics=metrics)
+    return LossOutput(loss=per_pair * p / n.clamp(min=1.0), metrics=metrics)
+
+
+GROUP_LOSSES.register("dno", LossSpec(dno_loss, DNOParams,
+                                      ("policy_token_logps", "prev_token_logps", "completion_mask"),
+                                      ("target", "ref_token_logps", "num_pairs")))

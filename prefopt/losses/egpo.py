@@ -5,7 +5,9 @@ Online IPO loss with opponent π_s (Calandriello et al. 2024; EGPO code ``loss_f
 ``target = P(y ≻ y'') − P(y' ≻ y'')`` with y'' ~ π_s (or ``P(y ≻ y') − ½`` when y, y', y'' share one
 untruncated distribution). EGPO = this loss inside :func:`extragradient_step`; online IPO-1 /
 naive self-play = the same loss with plain steps. Batch layout ``[y block; y' block]`` along B;
-``out.loss`` is ``[P]`` per-pair contributions: **minimise ``out.loss.sum()``**.
+``out.loss`` is ``[P]``; ``out.loss.mean()`` is this shard's share (see :mod:`.aggregate`).
+Registered as one ``LossSpec`` under ``online_ipo`` and ``egpo`` (hparams :class:`EGPOParams`); inputs
+``policy_token_logps``, ``ref_token_logps``, ``completion_mask``, ``target``; optional ``num_pairs``.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import Any, Callable
 import torch
 
 from prefopt.core.registry import GROUP_LOSSES
-from prefopt.losses.aggregate import LossOutput
+from prefopt.losses.aggregate import LossOutput, LossSpec
 
 __all__ = ["EGPOParams", "online_ipo_loss", "EGSnapshot", "save_snapshot", "restore_snapshot",
            "extragradient_step", "geometric_mixture_logits", "sample_tokens"]
@@ -37,14 +39,13 @@ def _seq(logps, mask, normalize):
     return s / mask.sum(-1).clamp(min=1.0) if normalize else s
 
 
-@GROUP_LOSSES.register("online_ipo")
-def online_ipo_loss(logps: torch.Tensor, ref_logps: torch.Tensor, completion_mask: torch.Tensor,
-                    target: torch.Tensor, *, beta: float = 0.1, normalize: bool = True,
+def online_ipo_loss(policy_token_logps: torch.Tensor, ref_token_logps: torch.Tensor,
+                    completion_mask: torch.Tensor, target: torch.Tensor, *, beta: float = 0.1, normalize: bool = True,
                     num_pairs: torch.Tensor | float | None = None) -> LossOutput:
     """Online IPO regression loss (EGPO eq. for L_OIPO; spec §3).
 
     Args:
-        logps, ref_logps: ``[2P, T]`` per-token log-probs under π_θ and π_ref (``[y; y']``).
+        policy_token_logps, ref_token_logps: ``[2P, T]`` per-token log-probs under π_θ and π_ref (``[y; y']``).
         completion_mask: ``[2P, T]``.
         target: ``[P]`` preference difference P(y≻y'') − P(y'≻y'') (or P(y≻y') − ½), no grad.
         beta: KL regularisation β of the game (target is divided by it).
@@ -52,11 +53,11 @@ def online_ipo_loss(logps: torch.Tensor, ref_logps: torch.Tensor, completion_mas
         num_pairs: global pair count for sharded batches (default: local P).
 
     Returns:
-        ``LossOutput(loss=[P] contributions, metrics)``; metrics: ``log_ratio_margin`` (mean
+        ``LossOutput(loss=[P], metrics)``; metrics: ``log_ratio_margin`` (mean
         h(y) − h(y')), ``target_mean``, ``kl`` (mean h over both blocks, a KL proxy).
     """
     m = completion_mask.to(torch.float32)
-    h = _seq(logps, m, normalize) - _seq(ref_logps, m, normalize).detach()
+    h = _seq(policy_token_logps, m, normalize) - _seq(ref_token_logps, m, normalize).detach()
     p = h.shape[0] // 2
     if h.shape[0] != 2 * p:
         raise ValueError("online_ipo_loss expects a [y block; y' block] batch with an even size")
@@ -66,10 +67,14 @@ def online_ipo_loss(logps: torch.Tensor, ref_logps: torch.Tensor, completion_mas
     n = torch.as_tensor(num_pairs if num_pairs is not None else float(p), dtype=torch.float32)
     metrics = {"log_ratio_margin": margin.detach().mean(), "target_mean": tgt.mean(),
                "kl": h.detach().mean()}
-    return LossOutput(loss=per_pair / n.clamp(min=1.0), metrics=metrics)
+    return LossOutput(loss=per_pair * p / n.clamp(min=1.0), metrics=metrics)
 
 
-GROUP_LOSSES.register("egpo", online_ipo_loss)  # same loss; EGPO differs by its extragradient step
+_OIPO_SPEC = LossSpec(online_ipo_loss, EGPOParams,
+                      ("policy_token_logps", "ref_token_logps", "completion_mask", "target"),
+                      ("num_pairs",))
+GROUP_LOSSES.register("online_ipo", _OIPO_SPEC)
+GROUP_LOSSES.register("egpo", _OIPO_SPEC)  # same loss; EGPO differs by its extragradient step
 
 
 @dataclass

@@ -5,8 +5,12 @@ Per-token term (spec §1; DeepSeekMath eq. 3, DAPO eq. 8 for ε_low/ε_high):
 ``ρ_{i,t} = exp(log π_θ − log π_old)`` (``importance_sampling_level="token"``) or the sequence
 geometric mean ``exp(mean_t(log π_θ − log π_old))`` broadcast to every token (``"sequence"``, GSPO,
 Zheng et al. 2025 eq. 7). The per-token losses are aggregated by :func:`aggregate` with the global
-counts, so ``out.loss`` is ``[B]`` per-sequence contributions: **the trainer minimises
-``out.loss.sum()``** (summed over micro-batches/ranks it equals the unsharded loss).
+counts; ``out.loss.mean()`` is this shard's share of the loss (see :mod:`.aggregate`).
+
+Registered as :class:`~prefopt.losses.base.LossSpec` entries: ``GROUP_LOSSES.get("grpo")(inputs, GRPOParams())``
+with ``inputs`` holding ``policy_token_logps``, ``old_token_logps``, ``advantages``,
+``completion_mask`` and optionally ``ref_token_logps`` (β > 0), ``num_tokens``, ``num_sequences``,
+``max_completion_length``, ``is_weights``.
 """
 from __future__ import annotations
 
@@ -15,10 +19,11 @@ from dataclasses import dataclass
 import torch
 
 from prefopt.core.registry import GROUP_LOSSES
-from prefopt.losses.aggregate import LOSS_TYPE_TO_MODE, LossOutput, aggregate, masked_mean
+from prefopt.losses.aggregate import (LOSS_TYPE_TO_MODE, LossOutput, LossSpec, aggregate,
+                                      masked_mean, to_mean_contract)
 from prefopt.losses.kl_estimators import kl_estimate
 
-__all__ = ["GRPOParams", "GSPOParams", "grpo_loss", "gspo_loss"]
+__all__ = ["GRPOParams", "GSPOParams", "grpo_loss"]
 
 
 @dataclass(frozen=True)
@@ -56,9 +61,9 @@ def _ratio(logps, old_logps, mask, level):
     raise ValueError(f"unknown importance_sampling_level '{level}'; known: token, sequence")
 
 
-@GROUP_LOSSES.register("grpo")
-def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor,
-              completion_mask: torch.Tensor, *, ref_logps: torch.Tensor | None = None,
+def grpo_loss(policy_token_logps: torch.Tensor, old_token_logps: torch.Tensor,
+              advantages: torch.Tensor, completion_mask: torch.Tensor, *,
+              ref_token_logps: torch.Tensor | None = None,
               epsilon_low: float = 0.2, epsilon_high: float = 0.2, beta: float = 0.0,
               kl_estimator: str = "k3", loss_type: str = "dapo",
               importance_sampling_level: str = "token",
@@ -69,8 +74,8 @@ def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Te
     """Clipped GRPO surrogate.
 
     Args:
-        logps, old_logps, ref_logps: ``[B, T]`` per-token log-probs under π_θ, π_old, π_ref
-            (CONTRIBUTING layout); ``ref_logps`` is required only when ``beta > 0``.
+        policy_token_logps, old_token_logps, ref_token_logps: ``[B, T]`` per-token log-probs under
+            π_θ, π_old, π_ref (CONTRIBUTING layout); the reference is needed only when ``beta > 0``.
         advantages: ``[B]`` sequence advantages (e.g. ``ADVANTAGES.get("grpo")``), detached here.
         completion_mask: ``[B, T]`` 1 on completion tokens.
         num_tokens / num_sequences: global counts for the aggregation (see ``aggregate``).
@@ -79,7 +84,7 @@ def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Te
             (TIS/MIS, already truncated or masked by the caller) multiplying the policy term.
 
     Returns:
-        ``LossOutput(loss=[B] contributions (sum them), metrics)``; metrics (local, detached):
+        ``LossOutput(loss=[B], metrics)``, ``loss.mean()`` = this shard's share; metrics (local):
         ``clip_ratio/low_mean``, ``clip_ratio/high_mean``, ``clip_ratio/region_mean``,
         ``ratio_mean``, ``kl`` (when beta > 0).
     """
@@ -87,22 +92,23 @@ def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Te
         raise ValueError(f"unknown loss_type '{loss_type}'; known: {', '.join(LOSS_TYPE_TO_MODE)}")
     mask = completion_mask.to(torch.float32)
     adv = advantages.detach().to(torch.float32).reshape(-1, 1)
-    ratio = _ratio(logps, old_logps, mask, importance_sampling_level)
+    logps = policy_token_logps
+    ratio = _ratio(logps, old_token_logps, mask, importance_sampling_level)
     clipped = torch.clamp(ratio, 1.0 - epsilon_low, 1.0 + epsilon_high)
     per_token = -torch.min(ratio * adv, clipped * adv)
     if is_weights is not None:
         per_token = per_token * is_weights.detach().to(torch.float32)
     metrics: dict[str, torch.Tensor] = {}
     if beta != 0.0:
-        if ref_logps is None:
-            raise ValueError("grpo_loss: beta > 0 needs ref_logps")
-        kl = kl_estimate(logps, ref_logps, kl_estimator)
+        if ref_token_logps is None:
+            raise ValueError("grpo_loss: beta > 0 needs ref_token_logps")
+        kl = kl_estimate(logps, ref_token_logps, kl_estimator)
         per_token = per_token + beta * kl
         metrics["kl"] = masked_mean(kl, mask)
     if loss_type == "bnpo":
         num_tokens = None
-    loss = aggregate(per_token, mask, loss_type, num_tokens=num_tokens,
-                     num_sequences=num_sequences, max_len=max_completion_length)
+    loss = to_mean_contract(aggregate(per_token, mask, loss_type, num_tokens=num_tokens,
+                                      num_sequences=num_sequences, max_len=max_completion_length))
     r = ratio.detach()
     low = ((r < 1.0 - epsilon_low) & (adv < 0)).float()
     high = ((r > 1.0 + epsilon_high) & (adv > 0)).float()
@@ -113,9 +119,10 @@ def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Te
     return LossOutput(loss=loss, metrics=metrics)
 
 
-@GROUP_LOSSES.register("gspo")
-def gspo_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor,
-              completion_mask: torch.Tensor, **kwargs) -> LossOutput:
-    """GSPO (Zheng et al. 2025, eq. 7): ``grpo_loss`` with the sequence-level ratio and GSPO's ε."""
-    params = {**GSPOParams().__dict__, **kwargs}
-    return grpo_loss(logps, old_logps, advantages, completion_mask, **params)
+_INPUTS = ("policy_token_logps", "old_token_logps", "advantages", "completion_mask")
+_OPTIONAL = ("ref_token_logps", "num_tokens", "num_sequences", "max_completion_length", "is_weights")
+# needs_ref=False: a reference is only needed when beta > 0 (the trainer checks hparams.beta).
+GROUP_LOSSES.register("grpo", LossSpec(grpo_loss, GRPOParams, _INPUTS, _OPTIONAL, needs_ref=False,
+                                       paired=False))
+GROUP_LOSSES.register("gspo", LossSpec(grpo_loss, GSPOParams, _INPUTS, _OPTIONAL, needs_ref=False,
+                                       paired=False))

@@ -8,7 +8,10 @@ the two responses to prompt i (P pairs, B = 2P). With s_i = Σ_t (log π_θ − 
 ``separate`` (per-token clip, ≈ P3O-V1): ``(1/n) Σ_t [max(−q w ℓ1_t, −q w clip(ℓ1_t, ℓ1_t^old ± ε))
 + max(q w ℓ2_t, q w clip(ℓ2_t, ℓ2_t^old ± ε))]``, n = all response tokens of the batch.
 Only reward *differences* enter, so any prompt-dependent shift δ(x) leaves loss and gradients
-unchanged. ``out.loss`` is ``[P]`` per-pair contributions: **minimise ``out.loss.sum()``**.
+unchanged. ``out.loss`` is ``[P]``; ``out.loss.mean()`` is this shard's share (see :mod:`.aggregate`).
+Registered as ``LossSpec`` entries ``p3o_joint`` (hparams :class:`P3OJointParams`) and
+``p3o_separate`` (:class:`P3OSeparateParams`); inputs ``policy_token_logps``, ``old_token_logps``,
+``ref_token_logps``, ``completion_mask``, ``rewards``; optional ``num_pairs``, ``num_tokens``.
 """
 from __future__ import annotations
 
@@ -17,22 +20,27 @@ from dataclasses import dataclass
 import torch
 
 from prefopt.core.registry import GROUP_LOSSES
-from prefopt.losses.aggregate import LossOutput
+from prefopt.losses.aggregate import LossOutput, LossSpec
 
-__all__ = ["P3OParams", "p3o_loss", "p3o_joint_loss", "p3o_separate_loss"]
+__all__ = ["P3OJointParams", "P3OSeparateParams", "p3o_loss", "p3o_joint_loss", "p3o_separate_loss"]
 
 
 @dataclass(frozen=True)
-class P3OParams:
+class P3OSeparateParams:
     """Loss keyword defaults (author's HH config). Trainer-side defaults: 2 samples per prompt,
     rewards clipped to ±10, 4 inner epochs, 64 rollouts, lr 8e-6, AdamW (0.9, 0.95), cosine."""
 
-    clip_mode: str = "joint"      # joint | separate
     beta_kl: float = 0.05
     epsilon: float = 0.2
     ratio_clip: float = 10.0      # c: importance weight clipped to [1/c, c]
-    avg_over_tokens: bool = False  # joint only: divide by total response tokens instead of pairs
     scale_q: bool = False
+
+
+@dataclass(frozen=True)
+class P3OJointParams(P3OSeparateParams):
+    """As :class:`P3OSeparateParams` plus the joint-only ``avg_over_tokens``."""
+
+    avg_over_tokens: bool = False  # divide by total response tokens instead of pairs
 
 
 def _halves(x: torch.Tensor):
@@ -40,8 +48,9 @@ def _halves(x: torch.Tensor):
     return x[:p], x[p:]
 
 
-def p3o_loss(logps: torch.Tensor, old_logps: torch.Tensor, ref_logps: torch.Tensor,
-             completion_mask: torch.Tensor, rewards: torch.Tensor, *, clip_mode: str = "joint",
+def p3o_loss(policy_token_logps: torch.Tensor, old_token_logps: torch.Tensor,
+             ref_token_logps: torch.Tensor, completion_mask: torch.Tensor, rewards: torch.Tensor, *,
+             clip_mode: str = "joint",
              beta_kl: float = 0.05, epsilon: float = 0.2, ratio_clip: float = 10.0,
              avg_over_tokens: bool = False, scale_q: bool = False,
              num_pairs: torch.Tensor | float | None = None,
@@ -49,22 +58,23 @@ def p3o_loss(logps: torch.Tensor, old_logps: torch.Tensor, ref_logps: torch.Tens
     """P3O loss for ``[y1; y2]`` batches.
 
     Args:
-        logps, old_logps, ref_logps: ``[2P, T]`` per-token log-probs under π_θ, π_old, π_ref.
+        policy_token_logps, old_token_logps, ref_token_logps: ``[2P, T]`` per-token log-probs under
+            π_θ, π_old, π_ref.
         completion_mask: ``[2P, T]``.
         rewards: ``[2P]`` scalar rewards (already clipped/scaled by the caller).
         num_pairs / num_tokens: global counts for sharded batches (default: local).
 
     Returns:
-        ``LossOutput(loss=[P] contributions, metrics)``; metrics: ``clip_frac`` (fraction of pairs
+        ``LossOutput(loss=[P], metrics)``; metrics: ``clip_frac`` (fraction of pairs
         (joint) or tokens (separate) where the clipped branch is active), ``weight_mean``, ``q_mean``,
         ``kl`` (mean per-sequence Σ(log π_θ − log π_ref)).
     """
     if clip_mode not in ("joint", "separate"):
         raise ValueError(f"unknown clip_mode '{clip_mode}'; known: joint, separate")
-    if logps.shape[0] % 2:
+    if policy_token_logps.shape[0] % 2:
         raise ValueError("p3o_loss expects a [y1 block; y2 block] batch with an even size")
     m = completion_mask.to(torch.float32)
-    lp, olp, rlp = (t.to(torch.float32) for t in (logps, old_logps, ref_logps))
+    lp, olp, rlp = (t.to(torch.float32) for t in (policy_token_logps, old_token_logps, ref_token_logps))
     s = ((lp - rlp) * m).sum(-1)
     s_old = ((olp - rlp) * m).sum(-1)
     (s1, s2), (s1o, s2o) = _halves(s), _halves(s_old)
@@ -83,7 +93,7 @@ def p3o_loss(logps: torch.Tensor, old_logps: torch.Tensor, ref_logps: torch.Tens
         a, b = -qw * delta, -qw * clipped
         per_pair = 0.5 * torch.max(a, b)
         denom = n_tok if avg_over_tokens else n_pairs
-        loss = per_pair / denom.clamp(min=1.0)
+        loss = per_pair * q.shape[0] / denom.clamp(min=1.0)
         clip_frac = (b.detach() > a.detach()).float().mean()
     else:
         (l1, l2), (o1, o2), (m1, m2) = _halves(lp), _halves(olp.detach()), _halves(m)
@@ -91,7 +101,7 @@ def p3o_loss(logps: torch.Tensor, old_logps: torch.Tensor, ref_logps: torch.Tens
         a1, b1 = -c * l1, -c * torch.clamp(l1, o1 - epsilon, o1 + epsilon)
         a2, b2 = c * l2, c * torch.clamp(l2, o2 - epsilon, o2 + epsilon)
         per_tok = torch.max(a1, b1) * m1 + torch.max(a2, b2) * m2
-        loss = per_tok.sum(-1) / n_tok.clamp(min=1.0)
+        loss = per_tok.sum(-1) * q.shape[0] / n_tok.clamp(min=1.0)
         active = ((b1.detach() > a1.detach()).float() * m1 + (b2.detach() > a2.detach()).float() * m2)
         clip_frac = active.sum() / m.sum().clamp(min=1.0)
     metrics = {"clip_frac": clip_frac, "weight_mean": w.mean(), "q_mean": q.mean(),
@@ -99,16 +109,22 @@ def p3o_loss(logps: torch.Tensor, old_logps: torch.Tensor, ref_logps: torch.Tens
     return LossOutput(loss=loss, metrics=metrics)
 
 
-@GROUP_LOSSES.register("p3o_joint")
-def p3o_joint_loss(logps, old_logps, ref_logps, completion_mask, rewards, **kwargs) -> LossOutput:
+def p3o_joint_loss(policy_token_logps, old_token_logps, ref_token_logps, completion_mask, rewards,
+                   **kwargs) -> LossOutput:
     """P3O with pair-level (joint) clipping of Δ = s1 − s2 (``clip_mode="joint"``)."""
-    return p3o_loss(logps, old_logps, ref_logps, completion_mask, rewards,
-                    **{**kwargs, "clip_mode": "joint"})
+    return p3o_loss(policy_token_logps, old_token_logps, ref_token_logps, completion_mask, rewards,
+                    clip_mode="joint", **kwargs)
 
 
-@GROUP_LOSSES.register("p3o_separate")
-def p3o_separate_loss(logps, old_logps, ref_logps, completion_mask, rewards,
-                      **kwargs) -> LossOutput:
+def p3o_separate_loss(policy_token_logps, old_token_logps, ref_token_logps, completion_mask,
+                      rewards, **kwargs) -> LossOutput:
     """P3O with per-token (separate) clipping of each response (``clip_mode="separate"``)."""
-    return p3o_loss(logps, old_logps, ref_logps, completion_mask, rewards,
-                    **{**kwargs, "clip_mode": "separate"})
+    return p3o_loss(policy_token_logps, old_token_logps, ref_token_logps, completion_mask, rewards,
+                    clip_mode="separate", **kwargs)
+
+
+_INPUTS = ("policy_token_logps", "old_token_logps", "ref_token_logps", "completion_mask", "rewards")
+GROUP_LOSSES.register("p3o_joint", LossSpec(p3o_joint_loss, P3OJointParams, _INPUTS,
+                                            ("num_pairs", "num_tokens")))
+GROUP_LOSSES.register("p3o_separate", LossSpec(p3o_separate_loss, P3OSeparateParams, _INPUTS,
+                                               ("num_pairs", "num_tokens")))

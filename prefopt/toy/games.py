@@ -94,26 +94,27 @@ def _sampled_loss(theta, batch, beta):
     arms, target = batch
     logps = torch.log_softmax(theta, -1)[arms].unsqueeze(-1)     # one-token "responses"
     ref = torch.full_like(logps, -torch.log(torch.tensor(float(theta.numel()))).item())
-    return online_ipo_loss(logps, ref, torch.ones_like(logps), target, beta=beta).loss.sum()
+    return online_ipo_loss(logps, ref, torch.ones_like(logps), target, beta=beta).loss.mean()
 
 
 def sampled_egpo_run(pi0, P, *, beta: float, lr: float, steps: int, n_samples: int,
-                     seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+                     seed: int, gap_every: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
     """EGPO with the *registered* ``online_ipo`` loss on sampled (y, y' uniform, y'' ~ opponent)
-    batches. Returns ``(final π, duality gap per step [steps + 1])``."""
+    batches. Returns ``(final π, duality gaps at step 0, every gap_every steps, and the last)``."""
     gen = torch.Generator().manual_seed(seed)
     model = _Logits(pi0)
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     ref = torch.full((P.shape[0],), 1.0 / P.shape[0], dtype=torch.float64)
     gaps = [duality_gap(model.pi(), P, ref, beta)]
-    for _ in range(steps):
+    for step in range(steps):
         extragradient_step(
             model, opt,
             half_loss=lambda: _sampled_loss(model.theta, _sampled_batch(model.pi(), P, n_samples, gen),
                                             beta),
             sample_opponent=lambda: _sampled_batch(model.pi(), P, n_samples, gen),
             full_loss=lambda b: _sampled_loss(model.theta, b, beta))
-        gaps.append(duality_gap(model.pi(), P, ref, beta))
+        if (step + 1) % gap_every == 0 or step + 1 == steps:
+            gaps.append(duality_gap(model.pi(), P, ref, beta))
     return model.pi(), torch.tensor(gaps)
 
 

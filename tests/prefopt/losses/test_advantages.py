@@ -11,7 +11,7 @@ from prefopt.losses.advantages import GRPOAdvantageParams, group_reward_stats
 from prefopt.losses.group import grpo_loss
 
 
-def test_golden_grpo():
+def test_golden_advantage__grpo():
     """Group r = (1, 0, 0, 1): mean ½, Bessel std √((4·¼)/3) = √(1/3) ≈ 0.577350;
     A = ±0.5/(0.577350 + 1e-4) = ±0.865875. Second group (3, 3) is constant → exactly 0."""
     adv = ADVANTAGES.get("grpo")(torch.tensor([1.0, 0, 0, 1, 3, 3]), torch.tensor([0, 0, 0, 0, 1, 1]))
@@ -20,13 +20,13 @@ def test_golden_grpo():
     assert adv[4].item() == 0.0 and adv[5].item() == 0.0
 
 
-def test_golden_dr_grpo():
+def test_golden_advantage__dr_grpo():
     """Dr. GRPO: r − mean only. r = (1, 0, 0, 1) → (½, −½, −½, ½); r = (4, 1) → (1.5, −1.5)."""
     adv = ADVANTAGES.get("dr_grpo")(torch.tensor([1.0, 0, 0, 1, 4, 1]), torch.tensor([7, 7, 7, 7, 2, 2]))
     torch.testing.assert_close(adv, torch.tensor([0.5, -0.5, -0.5, 0.5, 1.5, -1.5]))
 
 
-def test_golden_rloo():
+def test_golden_advantage__rloo():
     """RLOO: r = (1, 0, 0) → baselines (0, ½, ½) → A = (1, −½, −½); a singleton group → 0."""
     adv = ADVANTAGES.get("rloo")(torch.tensor([1.0, 0, 0, 5]), torch.tensor([0, 0, 0, 1]))
     torch.testing.assert_close(adv, torch.tensor([1.0, -0.5, -0.5, 0.0]))
@@ -59,7 +59,7 @@ def test_a_g2_identical_rewards_zero_advantage_and_zero_gradient():
     assert torch.equal(adv, torch.zeros(4))
     logps = torch.randn(4, 3).requires_grad_()
     out = grpo_loss(logps, logps.detach() - 0.1, adv, torch.ones(4, 3))
-    (grad,) = torch.autograd.grad(out.loss.sum(), logps)
+    (grad,) = torch.autograd.grad(out.loss.mean(), logps)
     assert torch.equal(grad, torch.zeros_like(grad))
 
 

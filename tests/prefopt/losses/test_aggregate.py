@@ -57,10 +57,10 @@ def test_grpo_loss_sharding_invariance_values_and_grads(loss_type):
     logps = (old + 0.3 * torch.randn(4, 5, generator=g)).requires_grad_()
     mask = torch.tensor([[1.0, 1, 0, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0], [1, 1, 1, 0, 0]])
     adv = torch.tensor([1.0, -0.5, 0.25, -2.0])
-    full = grpo_loss(logps, old, adv, mask, loss_type=loss_type).loss.sum()
+    full = grpo_loss(logps, old, adv, mask, loss_type=loss_type).loss.mean()
     (grad_full,) = torch.autograd.grad(full, logps)
     kw = dict(loss_type=loss_type, num_tokens=mask.sum(), num_sequences=4, max_completion_length=5)
-    parts = [grpo_loss(logps[s], old[s], adv[s], mask[s], **kw).loss.sum()
+    parts = [grpo_loss(logps[s], old[s], adv[s], mask[s], **kw).loss.mean()
              for s in (slice(0, 1), slice(1, 4))]
     (grad_sh,) = torch.autograd.grad(sum(parts), logps)
     torch.testing.assert_close(sum(parts), full)

@@ -17,19 +17,20 @@ def _pair_batch():
     return logps, prev, torch.ones(2, 2)
 
 
-def test_golden_dno():
+def test_golden_group_loss__dno():
     """η = 0.1: Δ = 0.1·(1 − (−1)) = 0.2; hard label L = −log σ(0.2) = log(1 + e^{−0.2}) ≈ 0.598139;
     ∂L/∂ℓ+_t = −η σ(−0.2) ≈ −0.045017, ∂L/∂ℓ−_t = +0.045017.
     Soft target z = 0.3: L = 0.3·0.598139 + 0.7·log(1 + e^{0.2}) = 0.179442 + 0.558697 = 0.738139."""
     logps, prev, mask = _pair_batch()
-    out = GROUP_LOSSES.get("dno")(logps, prev, mask, eta=0.1)
-    assert out.loss.sum().item() == pytest.approx(math.log1p(math.exp(-0.2)), abs=1e-6)
-    (grad,) = torch.autograd.grad(out.loss.sum(), logps)
+    inputs = {"policy_token_logps": logps, "prev_token_logps": prev, "completion_mask": mask}
+    out = GROUP_LOSSES.get("dno")(inputs, DNOParams(eta=0.1))
+    assert out.loss.mean().item() == pytest.approx(math.log1p(math.exp(-0.2)), abs=1e-6)
+    (grad,) = torch.autograd.grad(out.loss.mean(), logps)
     g = 0.1 / (1 + math.exp(0.2))
     torch.testing.assert_close(grad, torch.tensor([[-g, -g], [g, g]]))
     assert out.metrics["accuracy"].item() == 1.0
     out = dno_loss(logps, prev, mask, eta=0.1, target=torch.tensor([0.3]))
-    assert out.loss.sum().item() == pytest.approx(0.738139, abs=1e-5)
+    assert out.loss.mean().item() == pytest.approx(0.738139, abs=1e-5)
 
 
 def test_dno_regularised_anchor():
@@ -37,9 +38,9 @@ def test_dno_regularised_anchor():
     log-ratios +0.5, −0.5 → Δ = 0.1·1 = 0.1; L = log(1 + e^{−0.1}) ≈ 0.644397."""
     logps, prev, mask = _pair_batch()
     ref = torch.tensor([[-1.0, -1.0], [-2.0, -2.0]])
-    out = dno_loss(logps, prev, mask, eta=0.1, tau=0.05, ref_logps=ref)
-    assert out.loss.sum().item() == pytest.approx(math.log1p(math.exp(-0.1)), abs=1e-6)
-    with pytest.raises(ValueError, match="tau > 0 needs ref_logps"):
+    out = dno_loss(logps, prev, mask, eta=0.1, tau=0.05, ref_token_logps=ref)
+    assert out.loss.mean().item() == pytest.approx(math.log1p(math.exp(-0.1)), abs=1e-6)
+    with pytest.raises(ValueError, match="tau > 0 needs ref_token_logps"):
         dno_loss(logps, prev, mask, tau=0.05)
 
 
@@ -85,7 +86,7 @@ def test_a_d1_minimiser_is_soft_policy_iteration():
     opt = torch.optim.Adam([theta], lr=0.05)
     for _ in range(1500):
         logps = torch.log_softmax(theta, -1)[arms].unsqueeze(-1)
-        loss = dno_loss(logps, prev, torch.ones_like(prev), eta=eta, target=target).loss.sum()
+        loss = dno_loss(logps, prev, torch.ones_like(prev), eta=eta, target=target).loss.mean()
         opt.zero_grad()
         loss.backward()
         opt.step()

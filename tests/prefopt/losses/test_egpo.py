@@ -20,18 +20,20 @@ def _golden(name):
     logps = torch.tensor([[-1.0, -3.0], [-1.0, -9.0]], requires_grad=True)
     ref = torch.tensor([[-2.0, -2.0], [-2.0, -2.0]])
     mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
-    out = GROUP_LOSSES.get(name)(logps, ref, mask, torch.tensor([0.05]), beta=0.1)
-    assert out.loss.sum().item() == pytest.approx(2.25, abs=1e-6)
-    (grad,) = torch.autograd.grad(out.loss.sum(), logps)
+    inputs = {"policy_token_logps": logps, "ref_token_logps": ref, "completion_mask": mask,
+              "target": torch.tensor([0.05])}
+    out = GROUP_LOSSES.get(name)(inputs, EGPOParams(beta=0.1))
+    assert out.loss.mean().item() == pytest.approx(2.25, abs=1e-6)
+    (grad,) = torch.autograd.grad(out.loss.mean(), logps)
     torch.testing.assert_close(grad, torch.tensor([[-1.5, -1.5], [3.0, 0.0]]))
     assert out.metrics["log_ratio_margin"].item() == pytest.approx(-1.0)
 
 
-def test_golden_online_ipo():
+def test_golden_group_loss__online_ipo():
     _golden("online_ipo")
 
 
-def test_golden_egpo():
+def test_golden_group_loss__egpo():
     """``egpo`` is the same registered loss (EGPO differs only by ``extragradient_step``)."""
     _golden("egpo")
     assert EGPOParams() == EGPOParams(beta=0.1, normalize=True)

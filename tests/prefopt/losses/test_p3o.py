@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from prefopt.core.registry import GROUP_LOSSES
-from prefopt.losses.p3o import P3OParams, p3o_loss
+from prefopt.losses.p3o import P3OJointParams, P3OSeparateParams, p3o_loss
 
 
 def _pair():
@@ -16,25 +16,30 @@ def _pair():
     return logps, logps.detach().clone(), ref, torch.ones(2, 2), torch.tensor([2.0, 1.0])
 
 
-def test_golden_p3o_joint():
+def _inputs(logps, old, ref, mask, r):
+    return {"policy_token_logps": logps, "old_token_logps": old, "ref_token_logps": ref,
+            "completion_mask": mask, "rewards": r}
+
+
+def test_golden_group_loss__p3o_joint():
     """q = (2 − 1) − 0.05·(0.5 − 1) = 1.025, w = 1, Δ = Δ_old = −0.5 (clip inactive):
     L = ½·(−q·Δ) = ½·1.025·0.5 = 0.25625; ∂L/∂ℓ1_t = −q/2 = −0.5125, ∂L/∂ℓ2_t = +0.5125."""
     logps, old, ref, mask, r = _pair()
-    out = GROUP_LOSSES.get("p3o_joint")(logps, old, ref, mask, r)
-    assert out.loss.sum().item() == pytest.approx(0.25625, abs=1e-6)
-    (grad,) = torch.autograd.grad(out.loss.sum(), logps)
+    out = GROUP_LOSSES.get("p3o_joint")(_inputs(logps, old, ref, mask, r), P3OJointParams())
+    assert out.loss.mean().item() == pytest.approx(0.25625, abs=1e-6)
+    (grad,) = torch.autograd.grad(out.loss.mean(), logps)
     torch.testing.assert_close(grad, torch.tensor([[-0.5125, -0.5125], [0.5125, 0.5125]]))
     assert out.metrics["q_mean"].item() == pytest.approx(1.025)
     assert out.metrics["clip_frac"].item() == 0.0
 
 
-def test_golden_p3o_separate():
+def test_golden_group_loss__p3o_separate():
     """Same pair, n = 4 tokens, clip inactive: y1 term −q·(−1 − 2) = 3q, y2 term q·(−3 − 1) = −4q;
     L = (3q − 4q)/4 = −q/4 = −0.25625; ∂L/∂ℓ1_t = −q/4, ∂L/∂ℓ2_t = +q/4."""
     logps, old, ref, mask, r = _pair()
-    out = GROUP_LOSSES.get("p3o_separate")(logps, old, ref, mask, r)
-    assert out.loss.sum().item() == pytest.approx(-0.25625, abs=1e-6)
-    (grad,) = torch.autograd.grad(out.loss.sum(), logps)
+    out = GROUP_LOSSES.get("p3o_separate")(_inputs(logps, old, ref, mask, r), P3OSeparateParams())
+    assert out.loss.mean().item() == pytest.approx(-0.25625, abs=1e-6)
+    (grad,) = torch.autograd.grad(out.loss.mean(), logps)
     q4 = 1.025 / 4
     torch.testing.assert_close(grad, torch.tensor([[-q4, -q4], [q4, q4]]))
 
@@ -50,7 +55,7 @@ def _random_batch(seed, pairs=4, t=5):
 
 
 def _loss_grad(logps, *args, **kw):
-    loss = p3o_loss(logps, *args, **kw).loss.sum()
+    loss = p3o_loss(logps, *args, **kw).loss.mean()
     return loss, torch.autograd.grad(loss, logps)[0]
 
 
@@ -109,7 +114,7 @@ def test_a_p4_clip_active_zero_gradient(mode):
     logps, old, ref, mask, r = _pair()
     moved = (old + torch.tensor([[0.3, 0.0], [0.0, 0.0]])).requires_grad_()
     out = p3o_loss(moved, old, ref, mask, r, clip_mode=mode)
-    (grad,) = torch.autograd.grad(out.loss.sum(), moved)
+    (grad,) = torch.autograd.grad(out.loss.mean(), moved)
     if mode == "joint":
         assert torch.equal(grad, torch.zeros_like(grad))
         assert out.metrics["clip_frac"].item() == 1.0
@@ -131,13 +136,15 @@ def test_a_p5_toy_bt_bandit():
         out = p3o_loss(logps, logps.detach(), torch.zeros_like(logps), torch.ones(32, 1), u[arms],
                        beta_kl=0.0)
         opt.zero_grad()
-        out.loss.sum().backward()
+        out.loss.mean().backward()
         opt.step()
     assert torch.softmax(theta, -1)[0].item() > 0.9
 
 
 def test_params_and_errors():
-    assert P3OParams() == P3OParams("joint", 0.05, 0.2, 10.0, False, False)
+    assert P3OJointParams() == P3OJointParams(beta_kl=0.05, epsilon=0.2, ratio_clip=10.0, scale_q=False,
+                                              avg_over_tokens=False)
+    assert not hasattr(P3OSeparateParams(), "avg_over_tokens")
     logps, old, ref, mask, r = _pair()
     with pytest.raises(ValueError, match="unknown clip_mode 'both'"):
         p3o_loss(logps, old, ref, mask, r, clip_mode="both")
