@@ -140,6 +140,8 @@ def forward_token_logps(model: Any, batch: Any, chunk_size: int = 1024, *,
     """
     dtype, device = _model_dtype_device(model)
     layout = getattr(batch, "layout", None)
+    if layout not in ("padded", "packed", "shared_prompt"):
+        raise TypeError(f"unsupported batch type {type(batch).__name__} (layout {layout!r})")
     ids = batch.input_ids.to(device)
     if layout == "padded":
         logits = model(input_ids=ids, attention_mask=batch.attention_mask.to(device),
@@ -154,7 +156,7 @@ def forward_token_logps(model: Any, batch: Any, chunk_size: int = 1024, *,
         lp = token_logps(logits, ids, chunk_size).masked_fill(starts, 0.0)
         ent = entropy(logits, chunk_size).masked_fill(starts, 0.0) if with_entropy else None
         unpack = lambda x: _to(batch, device).unpack(x)  # noqa: E731
-    elif layout == "shared_prompt":
+    else:  # shared_prompt
         mask = batch.additive_mask(dtype).to(device)
         logits = model(input_ids=ids, attention_mask=mask, position_ids=batch.position_ids.to(device),
                        use_cache=False).logits
@@ -165,8 +167,6 @@ def forward_token_logps(model: Any, batch: Any, chunk_size: int = 1024, *,
             rows = torch.arange(ids.shape[0], device=device).unsqueeze(1)
             ent = entropy(logits[rows, source.clamp(min=0)], chunk_size, shift=False) * (source >= 0)
         unpack = lambda x: _to(batch, device).unpack(x)  # noqa: E731
-    else:
-        raise TypeError(f"unsupported batch type {type(batch).__name__} (layout {layout!r})")
     return ForwardLogps(unpack(lp), batch.padded_completion_mask.to(device),
                         batch.padded_attention_mask.to(device), None if ent is None else unpack(ent))
 
