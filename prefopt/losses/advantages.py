@@ -29,7 +29,7 @@ class GRPOAdvantageParams:
 
 
 def _group_stats(rewards: torch.Tensor, group_ids: torch.Tensor):
-    """(inverse index, valid mask, per-group count, sum, mean) with NaN rewards excluded."""
+    """(rewards with NaN→0, inverse index, valid mask, per-group count, sum, mean); NaN excluded."""
     r = rewards.detach().to(torch.float32).reshape(-1)
     uniq, inv = torch.unique(group_ids.reshape(-1), return_inverse=True)
     n_groups = uniq.numel()
