@@ -144,16 +144,30 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Return a copy of ``data`` with dotted overrides applied (creating mappings as needed)."""
+    """Return a copy of ``data`` with dotted overrides applied (creating mappings as needed).
+
+    A numeric key addresses a list item: ``sources.0.path=x.jsonl`` edits the first source.
+    """
     out = json.loads(json.dumps(data))
     for text in overrides:
         keys, value = parse_override(text)
-        node = out
-        for k in keys[:-1]:
-            if not isinstance(node.get(k), dict):
-                node[k] = {}
-            node = node[k]
-        node[keys[-1]] = value
+        node: Any = out
+        for i, k in enumerate(keys):
+            last = i == len(keys) - 1
+            if isinstance(node, list):
+                if not k.isdigit() or int(k) >= len(node):
+                    raise ConfigError(f"override '{text}': '{k}' is not an index of a list of {len(node)}")
+                if last:
+                    node[int(k)] = value
+                else:
+                    node = node[int(k)]
+                continue
+            if last:
+                node[k] = value
+            else:
+                if not isinstance(node.get(k), (dict, list)):
+                    node[k] = {}
+                node = node[k]
     return out
 
 

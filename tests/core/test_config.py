@@ -92,3 +92,10 @@ def test_load_config_kind_and_roundtrip(tmp_path):
     p.write_text("kind: [unclosed\n")
     with pytest.raises(ConfigError, match="invalid YAML"):
         load_config(p)
+
+
+def test_override_list_items():
+    data = {"sources": [{"path": "a"}, {"path": "b"}]}
+    assert apply_overrides(data, ["sources.1.path=c"]) == {"sources": [{"path": "a"}, {"path": "c"}]}
+    with pytest.raises(ConfigError, match="'5' is not an index of a list of 2"):
+        apply_overrides(data, ["sources.5.path=c"])
