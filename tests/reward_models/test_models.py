@@ -178,3 +178,101 @@ def test_config_validation(lm, tmp_path):
         rm(torch.tensor([[5, 6, 7]]))
     with pytest.raises(ModelLoadError, match="not found"):
         RewardModel.load(tmp_path / "nope")
+
+
+# ---------------------------------------------------------------- scorer interface
+class ByteTok:
+    """Byte-level tokenizer (ids 3..255 for ASCII text), EOS 2, pad 0; optional toy chat template."""
+
+    eos_token_id, pad_token_id = 2, 0
+
+    def __init__(self, chat: bool = False):
+        self.chat_template = "toy" if chat else None
+
+    def encode(self, text, add_special_tokens=False):
+        return list(text.encode("ascii"))
+
+    def decode(self, ids):
+        return bytes(ids).decode("ascii")
+
+    def apply_chat_template(self, msgs, tokenize=False, add_generation_prompt=False):
+        text = "".join(f"<{m['role']}>{m['content']}\n" for m in msgs)
+        return text + ("<assistant>" if add_generation_prompt else "")
+
+
+def test_registry_kinds_and_lazy_import():
+    import subprocess
+    import sys
+
+    code = ("import sys, reward_models; from prefopt.core.registry import RM_KINDS, RM_LOSSES; "
+            "assert {'bt','gpm','polar','ensemble'} <= set(RM_KINDS.names()); assert 'gpm' in RM_LOSSES; "
+            "assert 'transformers' not in sys.modules; "
+            "assert RM_KINDS.get('polar').needs_reference and RM_KINDS.get('gpm').pairwise; "
+            "assert RM_KINDS.get('bt').resolve().__name__ == 'RewardModel'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_bt_scorer_batched_matches_forward_and_preference(lm):
+    from reward_models.scorer import ChatEncoder, ModelScorer, RewardScorer
+
+    rm = RewardModel(lm, "bt", seed=4)
+    tok = ByteTok(chat=True)
+    prompts = ["hi", [{"role": "user", "content": "2+2?"}], "tell me a joke"]
+    responses = ["hello there", "4", "no"]
+    s1 = ModelScorer(rm, tok, batch_size=1)
+    s3 = ModelScorer(rm, tok, batch_size=3)
+    assert isinstance(s1, RewardScorer)
+    a, b = s1.score(prompts, responses), s3.score(prompts, responses)
+    assert a.shape == (3,) and not a.requires_grad and torch.allclose(a, b, atol=1e-5)
+    ids, plen = ChatEncoder(tok)("hi", "hello there")
+    assert ids[-1] == tok.eos_token_id and tok.decode(ids[:plen]) == "<user>hi\n<assistant>"
+    with torch.no_grad():
+        assert torch.allclose(rm(torch.tensor([ids])).rewards, a[:1], atol=1e-5)
+    p = s3.preference("hi", "hello there", "4")
+    assert p.ndim == 0
+    assert p.item() == pytest.approx(torch.sigmoid(a[0] - s3.score(["hi"], ["4"])[0]).item(), abs=1e-5)
+    assert s3.preference(prompts, responses, responses[::-1]).shape == (3,)
+    rm.set_reward_stats(0.5, 2.0, normalize=True)
+    assert torch.allclose(ModelScorer(rm, tok).score(prompts, responses), (a - 0.5) / 2.0, atol=1e-5)
+    bf = ModelScorer(rm, tok, bf16=True, normalize=False).score(prompts, responses)
+    assert bf.dtype == torch.float32 and torch.allclose(bf, a, atol=0.05)
+
+
+def test_gpm_scorer(lm):
+    from reward_models.scorer import ModelScorer
+
+    rm = RewardModel(lm, "gpm", seed=6, embed_dim=4, beta=0.1)
+    sc = ModelScorer(rm, ByteTok(), batch_size=2)
+    resp = ["alpha", "beta", "gamma"]
+    S = sc.score_matrix("q", resp)
+    assert torch.allclose(S, -S.T, atol=1e-6)
+    s_ab = sc.score(["q"], ["alpha"], references=["beta"])[0]
+    assert s_ab.item() == pytest.approx(S[0, 1].item(), abs=1e-5)
+    assert sc.preference("q", "alpha", "beta").item() == pytest.approx(torch.sigmoid(S[0, 1] / 0.1).item(), abs=1e-5)
+    assert torch.allclose(sc.group_scores("q", resp), S.sum(1) / 2, atol=1e-6)
+    with pytest.raises(ValueError, match="references"):
+        sc.score(["q"], ["alpha"])
+
+
+def test_polar_scorer_and_ensemble_scorer(lm):
+    from reward_models.polar_data import encode_polar
+    from reward_models.scorer import EnsembleScorer, ModelScorer
+
+    tok = ByteTok()
+    rm = RewardModel(lm, "polar", seed=8, head_init="normal", split_token="<S>", reward_token="<R>")
+    sc = ModelScorer(rm, tok)
+    r = sc.score(["Q", "Q"], ["good", "bad"], references=["ref", "ref"])
+    ids = encode_polar(tok, "Q", "ref", "good", split_token="<S>", reward_token="<R>")
+    assert tok.decode(ids) == "Q\nref<S>Q\ngood<R>"
+    with torch.no_grad():
+        assert rm(torch.tensor([ids])).rewards.item() == pytest.approx(r[0].item(), abs=1e-5)
+    assert sc.preference("Q", "good", "bad", reference="ref").item() == pytest.approx(
+        torch.sigmoid(r[0] - r[1]).item(), abs=1e-5)
+    with pytest.raises(ValueError, match="reference"):
+        sc.score(["Q"], ["good"])
+    members = [ModelScorer(RewardModel(lm, "bt", seed=s), tok) for s in (1, 2, 3)]
+    ens = EnsembleScorer(members, "wco")
+    each = torch.stack([m.score(["Q", "Q"], ["x", "yy"]) for m in members])
+    agg, var = ens.score_with_variance(["Q", "Q"], ["x", "yy"])
+    assert torch.allclose(agg, each.min(0).values) and torch.allclose(var, each.var(0, unbiased=False), atol=1e-7)
+    assert ens.preference("Q", "x", "yy").item() == pytest.approx(torch.sigmoid(agg[0] - agg[1]).item(), abs=1e-6)
