@@ -24,10 +24,14 @@ __all__ = ["LossOutput", "bt_loss", "listwise_bt_loss", "plackett_luce_loss", "g
 
 @dataclass(frozen=True)
 class LossOutput:
-    """Per-example loss (shape ``[B]``) and detached scalar metrics."""
+    """Per-example loss (shape ``[B]``), detached scalar metrics, detached per-example ``aux`` tensors.
+
+    Same fields as ``prefopt.losses.base.LossOutput`` (which this package may not import).
+    """
 
     loss: Tensor
     metrics: dict[str, Tensor] = field(default_factory=dict)
+    aux: dict[str, Tensor] = field(default_factory=dict)
 
 
 def _f32(x: Tensor | float | None, like: Tensor) -> Tensor | None:

@@ -25,7 +25,7 @@ def test_registry_names():
     assert RM_LOSSES.get("bt") is L.bt_loss
 
 
-def test_b1_equal_rewards_and_gap_two():
+def test_golden_bt():
     """B1: equal rewards -> ln 2 = 0.693147; gap 2 -> softplus(-2) = ln(1 + e^-2) = 0.126928."""
     out = L.bt_loss(t(0.3, -1.0), t(0.3, -1.0))
     assert out.loss.shape == (2,)
@@ -92,7 +92,12 @@ def test_b4_transitive_free_parameter_bt():
     assert L.bt_loss(r[win], r[lose]).metrics["accuracy"].item() == 1.0
 
 
-def test_listwise_bt_and_plackett_luce():
+def test_golden_plackett_luce():
+    """PL on (2, 1, 0): [log(e^2 + e + 1) - 2] + [log(e + 1) - 1] = 0.407606 + 0.313262 = 0.720868."""
+    assert L.plackett_luce_loss(t(2.0, 1.0, 0.0)[None]).loss.item() == pytest.approx(0.720868, abs=1e-5)
+
+
+def test_golden_listwise_bt():
     """Listwise (2,1,0): (2 softplus(-1) + softplus(-2))/3 = 0.251151; PL: 0.407606 + 0.313262 = 0.720868.
     K = 2 reduces both to BT; masked entries are ignored."""
     r = t(2.0, 1.0, 0.0)[None]
@@ -125,7 +130,7 @@ def test_g2_bt_reduction():
     assert torch.allclose(L.skew_score(va, vb), ra - rb, atol=1e-6)
 
 
-def test_gpm_loss_values():
+def test_golden_gpm():
     """s = 0 -> ln 2; hard label with s = 0.866, beta 0.1 -> softplus(-8.66) = 1.73e-4; soft label q = 0.5
     at s/beta = 1 -> 0.5 softplus(-1) + 0.5 softplus(1) = 0.5 (0.313262 + 1.313262) = 0.813262;
     margin shifts s."""
@@ -142,6 +147,7 @@ def test_gpm_loss_values():
         L.skew_score(torch.ones(1, 3), torch.ones(1, 3))
 
 
-def test_polar_loss():
+def test_golden_polar():
+    """Equal rewards -> ln 2; r(ref,pos) - r(ref,neg) = 2 -> softplus(-2) = 0.126928."""
     assert L.polar_loss(t(0.0), t(0.0)).loss.item() == pytest.approx(LN2, abs=1e-6)
     assert L.polar_loss(t(-1.0), t(-3.0)).loss.item() == pytest.approx(0.126928, abs=1e-6)
