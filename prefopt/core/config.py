@@ -189,7 +189,7 @@ def _import_schemas() -> None:
     """Import the modules that register config kinds (lazy, so core stays light)."""
     import importlib
 
-    for mod in ("data_pipelines.config", "reward_models.config", "prefopt.configs"):
+    for mod in ("data_pipelines.config", "reward_models.config", "prefopt.configs", "prefopt.pipeline"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as exc:

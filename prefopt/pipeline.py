@@ -1,0 +1,153 @@
+"""``prefopt run CFG``: a pipeline of stages (data build, reward model, evaluation, alignment, report).
+
+Each stage runs one ``prefopt`` command into its own folder ``<output_dir>/<stage name>``. A stage
+that finished writes ``.stage-done.json`` holding a fingerprint of its command, config file,
+overrides, arguments and the fingerprints of the stages before it; a rerun skips every stage whose
+fingerprint still matches, so a second invocation repeats nothing, and an interrupted run restarts at
+the first unfinished stage (training stages also resume from their own checkpoints).
+
+In overrides and arguments, ``{out}`` is the pipeline folder and ``{stage:NAME}`` the folder of an
+earlier stage, e.g. ``data.path={stage:data}``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from prefopt.core.errors import ConfigError
+from prefopt.core.io import atomic_write_json
+from prefopt.core.registry import CONFIG_KINDS
+
+Command = Literal["data build", "train", "rm train", "eval rewardbench", "eval alpacaeval", "report"]
+# Where each config-driven command takes its output folder.
+OUTPUT_KEY = {"data build": "output_dir", "train": "run.output_dir", "rm train": "run.output_dir"}
+DONE = ".stage-done.json"
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One step of the pipeline."""
+
+    name: str
+    command: Command
+    # YAML config for config-driven commands (data build, train, rm train).
+    config: str | None = None
+    # Dotted overrides applied to that config ({out} and {stage:NAME} are substituted).
+    overrides: list[str] = field(default_factory=list)
+    # Arguments for argument-driven commands (eval ..., report); `--out <stage dir>` is added.
+    args: list[str] = field(default_factory=list)
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
+            raise ValueError(f"stage name {self.name!r} may only hold letters, digits, '_', '.', '-'")
+        if self.command in OUTPUT_KEY and not self.config:
+            raise ValueError(f"stage '{self.name}': command '{self.command}' needs a config file")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Root of a ``kind: run`` YAML: the pipeline folder and its stages, run in order."""
+
+    output_dir: str = "runs/quickstart"
+    stages: list[StageConfig] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        names = [s.name for s in self.stages]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate stage names: {', '.join(dupes)}")
+        for i, stage in enumerate(self.stages):
+            for ref in re.findall(r"\{stage:([^}]+)\}", " ".join(stage.overrides + stage.args)):
+                if ref not in names[:i]:
+                    raise ValueError(f"stage '{stage.name}' refers to {{stage:{ref}}}, which is not an "
+                                     f"earlier stage (earlier: {', '.join(names[:i]) or 'none'})")
+
+    def validate(self) -> None:
+        """Load and validate every stage config with its overrides (used by `prefopt validate`)."""
+        from prefopt.core.config import load_config
+
+        for stage in self.stages:
+            if stage.config:
+                expect = {"data build": "data", "train": "train", "rm train": "rm"}[stage.command]
+                load_config(stage.config, _substitute(stage.overrides, self, stage), expect=expect)
+
+
+CONFIG_KINDS.register("run", RunConfig)
+
+
+def stage_dir(cfg: RunConfig, name: str) -> Path:
+    return Path(cfg.output_dir) / name
+
+
+def _substitute(items: list[str], cfg: RunConfig, stage: StageConfig) -> list[str]:
+    def one(text: str) -> str:
+        text = text.replace("{out}", str(cfg.output_dir))
+        return re.sub(r"\{stage:([^}]+)\}", lambda m: str(stage_dir(cfg, m.group(1))), text)
+
+    return [one(t) for t in items]
+
+
+def _argv(cfg: RunConfig, stage: StageConfig) -> list[str]:
+    out = str(stage_dir(cfg, stage.name))
+    words = stage.command.split()
+    if stage.command in OUTPUT_KEY:
+        return words + [stage.config] + _substitute(stage.overrides, cfg, stage) + [f"{OUTPUT_KEY[stage.command]}={out}"]
+    return words + _substitute(stage.args, cfg, stage) + ["--out", out]
+
+
+def fingerprint(cfg: RunConfig, stage: StageConfig, upstream: list[str]) -> str:
+    h = hashlib.sha256(json.dumps(_argv(cfg, stage)).encode())
+    if stage.config and Path(stage.config).is_file():
+        h.update(Path(stage.config).read_bytes())
+    for fp in upstream:
+        h.update(fp.encode())
+    return h.hexdigest()[:24]
+
+
+def _is_done(folder: Path, fp: str) -> bool:
+    marker = folder / DONE
+    if not marker.exists():
+        return False
+    try:
+        return json.loads(marker.read_text()).get("fingerprint") == fp
+    except json.JSONDecodeError:
+        return False
+
+
+def run_pipeline(cfg: RunConfig) -> int:
+    """Run the enabled stages in order, skipping those already complete; print a summary line."""
+    from prefopt.cli import dispatch
+
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    upstream: list[str] = []
+    report: list[tuple[str, str, float]] = []
+    start = time.time()
+    for stage in [s for s in cfg.stages if s.enabled]:
+        fp = fingerprint(cfg, stage, upstream)
+        folder = stage_dir(cfg, stage.name)
+        upstream.append(fp)
+        if _is_done(folder, fp):
+            report.append((stage.name, "skipped (done)", 0.0))
+            continue
+        print(f"== stage {stage.name}: prefopt {' '.join(_argv(cfg, stage))}", file=sys.stderr, flush=True)
+        t0 = time.time()
+        code = dispatch(_argv(cfg, stage))
+        if code:
+            raise ConfigError(f"stage '{stage.name}' failed with exit code {code}")
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(folder / DONE, {"fingerprint": fp, "seconds": round(time.time() - t0, 1)})
+        report.append((stage.name, "done", time.time() - t0))
+    total = time.time() - start
+    parts = ", ".join(f"{n} {s}" + (f" {t:.0f}s" if t else "") for n, s, t in report)
+    print(f"prefopt run: {len(report)} stages in {total:.0f}s -> {cfg.output_dir} ({parts})", flush=True)
+    atomic_write_json(Path(cfg.output_dir) / "pipeline.json",
+                      {"stages": [{"name": n, "status": s, "seconds": round(t, 1)} for n, s, t in report],
+                       "seconds": round(total, 1)})
+    return 0
