@@ -1,0 +1,159 @@
+"""AlpacaEval judge over an OpenAI-compatible chat-completions API, with AlpacaEval's ranking prompt.
+
+The prompt template is read at run time from the installed ``alpaca_eval`` package
+(``evaluators_configs/<config>/configs.yaml`` -> ``prompt_template``; default config
+``weighted_alpaca_eval_gpt4_turbo``, whose template asks for the identifier "m" or "M" of the better
+output), so nothing of it is copied into this repository. Its ``<|im_start|>role ... <|im_end|>`` blocks
+become chat messages. As in AlpacaEval the two outputs are shown in a random order (seeded per
+instruction); ``output_1`` is labelled "m" and ``output_2`` "M". The preference is
+``P(label of the model's output)`` renormalised over {m, M} from ``top_logprobs`` when the API returns
+them (AlpacaEval's ``logprob_parser``), else 1/0 from the returned text; anything else is unparsable
+(preference None, left out of the metrics).
+
+The API key is read from the environment variable named by ``api_key_env`` and only ever put in the
+``Authorization`` header: it is never logged, stored in the judge's state beyond the request, or written.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import random
+import re
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Sequence
+
+from prefopt.core.errors import ConfigError
+from prefopt.eval.judges.base import identical
+
+DEFAULT_CONFIG = "weighted_alpaca_eval_gpt4_turbo"
+_BLOCK = re.compile(r"<\|im_start\|>(\w+)\n(.*?)<\|im_end\|>", re.S)
+
+
+def alpaca_eval_config_dir() -> Path:
+    """``alpaca_eval/evaluators_configs`` of the installed package (found without importing it)."""
+    spec = importlib.util.find_spec("alpaca_eval")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("the http judge reads its prompt from the alpaca_eval package: "
+                          "pip install -e .[eval]")
+    return Path(list(spec.submodule_search_locations)[0]) / "evaluators_configs"
+
+
+def load_prompt_template(config: str = DEFAULT_CONFIG) -> tuple[str, dict[str, Any]]:
+    """``(template text, completions_kwargs)`` of an alpaca_eval annotator config."""
+    import yaml
+
+    cfg_file = alpaca_eval_config_dir() / config / "configs.yaml"
+    if not cfg_file.is_file():
+        raise ConfigError(f"alpaca_eval annotator config '{config}' not found ({cfg_file})")
+    cfg = yaml.safe_load(cfg_file.read_text(encoding="utf-8"))[config]
+    template = (alpaca_eval_config_dir() / cfg["prompt_template"]).read_text(encoding="utf-8")
+    return template, dict(cfg.get("completions_kwargs") or {})
+
+
+def render_messages(template: str, instruction: str, output_1: str, output_2: str) -> list[dict[str, str]]:
+    """Fill ``{instruction}``, ``{output_1}``, ``{output_2}`` and split the chat blocks into messages."""
+    filled = template
+    for key, val in (("instruction", instruction), ("output_1", output_1), ("output_2", output_2)):
+        filled = filled.replace("{" + key + "}", val)
+    msgs = [{"role": r, "content": c.strip()} for r, c in _BLOCK.findall(filled)]
+    return msgs or [{"role": "user", "content": filled}]
+
+
+def parse_preference(response: dict[str, Any], labels: tuple[str, str] = ("m", "M")) -> float | None:
+    """P(``labels[1]`` = output_2 is better) from a chat-completions response; None if unparsable."""
+    try:
+        choice = response["choices"][0]
+    except (KeyError, IndexError, TypeError):
+        return None
+    content = ((choice.get("logprobs") or {}).get("content") or [])
+    if content:
+        probs = {lab: 0.0 for lab in labels}
+        for top in content[0].get("top_logprobs") or [content[0]]:
+            tok = str(top.get("token", "")).strip()
+            if tok in probs:
+                probs[tok] += math.exp(float(top["logprob"]))
+        total = sum(probs.values())
+        if total > 0:
+            return probs[labels[1]] / total
+    text = str((choice.get("message") or {}).get("content") or "").strip()
+    return {labels[0]: 0.0, labels[1]: 1.0}.get(text)
+
+
+class HTTPJudge:
+    """Judge over ``POST {base_url}/chat/completions``.
+
+    Args:
+        base_url: API root, e.g. ``https://api.openai.com/v1`` or ``http://127.0.0.1:8000/v1``.
+        model: the judge model name sent in the request.
+        api_key_env: environment variable holding the key (default ``OPENAI_API_KEY``); unset = no
+            ``Authorization`` header (local servers).
+        config: alpaca_eval annotator config whose prompt and completion settings are used.
+        seed: seeds the per-instruction output order.
+        timeout: seconds per request; max_retries: retries on network errors, 429 and 5xx (backoff).
+    """
+
+    def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY",
+                 config: str = DEFAULT_CONFIG, seed: int = 0, timeout: float = 60.0, max_retries: int = 3,
+                 name: str | None = None, **_: Any):
+        if not base_url:
+            raise ConfigError("the http judge needs --judge-base-url")
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model, self.api_key_env, self.config = model, api_key_env, config
+        self.seed, self.timeout, self.max_retries = seed, timeout, max_retries
+        self.template, kwargs = load_prompt_template(config)
+        self.request_kwargs = {k: v for k, v in kwargs.items() if k in ("max_tokens", "temperature", "logprobs",
+                                                                          "top_logprobs")}
+        self.name = name or f"http:{model}:{config}"
+
+    def _headers(self) -> dict[str, str]:
+        import os
+
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(self.api_key_env)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+        data = json.dumps(body).encode("utf-8")
+        for attempt in range(self.max_retries + 1):
+            req = urllib.request.Request(self.url, data=data, headers=self._headers(), method="POST")
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                    return json.loads(resp.read().decode("utf-8"))
+            except urllib.error.HTTPError as exc:
+                retry = exc.code == 429 or exc.code >= 500
+                detail = f"HTTP {exc.code} from {self.url}"
+            except (urllib.error.URLError, TimeoutError, json.JSONDecodeError) as exc:
+                retry, detail = True, f"{type(exc).__name__} calling {self.url}: {getattr(exc, 'reason', exc)}"
+            if not retry or attempt == self.max_retries:
+                raise ConfigError(f"http judge failed: {detail}")
+            time.sleep(min(2.0 ** attempt, 30.0) * 0.5)
+        raise AssertionError("unreachable")
+
+    def _swap(self, key: Any) -> bool:
+        return random.Random(f"{self.seed}:{key}").random() < 0.5
+
+    def annotate(self, instructions: Sequence[str], references: Sequence[str], outputs: Sequence[str], *,
+                 keys: Sequence[Any] | None = None) -> list[dict[str, Any]]:
+        keys = list(keys) if keys is not None else list(instructions)
+        rows = []
+        for instr, ref, out, key in zip(instructions, references, outputs, keys):
+            if identical(out, ref):
+                rows.append({"preference": 1.5, "model_shown_as": None, "raw_completion": None})
+                continue
+            swap = self._swap(key)  # swap: the model's output is output_1 ("m")
+            o1, o2 = (out, ref) if swap else (ref, out)
+            body = {"model": self.model, "messages": render_messages(self.template, instr, o1, o2),
+                    **self.request_kwargs}
+            resp = self._post(body)
+            p2 = parse_preference(resp)
+            p_model = None if p2 is None else (1.0 - p2 if swap else p2)
+            rows.append({"preference": None if p_model is None else 1.0 + p_model,
+                         "model_shown_as": "m" if swap else "M",
+                         "raw_completion": (resp.get("choices") or [{}])[0].get("message")})
+        return rows
