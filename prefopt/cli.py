@@ -22,6 +22,10 @@ from prefopt.core.errors import PrefoptError
 
 # Modules whose import fills the registries (listed once; `prefopt ls` and config loading use it).
 PLUGIN_MODULES = (
+    "data_pipelines.config",
+    "reward_models.config",
+    "prefopt.configs",
+    "prefopt.pipeline",
     "data_pipelines.adapters",
     "data_pipelines.builders",
     "prefopt.losses",
@@ -62,6 +66,10 @@ def _resolve(target: str) -> Callable:
     return getattr(importlib.import_module(module), func)
 
 
+def _plural(kind: str) -> str:
+    return kind + ("es" if kind.endswith("s") else "s")
+
+
 def _cmd_ls(args: Sequence[str]) -> int:
     from prefopt.core.registry import _ALL
 
@@ -73,10 +81,10 @@ def _cmd_ls(args: Sequence[str]) -> int:
         wanted = aliases.get(wanted, wanted)
         if wanted not in _ALL:
             raise PrefoptError(f"nothing called '{args[0]}' to list; try one of: "
-                               + ", ".join(f"{k}s" for k in sorted(_ALL)))
+                               + ", ".join(_plural(k) for k in sorted(_ALL)))
     for kind in sorted(_ALL):
         if wanted is None or kind == wanted:
-            print(f"{kind}s:")
+            print(f"{_plural(kind)}:")
             for name in _ALL[kind].names():
                 print(f"  {name}")
     return 0
