@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,8 @@ from prefopt.core.io import atomic_write_bytes, atomic_write_json
 from reward_models.heads import (GATES, HEAD_INITS, embed_values, gate_values, gather_positions,
                                  last_token_index, make_linear_head, position_ids_from_mask,
                                  prompt_last_index, score_matrix, skew_score)
+
+log = logging.getLogger(__name__)
 
 KINDS = ("bt", "gpm", "polar")
 REWARD_CONFIG = "reward_config.json"
@@ -319,10 +322,19 @@ def _save_seq_cls(model: RewardModel, path: Path) -> None:
 
     hf_cfg = copy.deepcopy(model.model.config)
     hf_cfg.num_labels = 1
-    if model.config.pad_token_id is None:
-        raise ModelLoadError("a BT checkpoint needs pad_token_id (set it on the backbone config or pass "
-                             "pad_token_id=...) so AutoModelForSequenceClassification can batch")
-    hf_cfg.pad_token_id = model.config.pad_token_id
+    pad = model.config.pad_token_id
+    if pad is None:
+        pad = getattr(hf_cfg, "eos_token_id", None)
+        pad = pad[0] if isinstance(pad, (list, tuple)) else pad
+    if pad is None:
+        raise ConfigError("a BT checkpoint needs pad_token_id (pass RewardModel(..., pad_token_id=ID) or set "
+                          "it on the backbone config) so AutoModelForSequenceClassification can batch")
+    hf_cfg.pad_token_id = pad
+    if hf_cfg.pad_token_id == getattr(hf_cfg, "eos_token_id", None):
+        log.warning("pad_token_id == eos_token_id (%s): AutoModelForSequenceClassification finds the last "
+                    "token by searching for non-pad ids, so it reads the token BEFORE a trailing EOS and its "
+                    "scores differ from RewardModel's; use a pad token distinct from EOS for exact parity",
+                    hf_cfg.pad_token_id)
     with torch.device("meta"):
         seq = AutoModelForSequenceClassification.from_config(hf_cfg)
     setattr(seq, seq.base_model_prefix, model.model)
