@@ -47,6 +47,7 @@ ARGV_COMMANDS: dict[tuple[str, ...], str] = {
     ("eval", "rewardbench"): "prefopt.eval.rewardbench:cli_main",
     ("eval", "alpacaeval"): "prefopt.eval.alpacaeval:cli_main",
     ("bench",): "benchmarks.cli:cli_main",
+    ("report",): "prefopt.report:cli_main",
     ("model", "prepare"): "prefopt.core.models:cli_prepare",
 }
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from prefopt.core.config import save_resolved
 from prefopt.core.errors import ConfigError
 from prefopt.core.io import atomic_write_json
 from prefopt.core.registry import CONFIG_KINDS
@@ -126,6 +127,7 @@ def run_pipeline(cfg: RunConfig) -> int:
     from prefopt.cli import dispatch
 
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    save_resolved(cfg, cfg.output_dir)
     upstream: list[str] = []
     report: list[tuple[str, str, float]] = []
     start = time.time()

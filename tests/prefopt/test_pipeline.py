@@ -49,6 +49,12 @@ def test_pipeline_runs_then_skips(tmp_path, shared_data, capsys):
     second = json.loads((out / "pipeline.json").read_text())
     assert [s["status"] for s in second["stages"]] == ["skipped (done)", "skipped (done)"]
     assert "prefopt run: 2 stages" in capsys.readouterr().out
+    assert main(["report", "--run", str(out)]) == 0
+    md = (out / "report" / "report.md").read_text()
+    assert "## data: data" in md and "| helpful-base.train.sample | 24 |" in md and "## dpo: training" in md and "- **steps**: 2" in md
+    assert (out / "dpo" / "curves.png").stat().st_size > 1000
+    page = (out / "report" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 1 and "kind: run" in page
 
 
 def test_changed_stage_reruns_it_and_later_ones(tmp_path, shared_data):

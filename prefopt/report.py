@@ -1,0 +1,170 @@
+"""``prefopt report --run DIR [--out DIR]``: a run report from what a pipeline's stages wrote.
+
+Reads each stage folder of a ``prefopt run`` output (``pipeline.json`` gives the order) and writes
+``report.md`` plus a self-contained ``report.html`` (PNG figures embedded as data URIs):
+
+* data stages (``stats.json``): counts per source, skips by reason, length percentiles;
+* training stages (``metrics.jsonl``, ``summary.json``): loss / reward-margin / accuracy curves as PNG
+  and first vs final held-out numbers;
+* evaluation stages: RewardBench ``results.json`` (section scores), AlpacaEval ``leaderboard.md``,
+  any PNG the stage drew, and sample generations (``model_outputs.json``).
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from prefopt.core.io import atomic_write_text
+from prefopt.core.logging import read_metrics
+
+CURVES = ("loss/total", "rewards/margins", "rewards/accuracies", "eval/accuracy")
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def plot_curves(metrics: list[dict], out: Path, title: str) -> Path | None:
+    """One panel per metric in :data:`CURVES` present in ``metrics``; None when nothing to draw."""
+    from matplotlib.figure import Figure
+
+    names = [n for n in CURVES if any(n in row and row[n] is not None for row in metrics)]
+    if not names:
+        return None
+    fig = Figure(figsize=(4 * len(names), 3.2))
+    axes = fig.subplots(1, len(names), squeeze=False)[0]
+    for ax, name in zip(axes, names):
+        pts = [(r["step"], r[name]) for r in metrics if r.get(name) is not None]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) < 30 else None)
+        ax.set_title(name)
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    return out
+
+
+def _data_section(name: str, stats: dict) -> list[str]:
+    lines = [f"## {name}: data", "", "| source | read | kept | skipped | train | test |",
+             "|---|---|---|---|---|---|"]
+    for src, row in stats.get("sources", {}).items():
+        skipped = sum(row.get("skipped", {}).values())
+        lines.append(f"| {src} | {row.get('records_read', '')} | {row.get('examples', '')} | {skipped} | "
+                     f"{row.get('train', '')} | {row.get('test', '')} |")
+    lines.append("")
+    for key in ("output_kind", "train", "test", "skipped", "dedup_removed", "per_prompt"):
+        if key in stats:
+            lines.append(f"- **{key}**: `{json.dumps(stats[key])}`")
+    for field, pct in stats.get("lengths", {}).items():
+        lines.append(f"- **{field} length (chars)**: " + ", ".join(f"{k}={v}" for k, v in pct.items()))
+    return lines + [""]
+
+
+def _train_section(name: str, folder: Path, figures: list[Path]) -> list[str]:
+    summary = _read_json(folder / "summary.json") or {}
+    lines = [f"## {name}: training", ""]
+    for key in ("algorithm", "kind", "steps"):
+        if key in summary:
+            lines.append(f"- **{key}**: {summary[key]}")
+    for key in ("first_eval", "final_eval"):
+        if summary.get(key):
+            lines.append(f"- **{key}**: " + ", ".join(f"{k}={v:.4g}" for k, v in summary[key].items()
+                                                        if isinstance(v, (int, float))))
+    png = plot_curves(read_metrics(folder / "metrics.jsonl"), folder / "curves.png", name)
+    if png:
+        figures.append(png)
+        lines.append(f"\n![{name} curves]({png.name})")
+    return lines + [""]
+
+
+def _eval_section(name: str, folder: Path, figures: list[Path]) -> list[str]:
+    lines = [f"## {name}: evaluation", ""]
+    results = _read_json(folder / "results.json")
+    if isinstance(results, dict) and "sections" in results:
+        lines += ["| section | score |", "|---|---|"]
+        lines += [f"| {k} | {'n/a' if v is None else f'{100 * v:.1f}'} |" for k, v in results["sections"].items()]
+        if results.get("score") is not None:
+            lines.append(f"| **overall** | **{100 * results['score']:.1f}** |")
+    board = folder / "leaderboard.md"
+    if board.is_file():
+        lines += ["", board.read_text(encoding="utf-8")]
+    for png in sorted(folder.glob("*.png")):
+        figures.append(png)
+        lines.append(f"\n![{name} {png.stem}]({png.name})")
+    lines += _samples(folder)
+    return lines + [""]
+
+
+def _samples(folder: Path, n: int = 3) -> list[str]:
+    out = []
+    for path in sorted(folder.rglob("model_outputs.json"))[:4]:
+        rows = _read_json(path) or []
+        out.append(f"\n**Sample generations** ({path.parent.name}):\n")
+        for row in rows[:n]:
+            out.append(f"> **{row.get('instruction', '')[:200]}**\n>\n> {row.get('output', '')[:400]}\n")
+    return out
+
+
+def build_report(run_dir: Path, out_dir: Path) -> tuple[Path, Path]:
+    """Write ``report.md`` and ``report.html`` for the pipeline folder ``run_dir``."""
+    pipeline = _read_json(run_dir / "pipeline.json") or {}
+    names = [s["name"] for s in pipeline.get("stages", [])] or sorted(p.name for p in run_dir.iterdir() if p.is_dir())
+    lines, figures = [f"# prefopt report: {run_dir}", ""], []
+    cfg = run_dir / "config.yaml"
+    for name in names:
+        folder = run_dir / name
+        if not folder.is_dir() or folder == out_dir:
+            continue
+        if (folder / "stats.json").is_file() and (folder / "train.jsonl").is_file():
+            lines += _data_section(name, _read_json(folder / "stats.json"))
+        elif (folder / "metrics.jsonl").is_file():
+            lines += _train_section(name, folder, figures)
+        else:
+            lines += _eval_section(name, folder, figures)
+    if cfg.is_file():
+        lines += ["## config", "", "```yaml", cfg.read_text(encoding="utf-8"), "```"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md = "\n".join(lines)
+    for fig in figures:  # markdown links are relative to the report folder
+        md = md.replace(f"]({fig.name})", f"]({Path('..') / fig.parent.name / fig.name})")
+    atomic_write_text(out_dir / "report.md", md)
+    atomic_write_text(out_dir / "report.html", to_html(lines, figures))
+    return out_dir / "report.md", out_dir / "report.html"
+
+
+def to_html(lines: list[str], figures: list[Path]) -> str:
+    """A self-contained HTML page: markdown shown as pre-formatted text, figures embedded inline."""
+    by_name = {f.name: f for f in figures}
+    body = []
+    for line in lines:
+        if line.strip().startswith("![") and "](" in line:
+            fname = line.strip().split("](")[1].rstrip(")")
+            fig = by_name.get(Path(fname).name)
+            if fig is not None:
+                data = base64.b64encode(fig.read_bytes()).decode()
+                body.append(f'<img alt="{html.escape(fname)}" src="data:image/png;base64,{data}"/>')
+                continue
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{html.escape(line.lstrip('#').strip())}</h{level}>")
+        else:
+            body.append(f"<pre>{html.escape(line)}</pre>" if line.strip() else "")
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>prefopt report</title>"
+            "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}pre{margin:0;white-space:pre-wrap}"
+            "img{max-width:100%}</style></head><body>" + "\n".join(body) + "</body></html>")
+
+
+def cli_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="prefopt report", description=__doc__.split("\n")[0])
+    parser.add_argument("--run", required=True, help="pipeline output folder (from `prefopt run`)")
+    parser.add_argument("--out", default=None, help="where report.md/html go (default: <run>/report)")
+    args = parser.parse_args(argv)
+    run_dir = Path(args.run)
+    md, page = build_report(run_dir, Path(args.out) if args.out else run_dir / "report")
+    print(f"report: {md} and {page}")
+    return 0
