@@ -156,9 +156,10 @@ class SingleBackend(Backend):
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         norm = torch.nn.utils.clip_grad_norm_(params, self.optim_cfg.max_grad_norm or float("inf"))
         lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
+        if torch.isfinite(norm):
+            self.optimizer.step()
         self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)  # a non-finite gradient is never applied
         return {"optim/grad_norm": float(norm), "optim/lr": float(lr)}
 
     def unwrap(self) -> torch.nn.Module:

@@ -76,6 +76,18 @@ class NonFiniteGuard:
         raise NumericError(f"loss is {value} at optimizer step {step}; training stopped. The last good "
                            "checkpoint (if any) is kept; set run.on_nonfinite=skip to skip such batches")
 
+    def grad_ok(self, stats: dict[str, float], step: int) -> bool:
+        """Check the step's gradient norm (the backend never applies a non-finite gradient)."""
+        norm = stats.get("optim/grad_norm", 0.0)
+        if math.isfinite(norm):
+            return True
+        if self.mode == "skip":
+            self.skipped += 1
+            return False
+        raise NumericError(f"gradient norm is {norm} at optimizer step {step}; training stopped before "
+                           "applying it. The last good checkpoint (if any) is kept; set "
+                           "run.on_nonfinite=skip to skip such steps")
+
 
 def batched(items: list, size: int) -> Iterator[list]:
     for i in range(0, len(items), size):

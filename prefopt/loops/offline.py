@@ -7,9 +7,9 @@ algorithm state (LCPO's eta), so a killed run resumes and reproduces an uninterr
 """
 from __future__ import annotations
 
+import contextlib
 import json
-import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import torch
 from data_pipelines.tokenize import LengthPolicy
 from prefopt.algorithms import get_algorithm
 from prefopt.core.backend import make_backend
+from prefopt.core.errors import ConfigError, DataError
 from prefopt.core.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from prefopt.core.io import atomic_write_json
 from prefopt.core.logging import progress
@@ -25,38 +26,61 @@ from prefopt.core.models import load_model
 from prefopt.loops.common import MetricAccumulator, NonFiniteGuard, seed_everything, start_run
 from prefopt.loops.offline_data import epoch_order, micro_batches, tokenize_items, train_eval_paths
 from prefopt.loops.offline_step import (StepContext, implicit_reward_margins, pairwise_loss, ranked_loss)
-from prefopt.loops.reference import Reference, refresh_reference, resolve_mode
+from prefopt.loops.reference import Reference, is_peft, refresh_reference, resolve_mode
 from prefopt.loops.ref_cache import precompute_reference
 
 
 @dataclass
 class Plan:
-    """Micro-batches per stage and the optimizer-step budget."""
+    """Micro-batches per stage and the optimizer-step budget (per stage and in total)."""
 
     stages: list[int]
     batches: dict[int, list[list[Any]]]
     total_steps: int
+    stage_steps: dict[int, int] = field(default_factory=dict)
 
 
 def make_plan(cfg: Any, items: list, spec: Any, rank: int, world: int) -> Plan:
-    """Order the data (seeded shuffle per epoch; curriculum stages in order) into micro-batches."""
-    stages = sorted({it.stage for it in items}) if spec.curriculum else [1]
-    if spec.curriculum and cfg.curriculum == "shuffled":
-        stages = [1]
+    """Order the data into this rank's micro-batches, stage by stage.
+
+    * Every epoch is a seeded shuffle of the stage's pool (no shuffle across curriculum stages;
+      ``curriculum: ordered`` keeps the file order inside a stage too, ``shuffled`` mixes all stages).
+    * Fractional ``epochs`` (e.g. 1.5) run ``ceil(epochs)`` shuffled epochs cut to
+      ``round(epochs * micro-batches per epoch)``. ``max_steps`` > 0 overrides ``epochs`` for a
+      single-stage run (epochs repeat as needed) and caps the total for a curriculum.
+    * Each stage holds a whole number of optimizer steps (``grad_accum`` micro-batches), so an
+      accumulation window never spans a stage boundary (iterative Curry-DPO swaps the reference there).
+    """
+    accum = cfg.optim.grad_accum
+    curriculum = spec.curriculum and cfg.curriculum != "shuffled"
+    stages = sorted({it.stage for it in items}) if curriculum else [1]
     batches: dict[int, list] = {}
-    epochs = max(1, math.ceil(cfg.epochs))
     for s in stages:
-        pool = [it for it in items if not spec.curriculum or len(stages) == 1 or it.stage == s]
-        shuffle = cfg.data.shuffle and not (spec.curriculum and cfg.curriculum == "ordered" and len(stages) > 1)
-        seq = []
-        for e in range(epochs):
-            seq += micro_batches(epoch_order(pool, e, cfg.run.seed, shuffle), cfg.batch_size, rank, world)
-        keep = max(1, int(len(seq) * cfg.epochs / epochs)) if seq else 0
-        batches[s] = seq[:keep]
-    steps = sum(len(b) for b in batches.values()) // cfg.optim.grad_accum
+        pool = [it for it in items if not curriculum or it.stage == s]
+        shuffle = cfg.data.shuffle and not (curriculum and cfg.curriculum == "ordered")
+        per_epoch = len(micro_batches(pool, cfg.batch_size, rank, world))
+        if per_epoch == 0:
+            continue
+        if cfg.max_steps and len(stages) == 1:
+            want = cfg.max_steps * accum  # max_steps overrides epochs (data repeats as needed)
+        else:
+            want = round(max(cfg.epochs, 0.0) * per_epoch)
+        want = max(accum, want - want % accum)
+        seq: list = []
+        epoch = 0
+        while len(seq) < want:
+            seq += micro_batches(epoch_order(pool, epoch, cfg.run.seed, shuffle), cfg.batch_size, rank, world)
+            epoch += 1
+        batches[s] = seq[:want]
+    stages = [s for s in stages if s in batches]
+    if not stages:
+        raise DataError(f"not enough examples for one batch: {len(items)} usable item(s), batch_size "
+                        f"{cfg.batch_size} x {world} process(es)")
+    stage_steps = {s: len(batches[s]) // accum for s in stages}
+    steps = sum(stage_steps.values())
     if cfg.max_steps:
-        steps = min(steps, cfg.max_steps) if steps else cfg.max_steps
-    return Plan(stages, batches, max(1, steps))
+        steps = min(steps, cfg.max_steps)
+    return Plan(stages, batches, steps, stage_steps)
 
 
 def _build_context(cfg: Any, spec: Any, model: Any, tok: Any, backend: Any) -> StepContext:
@@ -65,7 +89,7 @@ def _build_context(cfg: Any, spec: Any, model: Any, tok: Any, backend: Any) -> S
                       precision=cfg.precision, device=backend.device, layout="padded")
     mode = resolve_mode(cfg.reference.mode, model, spec.needs_ref)
     if mode != "none":
-        ctx.reference = Reference(mode, model)
+        ctx.reference = Reference(mode, model).to(backend.device)
     if "lcpo_state" in spec.extras:
         from prefopt.losses.lcpo import LCPOState
 
@@ -80,23 +104,44 @@ def _build_context(cfg: Any, spec: Any, model: Any, tok: Any, backend: Any) -> S
     return ctx
 
 
+def check_runtime(cfg: Any, spec: Any, backend: Any) -> None:
+    """Settings that only conflict once the backend is known (clear errors before any work)."""
+    zero3 = getattr(backend, "zero_stage", 0) == 3
+    if zero3 and spec.curriculum and cfg.curriculum == "iterative":
+        raise ConfigError("Curry-DPO iterative copies the policy into the next stage's reference, which "
+                          "ZeRO-3 partitions; use backend.zero_stage=2 or curriculum=ordered")
+    if zero3 and "sparse_mask" in spec.extras and cfg.sparsepo.provider == "learned":
+        raise ConfigError("SparsePO's learned mask head is not sharded by ZeRO-3; use backend.zero_stage=2 "
+                          "or sparsepo.provider=activation")
+    if cfg.reference.mode == "precompute" and spec.schema != "pairwise":
+        raise ConfigError(f"reference.mode=precompute caches pair log-probs; {spec.name} ({spec.schema} data) "
+                          "needs reference.mode=auto or copy")
+
+
 def evaluate(ctx: StepContext, policy: Any, items: list, batch_size: int) -> dict[str, float]:
-    """Held-out implicit-reward accuracy and margin on pairs (IRPO: top-response accuracy)."""
+    """Held-out implicit-reward accuracy and margin on pairs (IRPO: top-response accuracy).
+
+    Pairs: margin ``(r_w - r_l)`` of summed policy-minus-reference log-probs (reference-free losses:
+    the difference of token-mean log-probs); accuracy is the fraction with margin > 0.
+    """
     if not items:
         return {}
+    was_training = policy.training
     policy.eval()
-    margins = []
+    values, weights = [], []
     with torch.no_grad():
         for i in range(0, len(items), batch_size):
             chunk = items[i:i + batch_size]
             if ctx.spec.schema == "ranked":
-                margins.append(ranked_loss(ctx, policy, chunk).metrics["rewards/accuracies"].reshape(1))
+                values.append(ranked_loss(ctx, policy, chunk).metrics["rewards/accuracies"].reshape(1))
+                weights.append(len(chunk))
             else:
-                margins.append(implicit_reward_margins(ctx, policy, chunk).float())
-    policy.train()
-    m = torch.cat(margins)
+                values.append(implicit_reward_margins(ctx, policy, chunk).float())
+    policy.train(was_training)
+    m = torch.cat(values)
     if ctx.spec.schema == "ranked":
-        return {"eval/accuracy": float(m.mean())}
+        w = torch.tensor(weights, dtype=torch.float32)
+        return {"eval/accuracy": float((m * w).sum() / w.sum()), "eval/lists": float(w.sum())}
     return {"eval/accuracy": float((m > 0).float().mean()), "eval/margin": float(m.mean()),
             "eval/pairs": float(m.numel())}
 
@@ -124,7 +169,47 @@ def _after_optimizer_step(ctx: StepContext, backend: Any) -> None:
 
 
 def _algo_state(ctx: StepContext) -> dict[str, Any]:
-    return {"lcpo_eta": ctx.lcpo_state.eta.tolist()} if ctx.lcpo_state is not None else {}
+    """Algorithm state kept in checkpoints: LCPO's eta, SparsePO's learned mask head (small)."""
+    state: dict[str, Any] = {}
+    if ctx.lcpo_state is not None:
+        state["lcpo_eta"] = ctx.lcpo_state.eta.tolist()
+    if ctx.mask_head is not None:
+        state["mask_head"] = {k: v.detach().cpu().flatten().tolist()
+                              for k, v in ctx.mask_head.state_dict().items()}
+    return state
+
+
+def _load_algo_state(ctx: StepContext, state: dict[str, Any]) -> None:
+    if ctx.lcpo_state is not None:
+        ctx.lcpo_state.eta = torch.tensor(state["lcpo_eta"], dtype=torch.float32)
+    if ctx.mask_head is not None and "mask_head" in state:
+        with torch.no_grad():
+            for k, v in ctx.mask_head.state_dict().items():
+                v.copy_(torch.tensor(state["mask_head"][k], dtype=v.dtype).reshape(v.shape))
+
+
+def _prepare_reference_cache(ctx: StepContext, model: Any, items: list, eval_items: list, cfg: Any,
+                             run_dir: Path, backend: Any) -> None:
+    """``reference.mode: precompute``: fill (or read) the train and eval caches, then drop the reference."""
+    ctx.ref_cache = precompute_reference(ctx, model, items, cfg, run_dir, "ref_logps", backend.is_main)
+    ctx.extras["eval_ref_cache"] = precompute_reference(ctx, model, eval_items, cfg, run_dir,
+                                                        "ref_logps_eval", backend.is_main)
+    ctx.reference.release()
+    backend.barrier()
+
+
+def _restore(cfg: Any, spec: Any, ctx: StepContext, model: Any, backend: Any, run_dir: Path) -> tuple:
+    """``(checkpoint or None, step, stage index, data position)`` after loading the newest checkpoint."""
+    ckpt = latest_checkpoint(run_dir) if cfg.run.resume else None
+    if ckpt is None:
+        return None, 0, 0, 0
+    state = load_checkpoint(ckpt, model, backend)
+    if spec.curriculum and cfg.curriculum == "iterative" and state["stage_index"] > 0:
+        raise CheckpointError(f"{ckpt}: resuming Curry-DPO iterative inside stage {state['stage_index'] + 1} "
+                              "is not supported (the stage's reference is not in the checkpoint); restart "
+                              "the run or use curriculum=ordered")
+    _load_algo_state(ctx, state)
+    return ckpt, state["step"], state["stage_index"], state["data_pos"]
 
 
 def run_offline(cfg: Any) -> dict[str, Any]:  # noqa: C901, PLR0915 - the loop, top to bottom
@@ -132,37 +217,31 @@ def run_offline(cfg: Any) -> dict[str, Any]:  # noqa: C901, PLR0915 - the loop, 
     seed_everything(cfg.run.seed)
     spec = get_algorithm(cfg.algorithm)
     backend = make_backend(cfg.backend, cfg.optim, cfg.batch_size)
+    check_runtime(cfg, spec, backend)
     run_dir, logger = start_run(cfg, backend.is_main)
-    model, tok = load_model(cfg.model, seed=cfg.run.seed)
     policy = LengthPolicy(cfg.data.max_length, cfg.data.max_prompt_length, cfg.data.overlong)
     train_path, eval_path = train_eval_paths(cfg.data.path, cfg.data.eval_path)
+    model, tok = load_model(cfg.model, seed=cfg.run.seed)
     items, data_stats = tokenize_items(train_path, spec.schema, tok, policy, cfg.data.max_train_examples)
     eval_items = (tokenize_items(eval_path, spec.schema, tok, policy, cfg.data.max_eval_examples)[0]
-                  if eval_path else [])
+                  if eval_path and eval_path.stat().st_size > 0 else [])  # an empty test split: no eval
     plan = make_plan(cfg, items, spec, backend.rank, backend.world_size)
+    iterative = spec.curriculum and cfg.curriculum == "iterative" and len(plan.stages) > 1
+    model.train()
     ctx = _build_context(cfg, spec, model, tok, backend)
     extra_groups = ([{"params": list(ctx.mask_head.parameters()), "weight_decay": cfg.sparsepo.weight_decay}]
                     if ctx.mask_head is not None else None)
-    engine = backend.prepare(model, plan.total_steps, extra_groups)
-    model = backend.unwrap()
     if ctx.mask_head is not None:
         ctx.mask_head.to(backend.device)
+    first_budget = plan.stage_steps[plan.stages[0]] if iterative else plan.total_steps
+    engine = backend.prepare(model, first_budget, extra_groups)
+    model = backend.unwrap()
     if cfg.reference.mode == "precompute" and ctx.reference is not None:
-        ctx.ref_cache = precompute_reference(ctx, model, items, cfg, run_dir)
-        ctx.reference.release()
-    step, stage_i, pos = 0, 0, 0
-    ckpt = latest_checkpoint(run_dir) if cfg.run.resume else None
-    if ckpt is not None:
-        state = load_checkpoint(ckpt, model, backend)
-        step, stage_i, pos = state["step"], state["stage_index"], state["data_pos"]
-        if spec.curriculum and cfg.curriculum == "iterative" and stage_i > 0:
-            raise CheckpointError(f"{ckpt}: resuming Curry-DPO iterative inside stage {stage_i + 1} is not "
-                                  "supported (the stage's reference is not in the checkpoint); restart the "
-                                  "run or use curriculum=ordered")
-        if ctx.lcpo_state is not None:
-            ctx.lcpo_state.eta = torch.tensor(state["lcpo_eta"], dtype=torch.float32)
+        _prepare_reference_cache(ctx, model, items, eval_items, cfg, run_dir, backend)
+    ckpt, step, stage_i, pos = _restore(cfg, spec, ctx, model, backend, run_dir)
     if backend.is_main:
-        atomic_write_json(run_dir / "data_stats.json", {"train": data_stats, "eval_items": len(eval_items)})
+        atomic_write_json(run_dir / "data_stats.json", {"train": data_stats, "eval_items": len(eval_items),
+                                                        "stage_steps": plan.stage_steps})
     first = evaluate(ctx, model, eval_items, cfg.batch_size) if ckpt is None else {}
     if first:
         logger.log(first, step)
@@ -176,6 +255,7 @@ def run_offline(cfg: Any) -> dict[str, Any]:  # noqa: C901, PLR0915 - the loop, 
             stats = backend.step()
             if stats is None:
                 continue
+            guard.grad_ok(stats, step + 1)
             step += 1
             _after_optimizer_step(ctx, backend)
             metrics = {**acc.reduce(backend), **stats, "curry/stage": float(stage)}
@@ -193,25 +273,44 @@ def run_offline(cfg: Any) -> dict[str, Any]:  # noqa: C901, PLR0915 - the loop, 
             if step >= plan.total_steps:
                 break
         stage_i, pos = stage_i + 1, 0
-        if spec.curriculum and cfg.curriculum == "iterative" and stage_i < len(plan.stages):
+        if iterative and stage_i < len(plan.stages) and step < plan.total_steps:
             model, ctx.reference = refresh_reference(model, ctx.reference, cfg.model.lora)
-            engine = backend.prepare(model, plan.total_steps)
+            ctx.reference.to(backend.device)
+            model.train()
+            engine = backend.prepare(model, plan.stage_steps[plan.stages[stage_i]])
             model = backend.unwrap()
     bar.close()
     final = evaluate(ctx, model, eval_items, cfg.batch_size)
     logger.log({**final, "train/skipped_nonfinite": float(guard.skipped)}, step)
     logger.close()
     summary = {"steps": step, "first_eval": first, "final_eval": final, "data": data_stats,
-               "algorithm": cfg.algorithm, **_algo_state(ctx)}
+               "algorithm": cfg.algorithm, **{k: v for k, v in _algo_state(ctx).items() if k != "mask_head"}}
+    save_policy(model, tok, run_dir / "final", backend, cfg.model.name)
     if backend.is_main:
-        save_policy(model, tok, run_dir / "final")
         atomic_write_json(run_dir / "summary.json", summary)
+    backend.barrier()
     return summary
 
 
-def save_policy(model: Any, tok: Any, out: Path) -> None:
-    """Write the trained policy: a LoRA adapter folder or a full safetensors model, plus tokenizer."""
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out), safe_serialization=True)
-    tok.save_pretrained(str(out))
-    (out / "prefopt.json").write_text(json.dumps({"lora": hasattr(model, "peft_config")}))
+def save_policy(model: Any, tok: Any, out: Path, backend: Any = None, base_model: str = "") -> None:
+    """Write the trained policy (main process): a LoRA adapter folder (PEFT ``adapter_model``, to load on
+    top of ``base_model``) or a full safetensors model, plus the tokenizer and ``prefopt.json``.
+
+    Under ZeRO-3 the partitioned parameters are gathered first (a collective: every rank calls this).
+    """
+    is_main = backend is None or backend.is_main
+    gather, kwargs = contextlib.nullcontext(), {}
+    zero3 = backend is not None and getattr(backend, "zero_stage", 0) == 3
+    if zero3:
+        import deepspeed
+
+        gather = deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
+    with gather:
+        if is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            if zero3:
+                kwargs["state_dict"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            model.save_pretrained(str(out), safe_serialization=True, **kwargs)
+            tok.save_pretrained(str(out))
+            lora = is_peft(model)
+            (out / "prefopt.json").write_text(json.dumps({"lora": lora, "base_model": base_model}))
