@@ -276,3 +276,17 @@ def test_polar_scorer_and_ensemble_scorer(lm):
     agg, var = ens.score_with_variance(["Q", "Q"], ["x", "yy"])
     assert torch.allclose(agg, each.min(0).values) and torch.allclose(var, each.var(0, unbiased=False), atol=1e-7)
     assert ens.preference("Q", "x", "yy").item() == pytest.approx(torch.sigmoid(agg[0] - agg[1]).item(), abs=1e-6)
+
+
+def test_gpm_gate_reads_last_prompt_token(lm):
+    """The gate depends on the prompt only: same prompt + different responses -> same lam (any padding)."""
+    rm = RewardModel(lm, "gpm", seed=9, embed_dim=6).eval()
+    prompt = [10, 11, 12, 13]
+    seqs = [prompt + [50, 51, 2], prompt + [60, 2], [20, 21, 22, 23] + [60, 2]]
+    with torch.no_grad():
+        out = rm(*pad(seqs, "left"), prompt_lengths=torch.tensor([4, 4, 4]))
+    assert torch.allclose(out.gate[0], out.gate[1], atol=1e-6)
+    assert not torch.allclose(out.gate[0], out.gate[2], atol=1e-6)
+    assert not torch.allclose(out.embeddings[0], out.embeddings[1], atol=1e-4)
+    s = RewardModel.gpm_score(out, out)
+    assert torch.allclose(s, torch.zeros(3), atol=1e-6)
