@@ -16,11 +16,28 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
 
+def _blocks(text: str) -> list[tuple[str, list[str]]]:
+    """(language, lines) of every fenced code block, pairing fences in order."""
+    blocks, lang, lines = [], None, []
+    for line in text.splitlines():
+        if line.startswith("```"):
+            if lang is None:
+                lang, lines = line[3:].strip(), []
+            else:
+                blocks.append((lang, lines))
+                lang = None
+        elif lang is not None:
+            lines.append(line)
+    return blocks
+
+
 def _commands() -> list[tuple[str, str]]:
     out = []
     for doc in DOCS:
-        for block in re.findall(r"```(?:bash|sh|console)?\n(.*?)```", doc.read_text(encoding="utf-8"), re.S):
-            for line in block.splitlines():
+        for lang, lines in _blocks(doc.read_text(encoding="utf-8")):
+            if lang not in ("bash", "sh", "console", ""):
+                continue
+            for line in lines:
                 line = line.split("  #")[0].strip().removeprefix("$ ")
                 if line.startswith(("prefopt ", "bash scripts/", "deepspeed ")):
                     out.append((doc.name, line))
@@ -32,8 +49,8 @@ COMMANDS = _commands()
 
 def test_readme_has_exactly_two_setup_commands():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    first_block = re.search(r"```bash\n(.*?)```", readme, re.S).group(1)
-    lines = [ln.split("#")[0].strip() for ln in first_block.splitlines() if ln.strip()]
+    first_block = _blocks(readme)[0][1]
+    lines = [ln.split("#")[0].strip() for ln in first_block if ln.strip()]
     assert lines == ["bash scripts/quickstart.sh", "bash scripts/test.sh"]
     assert "bash scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
 
