@@ -14,11 +14,14 @@ Two containers: :class:`EnsembleRewardModel` (K independent :class:`RewardModel`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from prefopt.core.errors import ModelLoadError
+from prefopt.core.io import atomic_write_json
 from reward_models.heads import gather_positions, last_token_index, make_linear_head
 from reward_models.models import RewardModel
 
@@ -131,6 +134,32 @@ class EnsembleRewardModel(_AggregateMixin, nn.Module):
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, **kw) -> EnsembleOutput:
         member = torch.stack([m(input_ids, attention_mask, **kw).rewards for m in self.members])
         return self._aggregate(member)
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """``path/member_{i}`` (each a normal RewardModel checkpoint) + ``path/ensemble.json``."""
+        path = Path(path)
+        for i, m in enumerate(self.members):
+            m.save_pretrained(path / f"member_{i}")
+        atomic_write_json(path / "ensemble.json", {
+            "kind": "ensemble", "members": [f"member_{i}" for i in range(len(self.members))],
+            "method": self.method, "lam": self.lam, "ddof": self.ddof, "penalty": self.penalty,
+            "calibration": None if self.calibration is None else [list(map(float, c)) for c in self.calibration]})
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, **load_kw: Any) -> "EnsembleRewardModel":
+        """Load a directory written by :meth:`save_pretrained` (``load_kw`` go to ``RewardModel.load``)."""
+        import json
+
+        path = Path(path)
+        try:
+            meta = json.loads((path / "ensemble.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"{path}: cannot read ensemble.json: {exc}") from None
+        members = [RewardModel.load(path / m, **load_kw) for m in meta["members"]]
+        cal = meta.get("calibration")
+        return cls(members, meta["method"], lam=meta["lam"], ddof=meta["ddof"], penalty=meta["penalty"],
+                   calibration=None if cal is None else (cal[0], cal[1]))
 
 
 class SharedBackboneEnsemble(_AggregateMixin, nn.Module):

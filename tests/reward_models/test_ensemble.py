@@ -95,3 +95,18 @@ def test_shared_backbone_ensemble_matches_separate_heads():
     assert torch.allclose(out.member_rewards, singles, atol=1e-6)
     assert torch.allclose(out.rewards, singles.min(0).values, atol=1e-6)
     assert sum(p.numel() for p in ens.heads.parameters()) == 3 * 64
+
+
+def test_ensemble_save_load_round_trip(tmp_path):
+    lm = tiny_lm()
+    ens = EnsembleRewardModel([RewardModel(lm, "bt", seed=s) for s in (1, 2)], "uwo", lam=0.1, ddof=1,
+                              calibration=([0.0, 1.0], [1.0, 2.0])).eval()
+    ids, mask = batch("right")
+    with torch.no_grad():
+        ref = ens(ids, mask)
+    ens.save_pretrained(tmp_path)
+    back = EnsembleRewardModel.load(tmp_path).eval()
+    assert (back.method, back.lam, back.ddof) == ("uwo", 0.1, 1)
+    with torch.no_grad():
+        out = back(ids, mask)
+    assert torch.equal(out.rewards, ref.rewards) and torch.equal(out.member_rewards, ref.member_rewards)
