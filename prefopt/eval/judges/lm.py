@@ -73,17 +73,20 @@ class LMPairJudge:
 
     @torch.no_grad()
     def _forward(self, rows: list[list[int]]) -> torch.Tensor:
+        """Left-padded batch; only the last position's logits are computed (``logits_to_keep=1``)."""
         device = next(self.model.parameters()).device
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
-        for i, r in enumerate(rows):  # right padding: the last real position is unaffected by pads
-            ids[i, : len(r)] = torch.as_tensor(r)
-            mask[i, : len(r)] = 1
+        for i, r in enumerate(rows):
+            ids[i, width - len(r):] = torch.as_tensor(r)
+            mask[i, width - len(r):] = 1
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
         ctx = torch.autocast(device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
         with ctx:
-            logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
-        last = logits[torch.arange(len(rows)), mask.sum(1).to(device) - 1].float().log_softmax(-1)
+            logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                position_ids=pos.to(device), use_cache=False, logits_to_keep=1).logits
+        last = logits[:, -1].float().log_softmax(-1)
         la = torch.logsumexp(last[:, self.label_ids[0]], -1)
         lb = torch.logsumexp(last[:, self.label_ids[1]], -1)
         return torch.sigmoid(la - lb).cpu()  # renormalised over the two labels
