@@ -57,34 +57,74 @@ def _ref_token_logps(ctx: StepContext, policy: Any, batch: Any) -> Tensor | None
         return ctx.reference.run(policy, lambda m: forward_token_logps(m, batch).token_logps).float()
 
 
+def policy_forward(policy: Any, batch: Any) -> tuple[Any, dict[str, Tensor], Tensor | None]:
+    """Policy forward: :class:`ForwardLogps`, cheap logit statistics (spec section 7) and the logits.
+
+    Padded batches: one model call; per-token entropy, argmax accuracy and mean logits over completion
+    tokens come from the same logits (logits/chosen, logits/rejected, entropy, mean_token_accuracy).
+    Other layouts fall back to :func:`forward_token_logps` (entropy only).
+    """
+    from prefopt.logprobs import ForwardLogps, entropy, token_logps
+
+    if getattr(batch, "layout", None) != "padded":
+        out = forward_token_logps(policy, batch, with_entropy=True)
+        n = out.completion_mask.float().sum().clamp(min=1.0)
+        return out, {"entropy": (out.entropy * out.completion_mask).sum().detach() / n}, None
+    dev = next(policy.parameters()).device
+    ids = batch.input_ids.to(dev)
+    logits = policy(input_ids=ids, attention_mask=batch.attention_mask.to(dev),
+                    position_ids=batch.position_ids.to(dev), use_cache=False).logits
+    mask = batch.completion_mask.to(dev)
+    out = ForwardLogps(token_logps(logits, ids), mask, batch.attention_mask.to(dev))
+    with torch.no_grad():
+        m = mask[:, 1:].bool()
+        lg = logits[:, :-1].detach()
+        ent = entropy(logits.detach())[:, 1:]
+        hit = (lg.argmax(-1) == ids[:, 1:]) & m
+        mean_logit = lg.float().mean(-1)
+        n = m.float().sum().clamp(min=1.0)
+        half = ids.shape[0] // 2
+        stats = {"entropy": (ent * m).sum() / n, "mean_token_accuracy": hit.float().sum() / n}
+        if ids.shape[0] % 2 == 0:
+            for name, rows in (("chosen", slice(0, half)), ("rejected", slice(half, None))):
+                mr = m[rows].float()
+                stats[f"logits/{name}"] = (mean_logit[rows] * mr).sum() / mr.sum().clamp(min=1.0)
+    return out, stats, logits
+
+
 def pairwise_loss(ctx: StepContext, policy: Any, items: list) -> LossOutput:
     """Loss for a micro-batch of preference pairs (every pairwise loss, LCPO and SparsePO)."""
     if "token_kl" in ctx.spec.extras:
         return sparsepo_loss(ctx, policy, items)
     batch = collate(items, ctx)
     with autocast(ctx.precision, ctx.device):
-        out = forward_token_logps(policy, batch)
+        out, stats, _ = policy_forward(policy, batch)
     pol = out.token_logps.float()
     inputs = pair_inputs(pol, out.completion_mask, _ref_token_logps(ctx, policy, batch))
-    if ctx.ref_cache is not None:
+    if ctx.ref_cache is not None and ctx.reference is not None:
         ref = torch.stack([ctx.ref_cache[it.index] for it in items]).to(pol.device)
         inputs["ref_chosen_logps"], inputs["ref_rejected_logps"] = ref[:, 0], ref[:, 1]
     if ctx.lcpo_state is not None:
         inputs["eta"] = ctx.lcpo_state.eta
         inputs["annotator_id"] = torch.tensor([it.annotator for it in items], dtype=torch.long)
     result = ctx.loss_spec(inputs, ctx.hparams)
-    return _with_common_metrics(result, inputs, out.completion_mask)
+    return _with_common_metrics(result, inputs, out.completion_mask, stats)
 
 
-def _with_common_metrics(result: LossOutput, inputs: dict, mask: Tensor) -> LossOutput:
+def _with_common_metrics(result: LossOutput, inputs: dict, mask: Tensor,
+                         stats: dict[str, Tensor] | None = None) -> LossOutput:
+    """Add spec section 7 names every pairwise method shares: loss, logps/*, KL estimate, num_tokens."""
     metrics = dict(result.metrics)
     c, r = inputs["policy_chosen_logps"].detach(), inputs["policy_rejected_logps"].detach()
+    metrics["loss"] = result.loss.detach().float().mean()
     metrics.setdefault("logps/chosen", c.mean())
     metrics.setdefault("logps/rejected", r.mean())
     if "ref_chosen_logps" in inputs:
+        # sequence-level KL estimate E_data[log pi - log pi_ref] (k1 on the data's completions)
         kl = torch.cat([c - inputs["ref_chosen_logps"], r - inputs["ref_rejected_logps"]])
-        metrics["policy/kl_seq"] = kl.detach().float().mean()
+        metrics["kl"] = kl.detach().float().mean()
     metrics["num_tokens"] = mask.float().sum()
+    metrics.update(stats or {})
     return LossOutput(result.loss, metrics, result.aux)
 
 
@@ -131,56 +171,99 @@ def ranked_loss(ctx: StepContext, policy: Any, items: list) -> LossOutput:
     best = torch.where(valid, rel, torch.full_like(rel, -1.0)).argmax(-1)
     acc = (h.gather(1, best[:, None]) >= torch.where(valid, h, h.new_full(h.shape, -1e9))
            .max(-1, keepdim=True).values).float().mean()
-    metrics = {"rewards/accuracies": acc.detach(), "irpo/h_mean": h.detach().mean(),
+    metrics = {"loss": loss.detach().float().mean(), "rewards/accuracies": acc.detach(),
+               "irpo/h_mean": h.detach().mean(),
                "num_tokens": batch.completion_mask.float().sum()}
     return LossOutput(loss, metrics)
 
 
+def _shift(x: Tensor) -> Tensor:
+    """Align a per-position activation with the token it predicts: ``out[:, t] = x[:, t - 1]``."""
+    x = x[:, :-1]
+    return torch.cat([x.new_zeros((x.shape[0], 1) + tuple(x.shape[2:])), x], dim=1)
+
+
+def _hooked_reference_forward(model: Any, kw: dict, collect: bool) -> tuple[Any, dict[str, list[Tensor]]]:
+    """Reference forward with hidden states; with ``collect`` also the per-layer MLP and attention
+    outputs via forward hooks (modules whose name ends in ``.mlp`` / ``.self_attn``)."""
+    acts: dict[str, list[Tensor]] = {"mlp": [], "attn": []}
+    handles = []
+    if collect:
+        for name, mod in model.named_modules():
+            kind = "mlp" if name.endswith(".mlp") else "attn" if name.endswith(".self_attn") else None
+            if kind is None:
+                continue
+
+            def hook(_m: Any, _inp: Any, out: Any, kind: str = kind) -> None:
+                acts[kind].append((out[0] if isinstance(out, tuple) else out).detach())
+
+            handles.append(mod.register_forward_hook(hook))
+    try:
+        out = model(**kw, output_hidden_states=True)
+    finally:
+        for h in handles:
+            h.remove()
+    return out, {k: v for k, v in acts.items() if v}
+
+
 def sparsepo_loss(ctx: StepContext, policy: Any, items: list) -> LossOutput:
-    """SparsePO: token log-ratios, per-token KL from both full logits, masks from the reference."""
+    """SparsePO: token log-ratios, per-token KL from both full logits, masks from the reference.
+
+    Mask providers: ``learned`` reads the reference's per-layer residual hidden states; ``activation``
+    (variant A) averages z-normalised, min-max rescaled maps of the reference's MLP outputs, attention
+    outputs, residual stream per layer and final logits (spec section 2), all taken with forward hooks
+    in the same reference forward and shifted onto the label positions.
+    """
     from prefopt.logprobs import token_logps
-    from prefopt.losses.kl import token_kl
+    from prefopt.losses.kl import token_kl  # noqa: I001
     from prefopt.losses.sparsepo import MASK_PROVIDERS
 
     batch = collate_pairwise([it.tok for it in items], ctx.pad_id)
     kw = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
           "position_ids": batch.position_ids, "use_cache": False}
+    collect = ctx.mask_provider == "activation"
     with autocast(ctx.precision, ctx.device):
-        pol_logits = policy(**kw).logits
-        ref_out = ctx.reference.run(policy, lambda m: m(**kw, output_hidden_states=True))
-    pol = token_logps(pol_logits, batch.input_ids).float()
+        out, stats, pol_logits = policy_forward(policy, batch)
+        ref_out, acts = ctx.reference.run(policy, lambda m: _hooked_reference_forward(m, kw, collect))
+    pol = out.token_logps.float()
     ref = token_logps(ref_out.logits, batch.input_ids).float()
     # token t's distribution comes from logits at t-1: shift KL onto the label positions
     kl = token_kl(pol_logits[:, :-1].float(), ref_out.logits[:, :-1].float())
     kl = torch.cat([kl.new_zeros(kl.shape[0], 1), kl], dim=1)
-    hidden = [h[:, :-1] for h in ref_out.hidden_states[1:]]
-    hidden = [torch.cat([x.new_zeros(x.shape[0], 1, x.shape[2]), x], dim=1) for x in hidden]
+    hidden = [_shift(h) for h in ref_out.hidden_states[1:]]
     mask = batch.completion_mask
     if ctx.mask_provider == "learned":
         m_u = ctx.mask_head(hidden, mask)
     elif ctx.mask_provider == "activation":
-        m_u = MASK_PROVIDERS.get("activation")({"residual": hidden}, mask)
+        acts = {k: [_shift(a) for a in v] for k, v in acts.items()}
+        acts.update({"residual": hidden, "logits": [_shift(ref_out.logits.detach())]})
+        m_u = MASK_PROVIDERS.get("activation")(acts, mask)
     else:
         m_u = MASK_PROVIDERS.get(ctx.mask_provider)(mask)
     inputs = {"policy_token_logps": pol, "ref_token_logps": ref, "completion_mask": mask,
               "token_kl": kl, "mask_u": m_u}
     result = ctx.loss_spec(inputs, ctx.hparams)
     seq = pair_inputs(pol, mask, ref)
-    return _with_common_metrics(result, seq, mask)
+    return _with_common_metrics(result, seq, mask, stats)
 
 
 def implicit_reward_margins(ctx: StepContext, policy: Any, items: list) -> Tensor:
     """Held-out metric: per pair ``(r_w - r_l)`` with r = policy - reference summed log-probs
-    (reference-free algorithms: the difference of mean log-probs)."""
+    (reference-free algorithms: the difference of mean log-probs). Under ``reference.mode:
+    precompute`` the reference side comes from the eval cache (``ctx.extras["eval_ref_cache"]``)."""
     batch = collate_pairwise([it.tok for it in items], ctx.pad_id)
+    cache = ctx.extras.get("eval_ref_cache")
     with torch.no_grad(), autocast(ctx.precision, ctx.device):
         pol = forward_token_logps(policy, batch)
         ref = None
-        if ctx.reference is not None:
+        if ctx.reference is not None and cache is None:
             ref = ctx.reference.run(policy, lambda m: forward_token_logps(m, batch).token_logps)
     mask = pol.completion_mask
-    if ref is None:
+    if ctx.reference is None:
         s = seq_mean_logps(pol.token_logps.float(), mask)
+    elif cache is not None:
+        table = torch.stack([cache[it.index] for it in items]).to(mask.device)
+        s = seq_logps(pol.token_logps.float(), mask) - torch.cat([table[:, 0], table[:, 1]])
     else:
         s = seq_logps(pol.token_logps.float(), mask) - seq_logps(ref.float(), mask)
     c, r = s.chunk(2)

@@ -25,14 +25,19 @@ def fingerprint(items: list, model_name: str) -> str:
     return h.hexdigest()[:32]
 
 
-def precompute_reference(ctx: Any, model: Any, items: list, cfg: Any, run_dir: Path) -> dict[int, torch.Tensor]:
-    """Return ``{item index: tensor([ref_chosen_logp, ref_rejected_logp])}``, from cache when valid."""
+def precompute_reference(ctx: Any, model: Any, items: list, cfg: Any, run_dir: Path,
+                         name: str = "ref_logps", is_main: bool = True) -> dict[int, torch.Tensor]:
+    """Return ``{item index: tensor([ref_chosen_logp, ref_rejected_logp])}``, from cache when valid.
+
+    ``name`` names the cache file (``ref_logps`` for training pairs, ``ref_logps_eval`` for held-out
+    pairs). Every rank computes the (deterministic) table; only the main rank writes it.
+    """
     from safetensors.torch import load_file, save_file
 
     from prefopt.loops.offline_step import collate
 
     folder = Path(cfg.reference.cache_dir or run_dir / "ref_cache")
-    path = folder / "ref_logps.safetensors"
+    path = folder / f"{name}.safetensors"
     fp = fingerprint(items, cfg.model.name)
     if path.exists():
         from safetensors import safe_open
@@ -41,6 +46,8 @@ def precompute_reference(ctx: Any, model: Any, items: list, cfg: Any, run_dir: P
             if (fh.metadata() or {}).get("fingerprint") == fp:
                 table = load_file(str(path))["ref_logps"]
                 return {it.index: table[it.index] for it in items}
+    if not items:
+        return {}
     table = torch.zeros(len(items), 2)
     bs = max(1, cfg.batch_size * 2)
     with torch.no_grad():
@@ -53,8 +60,9 @@ def precompute_reference(ctx: Any, model: Any, items: list, cfg: Any, run_dir: P
             c, r = s.chunk(2)
             for j, it in enumerate(chunk):
                 table[it.index] = torch.stack([c[j], r[j]]).cpu()
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({"ref_logps": table}, str(tmp), metadata={"fingerprint": fp})
-    tmp.replace(path)
+    if is_main:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file({"ref_logps": table}, str(tmp), metadata={"fingerprint": fp})
+        tmp.replace(path)
     return {it.index: table[it.index] for it in items}

@@ -4,6 +4,8 @@
 * ``copy``: a frozen deep copy of the starting policy (full fine-tuning).
 * ``precompute``: sequence log-probs computed once before training and cached on disk
   (``ref_logps.safetensors`` keyed by a fingerprint of the data and model), then no reference forward.
+  No copy is made: before the first optimizer step the policy *is* the reference (LoRA: adapters
+  disabled), so the cache is filled from it and the reference is then released.
 
 Curry-DPO's iterative mode calls :func:`refresh_reference` between stages: the policy at the end of
 stage s becomes the frozen reference of stage s+1 (for LoRA: adapters merged into the base weights,
@@ -39,21 +41,34 @@ class Reference:
     def __init__(self, mode: str, policy: torch.nn.Module):
         self.mode = mode
         self.frozen: torch.nn.Module | None = None
-        if mode in ("copy", "precompute") and not is_peft(policy):
+        self.released = False
+        if mode == "copy" and not is_peft(policy):
             self.frozen = _frozen_copy(policy)
 
     def run(self, policy: torch.nn.Module, fn: Callable[[torch.nn.Module], Any]) -> Any:
+        if self.released:
+            raise RuntimeError("the reference was released after precomputing its log-probs; "
+                               "no reference forward is possible (reference.mode=precompute)")
         with torch.no_grad():
             if self.frozen is not None:
                 return fn(self.frozen)
             if is_peft(policy):
                 with policy.disable_adapter():
                     return fn(policy)
+            if self.mode == "precompute":  # untrained policy == reference (see module docstring)
+                with eval_mode(policy):
+                    return fn(policy)
             raise RuntimeError(f"reference mode {self.mode} has no model")
 
+    def to(self, device: torch.device) -> "Reference":
+        if self.frozen is not None:
+            self.frozen.to(device)
+        return self
+
     def release(self) -> None:
-        """Free the frozen copy once precomputed log-probs are cached."""
+        """Drop the reference once precomputed log-probs are cached (later ``run`` calls raise)."""
         self.frozen = None
+        self.released = True
 
 
 def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
