@@ -1,0 +1,1 @@
+"""Prompt sources for online training (:mod:`prefopt.data.prompts`)."""

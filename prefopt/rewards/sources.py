@@ -1,0 +1,140 @@
+"""ONE reward/preference interface for the online loop (spec section 0).
+
+:class:`RewardSource` combines, by weighted sum, any of:
+
+* rule-based/verifiable functions (:class:`~prefopt.rewards.functions.CombinedReward` over ``REWARD_FNS``);
+* a ``reward_models`` scorer (:class:`reward_models.scorer.ModelScorer`, or an
+  :class:`~reward_models.scorer.EnsembleScorer` with mean/WCO/UWO) - BT/POLAR give scalar scores, a GPM
+  gives the GPO-style group score (mean of s(y_i > y_k) over the other samples of the prompt);
+* the policy itself as referee (URPO open-ended prompts, :class:`~prefopt.rewards.referee.PolicyReferee`).
+
+``rewards(prompts, completions, **columns) -> Tensor[N]`` (NaN = no reward) and
+``preference(prompts, a, b, **columns) -> Tensor[N]`` = P(a ≻ b | x): a GPM's native preference, else the
+BT adapter σ((r(a) − r(b)) / T) over the combined scalar reward.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from prefopt.rewards.functions import CombinedReward
+
+__all__ = ["RewardSource", "build_reward_source", "load_scorer"]
+
+
+def _is_gpm(scorer: Any) -> bool:
+    return getattr(scorer, "kind", None) == "gpm"
+
+
+class RewardSource:
+    """Rewards and preference oracle behind one interface (see module docstring).
+
+    Args:
+        functions: weighted rule-based functions (or None).
+        scorer: a ``reward_models`` scorer (``score``/``preference``; GPM: ``group_scores``) or None.
+        scorer_weight: weight of the scorer's score in the sum.
+        referee: URPO self-referee (``rewards(prompts, completions, groups, tasks)``) or None.
+        temperature: BT adapter temperature for the oracle over scalar rewards.
+        clip: clip rewards to ±clip (0 = off).
+    """
+
+    def __init__(self, functions: CombinedReward | None = None, scorer: Any = None, *,
+                 scorer_weight: float = 1.0, referee: Any = None, temperature: float = 1.0,
+                 clip: float = 0.0):
+        if functions is None and scorer is None and referee is None:
+            raise ValueError("a reward source needs reward functions, a reward model or a referee")
+        self.functions, self.scorer, self.referee = functions, scorer, referee
+        self.scorer_weight, self.temperature, self.clip = scorer_weight, temperature, clip
+        self.last_components: dict[str, Tensor] = {}
+
+    @property
+    def has_oracle(self) -> bool:
+        return True  # the BT adapter over any scalar reward is an oracle
+
+    def _scorer_rewards(self, prompts: Sequence[Any], completions: Sequence[str], groups: Sequence[int]) -> Tensor:
+        if not _is_gpm(self.scorer):
+            return self.scorer.score(list(prompts), list(completions)).float().cpu()
+        out = torch.zeros(len(completions))
+        for g in dict.fromkeys(groups):
+            idx = [i for i, gi in enumerate(groups) if gi == g]
+            out[idx] = self.scorer.group_scores(prompts[idx[0]], [completions[i] for i in idx]).float().cpu()
+        return out
+
+    def rewards(self, prompts: Sequence[Any], completions: Sequence[str], **columns: Any) -> Tensor:
+        """``[N]`` float32 rewards (NaN = none) for completion i of ``prompts[i]``.
+
+        Columns: ``answer``, ``completion_ids``, ``task``, ``group`` (prompt index of each row), ...
+        """
+        n = len(completions)
+        groups = list(columns.get("group") or range(n))
+        total = torch.full((n,), float("nan"))
+        self.last_components = {}
+
+        def add(values: Tensor, weight: float, name: str) -> None:
+            nonlocal total
+            self.last_components[name] = values
+            ok = ~torch.isnan(values)
+            total = torch.where(ok, torch.nan_to_num(total) + weight * torch.nan_to_num(values), total)
+
+        if self.functions is not None:
+            add(torch.tensor(self.functions(prompts, completions, **columns), dtype=torch.float32), 1.0,
+                "functions")
+            for name, vals in self.functions.last_components.items():
+                self.last_components[name] = torch.tensor([math.nan if v is None else float(v) for v in vals])
+        if self.scorer is not None:
+            add(self._scorer_rewards(prompts, completions, groups), self.scorer_weight, "model")
+        if self.referee is not None:
+            add(self.referee.rewards(prompts, completions, groups, columns.get("task")), 1.0, "referee")
+        if self.clip:
+            total = total.clamp(-self.clip, self.clip)
+        return total
+
+    def preference(self, prompts: Sequence[Any], a: Sequence[str], b: Sequence[str], **columns: Any) -> Tensor:
+        """``[N]`` probabilities that ``a[i]`` beats ``b[i]`` for ``prompts[i]`` (no grad)."""
+        with torch.no_grad():
+            if _is_gpm(self.scorer) and self.functions is None:
+                return self.scorer.preference(list(prompts), list(a), list(b)).float().cpu()
+            n = len(a)
+            cols = {k: v for k, v in columns.items() if k != "group"}
+            both = {k: list(v) + list(v) for k, v in cols.items() if isinstance(v, (list, tuple))}
+            r = self.rewards(list(prompts) + list(prompts), list(a) + list(b),
+                             group=list(range(n)) + list(range(n)), **both)
+            r = torch.nan_to_num(r)
+            return torch.sigmoid((r[:n] - r[n:]) / self.temperature)
+
+
+def load_scorer(paths: Sequence[str], tokenizer: Any = None, *, method: str = "mean", lam: float = 0.5,
+                device: Any = None) -> Any:
+    """A ``ModelScorer`` for one reward-model directory, an ``EnsembleScorer`` for several."""
+    from prefopt.core.models import load_tokenizer
+    from reward_models.models import RewardModel
+    from reward_models.scorer import EnsembleScorer, ModelScorer
+
+    members = []
+    for path in paths:
+        model = RewardModel.load(path, device=device)
+        try:
+            tok = load_tokenizer(path)
+        except Exception:  # noqa: BLE001 - RM folders without a tokenizer use the policy's
+            tok = tokenizer
+        members.append(ModelScorer(model, tok))
+    if len(members) == 1:
+        return members[0]
+    return EnsembleScorer(members, method, lam=lam)
+
+
+def build_reward_source(cfg: Any, *, tokenizer: Any = None, referee: Any = None, scorer: Any = None,
+                        device: Any = None) -> RewardSource:
+    """From a :class:`~prefopt.loops.online_config.RewardSourceConfig` (``scorer``/``referee`` may be
+    passed in already built, e.g. in tests)."""
+    fns = (CombinedReward([(f.name, f.weight, f.kwargs) for f in cfg.functions])
+           if cfg.functions else None)
+    if scorer is None and cfg.models:
+        scorer = load_scorer(cfg.models, tokenizer, method=cfg.ensemble_method, lam=cfg.ensemble_lam,
+                             device=device)
+    return RewardSource(fns, scorer, scorer_weight=cfg.model_weight,
+                        referee=referee if cfg.policy_referee else None,
+                        temperature=cfg.temperature, clip=cfg.clip)
