@@ -87,3 +87,33 @@ _offline("lcpo", extras=frozenset({"lcpo_state"}),
 _offline("irpo", schema="ranked", paper="In-context Ranking Preference Optimization (IRPO), eq. 9")
 _offline("curry_dpo", loss="dpo", curriculum=True,
          paper="Pattnaik et al. 2024, Curry-DPO: curriculum learning with ranked preferences")
+
+
+# --------------------------------------------------------------------------- online algorithms
+@dataclass(frozen=True)
+class OnlineAlgorithmSpec(AlgorithmSpec):
+    """An online algorithm: ``loss`` names a ``GROUP_LOSSES`` entry; ``driver`` picks how the online
+    loop turns rollouts into loss inputs (group | p3o | dno | egpo | online_ipo; prefopt.loops.online_algos)."""
+
+    driver: str = "group"
+
+    def loss_spec(self) -> Any:
+        import prefopt.losses  # noqa: F401  (registration)
+        from prefopt.core.registry import GROUP_LOSSES
+
+        return GROUP_LOSSES.get(self.loss)
+
+
+def _online(name: str, loss: str, driver: str, paper: str = "") -> None:
+    ALGORITHMS.register(name, OnlineAlgorithmSpec(name=name, loss=loss, loop="online", schema="ranked",
+                                                  driver=driver, paper=paper))
+
+
+_online("grpo", "grpo", "group", "Shao et al. 2024, DeepSeekMath (GRPO), eq. 3")
+_online("gspo", "gspo", "group", "Zheng et al. 2025, Group Sequence Policy Optimization, eq. 7")
+_online("urpo", "grpo", "group", "URPO: one model as player and referee in one GRPO loop (spec section 5)")
+_online("dno", "dno", "dno", "Rosset et al. 2024, Direct Nash Optimization, Algorithm 2 (DNO-Prct)")
+_online("egpo", "egpo", "egpo", "Zhou, Fazel, Du 2025, Extragradient Preference Optimization")
+_online("online_ipo", "online_ipo", "online_ipo", "Calandriello et al. 2024, online IPO (naive self-play)")
+_online("p3o", "p3o_joint", "p3o", "Wu et al. 2023, Pairwise Proximal Policy Optimization (joint clip)")
+_online("p3o_separate", "p3o_separate", "p3o", "Wu et al. 2023, P3O (separate, per-token clip)")

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from prefopt.core.backend import BackendConfig, OptimConfig
 from prefopt.core.models import ModelConfig
 from prefopt.core.registry import CONFIG_KINDS
+from prefopt.loops.online_config import OnlineConfig
 from prefopt.losses.sparsepo import SparsePOMaskConfig
 
 
@@ -100,6 +101,8 @@ class TrainConfig:
     curriculum: Literal["iterative", "ordered", "shuffled"] = "iterative"
     # SparsePO mask source (provider: learned | activation | ones | zeros | random).
     sparsepo: SparsePOMaskConfig = field(default_factory=SparsePOMaskConfig)
+    # Online algorithms (loop: online): prompts, rewards, rollouts, schedule (prefopt.loops.online_config).
+    online: OnlineConfig | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

@@ -1,0 +1,286 @@
+"""The online loop: prompts -> rollouts -> rewards -> advantages/pairs -> registered loss -> update.
+
+``run_online(cfg)`` is ``prefopt train`` for algorithms whose spec says ``loop: online`` (GRPO, GSPO,
+URPO, DNO, EGPO, online IPO, P3O). One round samples ``prompts_per_round`` prompts (sharded over
+processes), draws rollouts with the :class:`~prefopt.generation.base.Generator` (HF backend on the live
+policy, so the rollout policy is always the current one), scores them with the
+:class:`~prefopt.rewards.RewardSource`, turns them into loss inputs with the algorithm's collector
+(:mod:`prefopt.loops.online_algos`) and runs ``num_iterations`` passes of ``minibatches`` optimizer steps
+(old log-probs come from the rollout policy). EGPO replaces the step by its extragradient update.
+Rounds are seeded by their index, and checkpoints hold the round (DNO: iteration), so a killed run
+resumes where it stopped. Logged: reward mean/std (per function and task), KL, clip fractions,
+entropy, completion lengths, oracle win rate of greedy answers against the reference's.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from prefopt.core.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from prefopt.core.errors import ConfigError
+from prefopt.loops.common import MetricAccumulator, NonFiniteGuard, seed_everything, start_run
+from prefopt.loops.online_algos import COLLECTORS, Buffer, buffer_loss, make_batch, score_rows
+from prefopt.loops.online_config import OnlineConfig
+
+__all__ = ["OnlineContext", "run_online", "build_context", "optimizer_step", "run_round", "total_steps"]
+
+
+@dataclass
+class OnlineContext:
+    """Everything a round needs (built once by :func:`build_context`)."""
+
+    cfg: Any
+    oc: OnlineConfig
+    spec: Any
+    loss_spec: Any
+    hparams: Any
+    backend: Any
+    model: Any          # the unwrapped policy (generation, no-grad forwards, checkpoints)
+    engine: Any         # what the training forward runs (DeepSpeed engine or the model)
+    tok: Any
+    generator: Any
+    source: Any
+    reference: Any = None
+    device: torch.device = torch.device("cpu")
+    precision: str = "fp32"
+    pad_id: int = 0
+    guard: NonFiniteGuard = field(default_factory=NonFiniteGuard)
+    last_egpo: Any = None
+
+
+def online_config(cfg: Any) -> OnlineConfig:
+    oc = getattr(cfg, "online", None)
+    return oc if oc is not None else OnlineConfig()
+
+
+def total_steps(spec: Any, oc: OnlineConfig) -> int:
+    """Optimizer steps of the run (EGPO: full extragradient updates)."""
+    if spec.driver in ("egpo", "online_ipo"):
+        return oc.rounds * oc.minibatches
+    return oc.rounds * oc.num_iterations * oc.minibatches
+
+
+def _urpo_defaults(oc: OnlineConfig) -> OnlineConfig:
+    """URPO without explicit rewards: player + referee functions and the policy as referee."""
+    from dataclasses import replace
+
+    from prefopt.loops.online_config import RewardFnConfig
+
+    rw = oc.reward
+    if not rw.functions and not rw.models:
+        rw = replace(rw, functions=(RewardFnConfig("urpo_verifiable"), RewardFnConfig("urpo_referee")),
+                     policy_referee=True)
+    return replace(oc, reward=rw)
+
+
+def build_context(cfg: Any, spec: Any, backend: Any, model: Any, tok: Any, *, engine: Any = None,
+                  scorer: Any = None) -> OnlineContext:
+    """Reference (if the loss or β needs one), generator on the live policy, reward source."""
+    from prefopt.generation import make_generator
+    from prefopt.loops.reference import Reference, resolve_mode
+    from prefopt.rewards import PolicyReferee, build_reward_source
+
+    oc = online_config(cfg)
+    if spec.name == "urpo":
+        oc = _urpo_defaults(oc)
+    hp = spec.build_hparams(cfg.loss)
+    needs_ref = {"group": bool(getattr(hp, "beta", 0.0)), "dno": bool(getattr(hp, "tau", 0.0))}.get(spec.driver, True)
+    mode = resolve_mode(cfg.reference.mode, model, needs_ref)
+    if mode == "precompute":
+        raise ConfigError("online algorithms sample new responses every round; reference.mode=precompute "
+                          "cannot serve them (use auto, copy or adapter_disabled)")
+    reference = Reference(mode, model) if mode != "none" else None
+    gen = make_generator(oc.generator, model=model, tokenizer=tok, batch_size=oc.generation_batch_size,
+                         max_prompt_length=oc.max_prompt_length)
+    referee = PolicyReferee(gen, seed=cfg.run.seed) if oc.reward.policy_referee else None
+    source = build_reward_source(oc.reward, tokenizer=tok, referee=referee, scorer=scorer, device=backend.device)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    return OnlineContext(cfg=cfg, oc=oc, spec=spec, loss_spec=spec.loss_spec(), hparams=hp, backend=backend,
+                         model=model, engine=engine if engine is not None else model, tok=tok, generator=gen,
+                         source=source, reference=reference, device=backend.device, precision=cfg.precision,
+                         pad_id=pad, guard=NonFiniteGuard(cfg.run.on_nonfinite))
+
+
+def _empty(ctx: OnlineContext) -> Buffer:
+    return Buffer(make_batch([[ctx.pad_id]], [[ctx.pad_id]], ctx.pad_id, [True]), {})
+
+
+def _split_exact(ctx: OnlineContext, buf: Buffer, parts: int) -> list[Buffer]:
+    """Exactly ``parts`` chunks (empty buffers pad the list so every process steps alike)."""
+    chunks = buf.split(parts) if buf.tensors else []
+    return chunks + [_empty(ctx)] * (parts - len(chunks))
+
+
+def _global_counts(ctx: OnlineContext, buf: Buffer, parts: int) -> dict[str, torch.Tensor]:
+    """Global token/sequence/pair counts of one optimizer step, divided by micro-batches × processes
+    (the backends average gradients over both), so every process's loss is its share."""
+    if not buf.tensors:
+        local = torch.zeros(3, dtype=torch.float64)
+    else:
+        rows = float(buf.rows)
+        local = torch.tensor([float(buf.batch.completion_mask.sum()), rows, rows / 2], dtype=torch.float64)
+    total = ctx.backend.all_reduce_sum(local.to(ctx.device)).cpu() / (parts * ctx.backend.world_size)
+    return {"num_tokens": total[0].float(), "num_sequences": total[1].float(), "num_pairs": total[2].float()}
+
+
+def optimizer_step(ctx: OnlineContext, buf: Buffer, step: int = 0) -> tuple[dict | None, dict[str, float]]:
+    """``optim.grad_accum`` micro-batches of ``buf`` then one optimizer step; returns (stats, metrics)."""
+    parts = ctx.backend.grad_accum
+    counts = _global_counts(ctx, buf, parts)
+    acc, stats = MetricAccumulator(), None
+    for mb in _split_exact(ctx, buf, parts):
+        loss, metrics = buffer_loss(ctx, mb, counts)
+        if not ctx.guard.ok(loss, step):
+            loss = loss * 0.0
+        ctx.backend.backward(loss)
+        acc.add({"loss": loss.detach(), **metrics}, weight=float(max(mb.rows, 1)) if mb.tensors else 0.0)
+        stats = ctx.backend.step()
+    local = {k: acc.sums[k] / acc.counts[k] for k in acc.sums if acc.counts[k] > 0}
+    return stats, local
+
+
+def _round_prompts(prompts: Sequence[Any], r: int, per_round: int, seed: int) -> list[Any]:
+    """Prompts of round ``r``: a fresh seeded permutation per pass over the prompt set."""
+    n, out = len(prompts), []
+    for k in range(r * per_round, (r + 1) * per_round):
+        epoch, j = divmod(k, n)
+        order = list(range(n))
+        random.Random(seed * 7919 + epoch).shuffle(order)
+        out.append(prompts[order[j]])
+    return out
+
+
+def run_round(ctx: OnlineContext, examples: Sequence[Any], r: int, step: int) -> Iterator[tuple[dict | None, dict]]:
+    """Yield ``(optimizer stats, metrics)`` after each optimizer step of round ``r``."""
+    from prefopt.loops.online_egpo import collect_egpo, egpo_update
+
+    oc, driver = ctx.oc, ctx.spec.driver
+    seed = ctx.cfg.run.seed * 1_000_003 + r * 1009 + ctx.backend.rank * 17
+    if driver in ("egpo", "online_ipo"):
+        for k in range(oc.minibatches):
+            part = list(examples)[k::oc.minibatches]
+            if driver == "egpo":
+                yield egpo_update(ctx, part, seed + 2 * k, lambda b: optimizer_step(ctx, b, step))
+            else:
+                buf = collect_egpo(ctx, part, seed + 2 * k)
+                stats, m = optimizer_step(ctx, buf, step)
+                yield stats, {**buf.metrics, **m}
+        return
+    buf = COLLECTORS[driver](ctx, examples, seed)
+    for _ in range(oc.num_iterations):
+        for mb in _split_exact(ctx, buf, oc.minibatches):
+            stats, m = optimizer_step(ctx, mb, step)
+            yield stats, {**buf.metrics, **m}
+
+
+@torch.no_grad()
+def evaluate(ctx: OnlineContext, examples: Sequence[Any],
+             ref_texts: Sequence[str] | None) -> tuple[dict[str, float], list[str]]:
+    """Greedy answers on held-out prompts: (metrics, texts); metrics = mean reward (per task) and the
+    oracle win rate against ``ref_texts`` (the reference policy's greedy answers)."""
+    from prefopt.generation.base import SamplingParams
+
+    if not examples:
+        return {}, []
+    outs = ctx.generator.generate([ex.prompt for ex in examples],
+                                  SamplingParams(temperature=0.0, max_new_tokens=ctx.oc.max_new_tokens))
+    comps = [o[0] for o in outs]
+    rewards = score_rows(ctx, examples, comps, list(range(len(comps))))
+    ok = ~torch.isnan(rewards)
+    out = {"eval/reward": float(rewards[ok].mean()) if ok.any() else float("nan")}
+    for task in sorted({ex.meta.get("task") for ex in examples if ex.meta.get("task")}):
+        sel = torch.tensor([ex.meta.get("task") == task for ex in examples]) & ok
+        if sel.any():
+            out[f"eval/reward_{task}"] = float(rewards[sel].mean())
+    if ref_texts is not None and ctx.source.has_oracle:
+        p = ctx.source.preference([ex.prompt for ex in examples], [c.text for c in comps], list(ref_texts),
+                                  answer=[ex.answer for ex in examples], task=[ex.meta.get("task") for ex in examples],
+                                  meta=[ex.meta for ex in examples])
+        out["eval/win_rate_vs_ref"] = float(p.float().mean())
+    return out, [c.text for c in comps]
+
+
+def _gather_mean(backend: Any, metrics: dict[str, float]) -> dict[str, float]:
+    """Average metric dicts over processes (keys may differ between processes)."""
+    if backend.world_size == 1:
+        return metrics
+    import torch.distributed as dist
+
+    parts: list[dict] = [None] * backend.world_size  # type: ignore[list-item]
+    dist.all_gather_object(parts, metrics)
+    keys = sorted({k for p in parts for k in p})
+    return {k: sum(p[k] for p in parts if k in p) / sum(k in p for p in parts) for k in keys}
+
+
+def _check(ctx: OnlineContext) -> None:
+    oc, w = ctx.oc, ctx.backend.world_size
+    if oc.prompts_per_round % w:
+        raise ConfigError(f"online.prompts_per_round={oc.prompts_per_round} must be a multiple of the "
+                          f"number of processes ({w})")
+    if ctx.spec.driver == "egpo" and not hasattr(ctx.backend, "state_dict"):
+        raise ConfigError("EGPO's extragradient step restores the optimizer state; it needs backend.kind=single")
+    if ctx.spec.driver == "p3o" and oc.num_generations != 2:
+        raise ConfigError("P3O compares two responses per prompt: set online.num_generations: 2")
+
+
+def run_online(cfg: Any, *, scorer: Any = None) -> dict[str, Any]:  # noqa: C901, PLR0915 - the loop
+    """Train an online algorithm from ``cfg`` (a :class:`prefopt.configs.TrainConfig`)."""
+    from prefopt.algorithms import get_algorithm
+    from prefopt.core.backend import make_backend
+    from prefopt.core.io import atomic_write_json
+    from prefopt.core.models import load_model
+    from prefopt.data.prompts import load_prompts
+    from prefopt.loops.offline import save_policy
+
+    seed_everything(cfg.run.seed)
+    spec, oc = get_algorithm(cfg.algorithm), online_config(cfg)
+    backend = make_backend(cfg.backend, cfg.optim, cfg.batch_size)
+    run_dir, logger = start_run(cfg, backend.is_main)
+    model, tok = load_model(cfg.model, seed=cfg.run.seed)
+    model = model.to(backend.device)
+    prompts = load_prompts(oc.prompts, seed=cfg.run.seed)
+    train, held_out = prompts[:oc.prompts.n], prompts[oc.prompts.n:]
+    ctx = build_context(cfg, spec, backend, model, tok, scorer=scorer)  # reference = initial weights
+    ctx.engine = backend.prepare(model, total_steps(spec, ctx.oc))
+    ctx.model = backend.unwrap()
+    _check(ctx)
+    step, start_round, ref_texts = 0, 0, None
+    ckpt = latest_checkpoint(run_dir) if cfg.run.resume else None
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, ctx.model, backend)
+        step, start_round, ref_texts = state["step"], state["round"], state.get("ref_texts")
+    wr = oc.win_rate_every
+    first: dict[str, float] = {}
+    if wr >= 0 and held_out and ckpt is None:
+        first, ref_texts = evaluate(ctx, held_out, None)
+        first = {**first, "eval/win_rate_vs_ref": 0.5}
+        logger.log(first, step)
+    curve = []
+    for r in range(start_round, oc.rounds):
+        examples = _round_prompts(train, r, oc.prompts_per_round, cfg.run.seed)[backend.rank::backend.world_size]
+        for stats, metrics in run_round(ctx, examples, r, step):
+            step += 1
+            metrics = _gather_mean(backend, metrics)
+            metrics.update({**(stats or {}), "round": float(r)})
+            if ctx.source.referee is not None:
+                metrics.update(ctx.source.referee.metrics())
+            if wr > 0 and (r + 1) % wr == 0 and held_out:
+                metrics.update(evaluate(ctx, held_out, ref_texts)[0])
+            curve.append({"step": step, "reward": metrics.get("reward")})
+            if step % cfg.run.log_every == 0:
+                logger.log(metrics, step)
+        if cfg.run.save_every and (r + 1) % cfg.run.save_every == 0:
+            save_checkpoint(run_dir, step, ctx.model, backend, {"round": r + 1, "ref_texts": ref_texts},
+                            cfg.run.keep_last)
+    final = evaluate(ctx, held_out, ref_texts)[0] if wr >= 0 and held_out else {}
+    logger.log({**final, "train/skipped_nonfinite": float(ctx.guard.skipped)}, step)
+    logger.close()
+    summary = {"algorithm": cfg.algorithm, "steps": step, "rounds": oc.rounds, "first_eval": first,
+               "final_eval": final, "reward_curve": curve}
+    if backend.is_main:
+        save_policy(ctx.model, tok, run_dir / "final")
+        atomic_write_json(run_dir / "summary.json", summary)
+    return summary
