@@ -6,4 +6,6 @@ need them.
 """
 from __future__ import annotations
 
-__all__ = ["alpacaeval_metrics", "plots", "resumable", "rewardbench_metrics"]
+from prefopt.eval import judges  # noqa: E402,F401  (registers the rm/lm/http judges; torch-free import)
+
+__all__ = ["alpacaeval_metrics", "judges", "plots", "resumable", "rewardbench_metrics"]

@@ -42,10 +42,18 @@ def resolve_reference(ref: str) -> str:
     raise DataError(f"--reference {ref!r} is neither a known name ({', '.join(REFERENCES)}) nor an existing file")
 
 
+HUB_EVAL_SET = "hf:tatsu-lab/alpaca_eval:alpaca_eval@eval"
+
+
 def _read(path: str) -> list[tuple[int, dict]]:
-    """(line, record) pairs from JSONL/JSON/parquet/hf (line = 1-based line or array index)."""
+    """(line, record) pairs from JSONL/JSON/parquet/hf (line = 1-based line or array index).
+
+    ``hf:tatsu-lab/alpaca_eval`` alone means the eval set (config ``alpaca_eval``, split ``eval``).
+    """
     from data_pipelines.sources import read_records
 
+    if path.rstrip("/") == "hf:tatsu-lab/alpaca_eval":
+        path = HUB_EVAL_SET
     return [(r.line, r.data) for r in read_records(path)]
 
 

@@ -34,7 +34,7 @@ from prefopt.core.logging import progress
 from prefopt.eval import rewardbench_metrics as M
 from prefopt.eval.plots import plot_rewardbench
 from prefopt.eval.resumable import ResultStore
-from prefopt.eval.scorers import KINDS, build_pair_scorer
+from prefopt.eval.scorers import KINDS, build_pair_scorer, resolve_kind
 
 DEFAULT_DATA = "hf:allenai/reward-bench@filtered"
 DELAY_ENV = "PREFOPT_EVAL_BATCH_DELAY"  # debug/tests: seconds to sleep after each batch
@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> M.RewardBenchResult:
         score_rows(pair_scorer, rows, store, args.batch_size)
     keys = {(r["id"], r["subset"]) for r in rows}
     scored = [r for r in store.rows() if (r["id"], r["subset"]) in keys]
-    meta = {"model": ",".join(args.model), "model_type": args.kind, "chat_template": "tokenizer",
+    meta = {"model": ",".join(args.model), "model_type": resolve_kind(args.kind, args.model)[0], "chat_template": "tokenizer",
             "dtype": "bfloat16" if args.bf16 else "float32", "max_length": args.max_length,
             "batch_size": args.batch_size, "seed": args.seed, "data": args.data}
     result = M.score_rewardbench(scored, metadata=meta, source=str(store.path))

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from typing import Any, Protocol, Sequence, runtime_checkable
 
-import torch
-
 
 @runtime_checkable
 class Judge(Protocol):
@@ -37,11 +35,13 @@ class RMJudge:
         self.scorer, self.name, self.batch_size = scorer, name, batch_size
         self.polar = getattr(scorer, "kind", None) == "polar" if polar is None else polar
 
-    @torch.no_grad()
     def annotate(self, instructions: Sequence[str], references: Sequence[str], outputs: Sequence[str], *,
                  keys: Sequence[Any] | None = None) -> list[dict[str, Any]]:
+        import torch
+
         prompts = [[{"role": "user", "content": i}] for i in instructions]
         kw = {"reference": list(references)} if self.polar else {}
-        p = self.scorer.preference(prompts, list(outputs), list(references), **kw).float().tolist()
+        with torch.no_grad():
+            p = self.scorer.preference(prompts, list(outputs), list(references), **kw).float().tolist()
         return [{"preference": 1.5 if identical(o, r) else 1.0 + float(x)}
                 for x, o, r in zip(p, outputs, references)]

@@ -37,7 +37,7 @@ def test_bt_end_to_end_and_rerun_skips(tmp_path, rb_slice, bt_dir):
     assert res["n_examples"] == 46 and set(res["subsets"]) == set(SUBSET_TO_SECTION)
     assert all(v["n"] == 2 for v in res["subsets"].values())
     assert set(res["sections"]) == {"Chat", "Chat Hard", "Safety", "Reasoning"} and res["score"] is not None
-    assert res["model_type"] == "auto" and (out / "rewardbench.png").stat().st_size > 1000
+    assert res["model_type"] == "bt" and (out / "rewardbench.png").stat().st_size > 1000
     rows = _scores(out)
     assert len(rows) == 46 and all({"chosen_score", "rejected_score"} <= set(r) for r in rows)
     before = (out / "scores.jsonl").read_bytes()
@@ -98,10 +98,11 @@ def test_dpo_lora_default_reference_and_zero_margin(tmp_path, rb_slice, tiny_mod
                 p.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
     adapter = tmp_path / "adapter"
     peft_model.save_pretrained(adapter)
-    out, res = _run(tmp_path, rb_slice, "--model", str(adapter), "--kind", "dpo", "--limit-per-subset", "1")
+    out, res = _run(tmp_path, rb_slice, "--model", str(adapter), "--kind", "dpo", "--limit-per-subset", "1",
+                    "--max-length", "128")
     assert any(abs(r["chosen_score"]) > 1e-4 for r in _scores(out))
     out0, res0 = _run(tmp_path, rb_slice, "--model", str(tiny_model_dir), "--kind", "dpo", "--ref-model",
-                      str(tiny_model_dir), "--limit-per-subset", "1", name="same")
+                      str(tiny_model_dir), "--limit-per-subset", "1", "--max-length", "128", name="same")
     assert all(r["chosen_score"] == 0.0 == r["rejected_score"] for r in _scores(out0)) and res0["score"] == 0.0
     with pytest.raises(ConfigError, match="needs --ref-model"):
         _run(tmp_path, rb_slice, "--model", str(tiny_model_dir), "--kind", "dpo", name="noref")
