@@ -1,0 +1,1 @@
+"""Benchmarks: prefopt vs TRL (run with `prefopt bench dpo|rm|grpo`)."""

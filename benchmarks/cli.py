@@ -1,0 +1,140 @@
+"""``prefopt bench dpo|rm|grpo [options]``: prefopt vs TRL in one run (see ``benchmarks/README.md``).
+
+Options: ``--steps N`` measured steps per side (after ``--warmup`` steps), ``--batch-size B`` (pairs for
+dpo/rm, prompts for grpo), ``--max-length L``, ``--precision fp32|bf16``, ``--lora``,
+``--layout padded|packed|shared_prompt|all`` (our side; ``all`` times every layout against TRL in the
+same interleaved rounds), ``--ref cache|live`` (dpo), ``--generations G`` (grpo), ``--no-memory``
+(skip the per-side peak-memory subprocesses), ``--model`` (default the embedded SmolLM2-135M),
+``--out FILE.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib
+import json
+import sys
+import time
+from typing import Any, Sequence
+
+from benchmarks.common import (EMBEDDED, interleave, machine, matmul_peak, print_table, probe_memory,
+                               run_probe_subprocess, set_threads, summarize, write_json)
+
+BENCHES = ("dpo", "rm", "grpo")
+TARGETS = {"dpo": 1.5, "rm": 1.3, "grpo": 1.5}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="prefopt bench", description=__doc__.splitlines()[0])
+    p.add_argument("bench", choices=BENCHES)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=None, help="pairs (dpo, rm: default 4) or prompts (grpo: 1)")
+    p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--lora", action="store_true")
+    p.add_argument("--layout", choices=("padded", "packed", "shared_prompt", "all"), default=None,
+                   help="our layout (default: shared_prompt for dpo/grpo, shared_prompt for rm)")
+    p.add_argument("--ref", choices=("cache", "live"), default="cache", help="dpo reference log-probs")
+    p.add_argument("--generations", type=int, default=8, help="grpo completions per prompt")
+    p.add_argument("--completion-length", type=int, default=64, help="grpo max new tokens per rollout")
+    p.add_argument("--model", default=EMBEDDED)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-memory", dest="memory", action="store_false")
+    p.add_argument("--out", default=None)
+    return p
+
+
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    args = parser().parse_args(list(argv))
+    if args.batch_size is None:
+        args.batch_size = 1 if args.bench == "grpo" else 4
+    if args.layout is None:
+        args.layout = "shared_prompt"
+    return args
+
+
+def _module(bench: str) -> Any:
+    return importlib.import_module(f"benchmarks.{bench}")
+
+
+def _forward_argv(argv: Sequence[str]) -> list[str]:
+    """The run's options for a probe subprocess (without the bench word and ``--out``)."""
+    out, skip = [], False
+    for a in list(argv)[1:]:
+        if skip:
+            skip = False
+            continue
+        if a == "--out":
+            skip = True
+            continue
+        if a.startswith("--out="):
+            continue
+        out.append(a)
+    return out
+
+
+def run(argv: Sequence[str]) -> dict[str, Any]:
+    args = parse(argv)
+    set_threads()
+    mod = _module(args.bench)
+    info = machine()
+    print(f"prefopt bench {' '.join(argv)}\nmachine: {json.dumps(info)}", flush=True)
+    peak0 = matmul_peak(args.precision)
+    t0 = time.perf_counter()
+    env = mod.prepare(args)
+    sides = mod.build_sides(env, args)
+    setup_s = time.perf_counter() - t0
+    print(f"set-up {setup_s:.1f} s; tokens/step {env['tokens']}; params {env['n_params']}", flush=True)
+    raw = interleave(sides, args.steps, args.warmup, log=lambda s: print(s, flush=True))
+    peak1 = matmul_peak(args.precision)
+    peak = max(peak0, peak1)
+    results = summarize(sides, raw, env["tokens"], args.warmup, peak, "trl")
+    names = [s.name for s in sides]
+    del sides
+    gc.collect()
+    if args.memory:
+        fwd = _forward_argv(argv)
+        for name in names:
+            print(f"memory probe: {name} ...", flush=True)
+            results[name]["memory"] = run_probe_subprocess(args.bench, name, [args.bench, *fwd])
+        trl_mem = results["trl"]["memory"].get("peak_step_mb")
+        for name in names:
+            mine = results[name]["memory"].get("peak_step_mb")
+            if name != "trl" and mine is not None and trl_mem:
+                results[name]["memory_ratio_vs_trl"] = mine / trl_mem
+    payload = {"bench": args.bench, "command": "prefopt bench " + " ".join(argv), "config": vars(args),
+               "machine": {**info, "load_avg_end": __import__("os").getloadavg()},
+               "matmul_peak_gflops": {"start": peak0, "end": peak1, "used": peak},
+               "tokens_per_step": env["tokens"], "n_params": env["n_params"], "setup_s": setup_s,
+               "results": results, "target_speedup": TARGETS[args.bench], **env.get("extra", {})}
+    print_table(f"{args.bench} ({args.precision}{', LoRA' if args.lora else ''}, batch {args.batch_size}, "
+                f"matmul peak {peak:.0f} GFLOP/s)", results, "trl")
+    write_json(args.out, payload)
+    return payload
+
+
+def _probe(argv: Sequence[str]) -> int:
+    """``_probe BENCH SIDE BENCH [options]``: build one side in this fresh process, measure its memory."""
+    bench, side_name, rest = argv[0], argv[1], list(argv[2:])
+    args = parse(rest)
+    set_threads()
+    mod = _module(bench)
+    env = mod.prepare(args)
+    (side,) = mod.build_sides(env, args, only=side_name)
+    gc.collect()
+    mem = probe_memory(side, steps=args.warmup + 1)
+    print("PROBE_JSON " + json.dumps(mem), flush=True)
+    return 0
+
+
+def cli_main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "_probe":
+        return _probe(argv[1:])
+    run(argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli_main())

@@ -1,0 +1,292 @@
+"""Shared benchmark machinery: data, models, interleaved timing, matmul peak, MFU, peak memory.
+
+Method (every benchmark):
+
+* **Same data**: the first pairs of ``/work/shared/data/hh-rlhf/helpful-base.train.sample.jsonl.gz``
+  (through the project's ``hh_rlhf`` adapter and chat-template tokeniser, over-length pairs dropped), fed
+  as the *same token ids* to both sides (TRL's own collators are called on our ids, so tokenisation
+  differences cannot change the comparison).
+* **Same model and start**: one load of the model; every side gets a deep copy of the same weights.
+* **Interleaved timing**: after one warm-up step per side, rounds run ``A, B, A, B, ...`` (the side order
+  alternates every round) so both sides see the same machine contention; we report per-side medians and
+  the ratio of medians, plus the median of the per-round ratios.
+* **tokens/s** counts the real (non-padding) tokens of the batch in the plain padded layout, i.e. the
+  same numerator for both sides: a layout that skips repeated prompt tokens gets credit as speed.
+* **MFU** = model FLOPs/s / matmul peak measured in the same run at the same precision, with model
+  FLOPs = 6 N tokens per training forward+backward and 2 N tokens per no-grad forward (N = all
+  parameters, embeddings included).
+* **Peak memory**: one fresh subprocess per side (``python -m benchmarks.cli _probe ...``) builds only that
+  side, records its resident set size (RSS) after set-up, then runs the warm-up and one step while a
+  thread samples ``/proc/self/statm`` every 2 ms. ``peak_step_mb`` = max sampled RSS minus the post-set-up
+  RSS (activations, gradients, optimizer state, allocator growth); ``peak_total_mb`` = max sampled RSS
+  during the steps; ``ru_maxrss_mb`` = the process high-water mark (set-up included, e.g. data loading).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+SHARED_DATA = Path(os.environ.get("PREFOPT_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+HH_PATH = str(SHARED_DATA / "hh-rlhf" / "helpful-base.train.sample.jsonl.gz")
+EMBEDDED = "smollm2-135m-instruct"
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+def load_pairs(tok: Any, n: int, max_length: int, path: str = HH_PATH, skip: int = 0) -> list:
+    """The first ``n`` hh-rlhf pairs (after ``skip`` kept pairs) that fit ``max_length`` tokens.
+
+    Returns ``(PairwiseExample, TokenizedPair)`` tuples in file order.
+    """
+    from data_pipelines.adapters import adapt
+    from data_pipelines.errors import Issues
+    from data_pipelines.sources import read_records
+    from data_pipelines.tokenize import LengthPolicy, TokenizeStats, tokenize_pairwise
+
+    policy = LengthPolicy(max_length=max_length, max_prompt_length=max_length - 8, overlong="drop")
+    stats = TokenizeStats()
+    out = []
+    for ex in adapt("hh_rlhf", read_records(path), issues=Issues("skip"), source="hh-rlhf"):
+        tp = tokenize_pairwise(ex, tok, policy, stats)
+        if tp is None:
+            continue
+        if skip:
+            skip -= 1
+            continue
+        out.append((ex, tp))
+        if len(out) >= n:
+            break
+    if len(out) < n:
+        raise RuntimeError(f"only {len(out)} hh-rlhf pairs fit max_length={max_length}; need {n}")
+    return out
+
+
+def padded_tokens(seqs: list[tuple[int, int]]) -> int:
+    """Real tokens of a batch in the padded layout: sum of prompt + completion lengths."""
+    return int(sum(p + c for p, c in seqs))
+
+
+def pair_seq_lengths(tps: list) -> list[tuple[int, int]]:
+    return ([(len(t.prompt_ids), len(t.chosen_ids)) for t in tps]
+            + [(len(t.prompt_ids), len(t.rejected_ids)) for t in tps])
+
+
+# ----------------------------------------------------------------------------------------------- models
+
+def load_base(name: str, seed: int = 0) -> tuple[Any, Any]:
+    """``(model, tokenizer)``: fp32 weights (bf16 runs use autocast on both sides), sdpa attention."""
+    from prefopt.core.models import load_causal_lm
+
+    model, tok = load_causal_lm(name, dtype="float32", seed=seed, attn_implementation="sdpa")
+    model.config.use_cache = False
+    return model, tok
+
+
+def with_lora(model: Any) -> Any:
+    """Both sides' LoRA: r 16, alpha 32, all linear layers, dropout 0 (TRL disables dropout too)."""
+    from prefopt.core.lora import apply_lora
+
+    return apply_lora(model, r=16, alpha=32.0, dropout=0.0, target_modules="all-linear")
+
+
+def clone(model: Any) -> Any:
+    return copy.deepcopy(model)
+
+
+def count_params(model: Any) -> int:
+    """All distinct parameters (tied embeddings counted once; LoRA adapters included)."""
+    seen, total = set(), 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
+def set_threads() -> None:
+    n = int(os.environ.get("PREFOPT_BENCH_THREADS", "0") or 0)
+    if n > 0:
+        torch.set_num_threads(n)
+
+
+# ----------------------------------------------------------------------------------------------- timing
+
+def matmul_peak(precision: str, size: int = 1536, reps: int = 6) -> float:
+    """Best-of-``reps`` dense matmul throughput in GFLOP/s (``size``^3 GEMM, bf16 or fp32)."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a = torch.randn(size, size, dtype=dtype)
+    b = torch.randn(size, size, dtype=dtype)
+    torch.matmul(a, b)
+    best = 0.0
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        torch.matmul(a, b)
+        dt = time.perf_counter() - t0
+        best = max(best, 2 * size ** 3 / dt / 1e9)
+    return best
+
+
+@dataclass
+class Side:
+    """One contender: ``step(i)`` runs one optimizer step on batch ``i`` and returns its loss (float)."""
+
+    name: str
+    step: Callable[[int], float]
+    flops_per_token: float      # model FLOPs per padded-layout token for one step (6N or 8N ...)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def interleave(sides: list[Side], steps: int, warmup: int = 1,
+               log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
+    """Warm-up then ``steps`` rounds; round r runs the sides in rotated order. Batch ``i`` is step ``i``.
+
+    Returns per side: ``times`` (s, measured rounds), ``losses`` (all steps), ``first_loss``.
+    """
+    res = {s.name: {"times": [], "losses": []} for s in sides}
+    for i in range(warmup + steps):
+        k = i % len(sides)
+        for s in sides[k:] + sides[:k]:
+            t0 = time.perf_counter()
+            loss = s.step(i)
+            dt = time.perf_counter() - t0
+            res[s.name]["losses"].append(loss)
+            if i >= warmup:
+                res[s.name]["times"].append(dt)
+            log(f"  step {i}{' (warm-up)' if i < warmup else ''} {s.name}: {dt:.2f} s, loss {loss:.6f}")
+    for s in sides:
+        res[s.name]["first_loss"] = res[s.name]["losses"][0]
+    return res
+
+
+def summarize(sides: list[Side], raw: dict, tokens: list[int], warmup: int, peak_gflops: float,
+              baseline: str) -> dict[str, Any]:
+    """Per side: s/step (median), tokens/s, MFU; ratios vs ``baseline`` (ratio of medians and median of
+    per-round ratios)."""
+    measured_tokens = tokens[warmup:warmup + len(raw[sides[0].name]["times"])]
+    out: dict[str, Any] = {}
+    for s in sides:
+        times = raw[s.name]["times"]
+        med = statistics.median(times)
+        tps = statistics.median([t / dt for t, dt in zip(measured_tokens, times)])
+        flops = statistics.median([s.flops_per_token * t / dt for t, dt in zip(measured_tokens, times)])
+        out[s.name] = {"s_per_step": med, "s_per_step_all": times, "tokens_per_s": tps,
+                       "model_gflops_per_s": flops / 1e9, "mfu": flops / 1e9 / peak_gflops,
+                       "first_batch_loss": raw[s.name]["first_loss"], "losses": raw[s.name]["losses"],
+                       **s.info}
+    base = raw[baseline]["times"]
+    for s in sides:
+        if s.name == baseline:
+            continue
+        mine = raw[s.name]["times"]
+        out[s.name]["speedup_vs_" + baseline] = statistics.median(base) / statistics.median(mine)
+        out[s.name]["speedup_per_round_median"] = statistics.median([b / m for b, m in zip(base, mine)])
+        out[s.name]["first_loss_abs_diff"] = abs(raw[s.name]["first_loss"] - raw[baseline]["first_loss"])
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- memory
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class RSSSampler:
+    """Samples this process's RSS every ``interval`` s in a thread; ``peak`` is the maximum seen."""
+
+    def __init__(self, interval: float = 0.002):
+        self.interval, self.peak, self._stop = interval, _rss_bytes(), threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_bytes())
+            time.sleep(self.interval)
+
+    def __enter__(self) -> "RSSSampler":
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, _rss_bytes())
+
+
+def probe_memory(side: Side, steps: int = 2) -> dict[str, float]:
+    """In-process part of the memory probe: baseline RSS now, peak RSS over ``steps`` steps."""
+    base = _rss_bytes()
+    with RSSSampler() as s:
+        for i in range(steps):
+            side.step(i)
+    maxrss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"setup_rss_mb": base / 2**20, "peak_step_mb": (s.peak - base) / 2**20,
+            "peak_total_mb": s.peak / 2**20, "ru_maxrss_mb": maxrss_kb / 1024}
+
+
+def run_probe_subprocess(bench: str, side: str, argv: list[str], timeout: float = 900) -> dict[str, Any]:
+    """Run ``python -m benchmarks.cli _probe BENCH SIDE ARGV...`` in a fresh process; parse its JSON line."""
+    cmd = [sys.executable, "-m", "benchmarks.cli", "_probe", bench, side, *argv]
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=str(root), env=env)
+    except subprocess.TimeoutExpired:
+        return {"error": "timeout"}
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("PROBE_JSON "):
+            return json.loads(line[len("PROBE_JSON "):])
+    return {"error": (proc.stderr or proc.stdout)[-2000:]}
+
+
+# ----------------------------------------------------------------------------------------------- report
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import transformers
+    import trl
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
+            "load_avg_start": os.getloadavg(), "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def print_table(title: str, results: dict[str, Any], baseline: str) -> None:
+    print(f"\n== {title} ==")
+    print(f"{'side':<26}{'s/step':>9}{'tok/s':>9}{'MFU':>8}{'peak MB':>9}{'first loss':>13}{'x ' + baseline:>10}")
+    for name, r in results.items():
+        mem = r.get("memory", {}).get("peak_step_mb")
+        spd = r.get("speedup_vs_" + baseline)
+        print(f"{name:<26}{r['s_per_step']:>9.2f}{r['tokens_per_s']:>9.1f}{100 * r['mfu']:>7.1f}%"
+              f"{(f'{mem:.0f}' if mem is not None else '-'):>9}{r['first_batch_loss']:>13.6f}"
+              f"{(f'{spd:.2f}' if spd is not None else '-'):>10}")
+
+
+def write_json(path: str | None, payload: dict[str, Any]) -> None:
+    if not path:
+        return
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(p.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=float))
+    os.replace(tmp, p)

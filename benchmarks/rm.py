@@ -1,0 +1,165 @@
+"""Reward model (Bradley-Terry): prefopt ``RewardModel`` + ``bt_loss`` vs TRL ``RewardTrainer``.
+
+Same start on both sides: our ``RewardModel(kind="bt")`` body (the SmolLM2 decoder, LM head dropped) with
+its seeded score head; TRL gets a ``LlamaForSequenceClassification`` holding the same body weights and
+the same score weights (no bias on either). Both read the reward at the last real token (the EOS of
+the completion). TRL's sequence-classification pooling finds that token by ``input_ids != pad``; the
+SmolLM2 pad token is the EOS, so TRL's side pads with ``<|endoftext|>`` (id 0, absent from the data)
+instead, or it would read the token before the EOS.
+
+One step on both sides: BT loss on ``batch_size`` pairs (``-log sigmoid(r+ - r-)`` mean), backward,
+clip to 1.0, AdamW (lr 1e-6).
+
+* ours: the reward forward in the measured layout. ``padded`` is ``RewardModel.forward`` on
+  ``collate_pairwise`` rows; ``packed`` runs the body on one padding-free row (position ids restart per
+  sequence) and reads the hidden state at each sequence end; ``shared_prompt`` runs the body once per
+  pair on ``prompt + chosen + rejected`` with the block mask of ``collate_shared_prompt`` and reads the
+  hidden state at the end of each completion. Then ``RewardModel``'s own score head and
+  ``reward_models.losses.bt_loss``. (These two layout paths live here for now; the RM trainer would own
+  them.)
+* TRL: ``RewardTrainer.training_step`` on its ``DataCollatorForPreference`` batches built from the
+  same token ids (prompt + completion), then clip + AdamW.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import tempfile
+from typing import Any
+
+import torch
+
+from benchmarks.common import Side, clone, count_params, load_pairs, pair_seq_lengths, padded_tokens
+
+LAYOUTS = ("padded", "packed", "shared_prompt")
+LR = 1e-6
+TRL_PAD_ID = 0  # <|endoftext|>
+
+
+def prepare(args: Any) -> dict[str, Any]:
+    from benchmarks.common import load_base
+    from reward_models.models import RewardModel
+
+    if args.lora:
+        raise SystemExit("prefopt bench rm: --lora is not supported (full fine-tuning only)")
+    base, tok = load_base(args.model, seed=args.seed)
+    proto = RewardModel(base, kind="bt", seed=args.seed)
+    n_batches = args.warmup + args.steps
+    pairs = load_pairs(tok, n_batches * args.batch_size, args.max_length)
+    tps = [tp for _, tp in pairs]
+    batches = [tps[i * args.batch_size:(i + 1) * args.batch_size] for i in range(n_batches)]
+    tokens = [padded_tokens(pair_seq_lengths(b)) for b in batches]
+    return {"proto": proto, "base": base, "tok": tok, "pairs": pairs, "batches": batches, "tokens": tokens,
+            "n_params": count_params(proto)}
+
+
+def layout_rewards(rm: Any, batch: Any) -> torch.Tensor:
+    """``[N]`` rewards in the padded-layout row order for a padded, packed or shared-prompt batch."""
+    if batch.layout == "padded":
+        return rm(batch.input_ids, batch.attention_mask).rewards
+    body = rm.model
+    if batch.layout == "packed":
+        h = body(input_ids=batch.input_ids, attention_mask=None, position_ids=batch.position_ids,
+                 use_cache=False).last_hidden_state[0]
+        pooled = h[(batch.cu_seqlens[1:] - 1).long()]
+    else:
+        dtype = next(body.parameters()).dtype
+        h = body(input_ids=batch.input_ids, attention_mask=batch.additive_mask(dtype),
+                 position_ids=batch.position_ids, use_cache=False).last_hidden_state
+        lengths = (batch.unpack_index >= 0).sum(-1)
+        flat = batch.unpack_index.gather(1, (lengths - 1).unsqueeze(1)).squeeze(1)
+        pooled = h.reshape(-1, h.shape[-1])[flat]
+    return rm._head(rm.score, pooled).squeeze(-1)
+
+
+def ours_side(env: dict[str, Any], args: Any, layout: str) -> Side:
+    from data_pipelines.collate import collate_packed, collate_pairwise, collate_shared_prompt
+    from prefopt.core.backend import OptimConfig, SingleBackend
+    from prefopt.loops.common import autocast
+    from reward_models.losses import bt_loss
+
+    rm = clone(env["proto"])
+    rm.train()
+    pad = env["tok"].pad_token_id
+    make = {"padded": lambda b: collate_pairwise(b, pad), "packed": collate_packed,
+            "shared_prompt": lambda b: collate_shared_prompt(b, pad)}[layout]
+    batches = [make(b) for b in env["batches"]]
+    dev = torch.device("cpu")
+    backend = SingleBackend(dev, OptimConfig(lr=LR, warmup_ratio=0.0, scheduler="constant", max_grad_norm=1.0))
+    backend.prepare(rm, 1000)
+
+    def step(i: int) -> float:
+        with autocast(args.precision, dev):
+            r = layout_rewards(rm, batches[i]).float()
+        c, rj = r.chunk(2)
+        loss = bt_loss(c, rj).loss.mean()
+        backend.backward(loss)
+        backend.step()
+        return float(loss.detach())
+
+    return Side(f"prefopt[{layout}]", step, 6 * env["n_params"], {"layout": layout})
+
+
+def _seq_cls(env: dict[str, Any]) -> Any:
+    """``LlamaForSequenceClassification`` with our body weights and our score head."""
+    from transformers import AutoModelForSequenceClassification
+
+    rm = env["proto"]
+    cfg = copy.deepcopy(rm.model.config)
+    cfg.num_labels = 1
+    cfg.pad_token_id = TRL_PAD_ID
+    model = AutoModelForSequenceClassification.from_config(cfg, dtype=torch.float32)
+    model.model.load_state_dict(rm.model.state_dict())
+    with torch.no_grad():
+        model.score.weight.copy_(rm.score.weight.float())
+    return model
+
+
+def trl_side(env: dict[str, Any], args: Any) -> Side:
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    model = _seq_cls(env)
+    tok = copy.deepcopy(env["tok"])
+    tok.pad_token = tok.convert_ids_to_tokens(TRL_PAD_ID)
+    ex0 = env["pairs"][0][0]
+    ds = Dataset.from_list([{"chosen": ex0.prompt + [{"role": "assistant", "content": ex0.chosen}],
+                             "rejected": ex0.prompt + [{"role": "assistant", "content": ex0.rejected}]}])
+    cfg = RewardConfig(output_dir=tempfile.mkdtemp(prefix="bench-trl-rm-"),
+                       per_device_train_batch_size=args.batch_size, max_length=args.max_length,
+                       learning_rate=LR, lr_scheduler_type="constant", max_grad_norm=1.0,
+                       bf16=args.precision == "bf16", use_cpu=True, report_to="none", optim="adamw_torch",
+                       save_strategy="no", disable_dropout=True, logging_steps=1000)
+    trainer = RewardTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok)
+    model = trainer.model
+    if trainer.data_collator.pad_token_id != TRL_PAD_ID:
+        raise RuntimeError(f"TRL collator pads with {trainer.data_collator.pad_token_id}, expected {TRL_PAD_ID}")
+    batches = [trainer.data_collator([{"chosen_ids": list(t.prompt_ids + t.chosen_ids),
+                                        "rejected_ids": list(t.prompt_ids + t.rejected_ids)} for t in b])
+               for b in env["batches"]]
+    trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train(), which we do not call
+    trainer.create_optimizer()
+    opt = trainer.optimizer
+    params = [p for p in model.parameters() if p.requires_grad]
+    amp = trainer.accelerator.autocast if args.precision == "bf16" else contextlib.nullcontext
+
+    def step(i: int) -> float:
+        model.train()
+        with amp():
+            loss = trainer.training_step(model, dict(batches[i]), None)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    return Side("trl", step, 6 * env["n_params"], {})
+
+
+def build_sides(env: dict[str, Any], args: Any, only: str | None = None) -> list[Side]:
+    sides = []
+    for layout in (LAYOUTS if args.layout == "all" else [args.layout]):
+        if only in (None, f"prefopt[{layout}]"):
+            sides.append(ours_side(env, args, layout))
+    if only in (None, "trl"):
+        sides.append(trl_side(env, args))
+    return sides

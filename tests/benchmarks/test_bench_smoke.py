@@ -1,0 +1,133 @@
+"""Smoke runs of ``prefopt bench dpo|rm|grpo`` on the tiny random model (1 warm-up + 1 step per side), and
+loss-level equivalence of the DPO fast paths (padded vs packed vs shared-prompt layouts).
+
+Not timed tests: they check that each benchmark runs both sides on identical batches, writes every JSON
+field the README table is built from, and that the first-batch losses of prefopt and TRL agree (1e-4).
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+SIDE_FIELDS = ("s_per_step", "tokens_per_s", "mfu", "model_gflops_per_s", "first_batch_loss", "losses")
+TOP_FIELDS = ("bench", "command", "config", "machine", "matmul_peak_gflops", "tokens_per_step", "n_params",
+              "results", "target_speedup")
+
+
+def _run(tmp_path, bench: str, *extra: str) -> dict:
+    from benchmarks.cli import cli_main
+
+    out = tmp_path / f"{bench}.json"
+    argv = [bench, "--model", "tiny-smollm2", "--steps", "1", "--warmup", "1", "--batch-size", "2",
+            "--max-length", "96", "--no-memory", "--out", str(out), *extra]
+    assert cli_main(argv) == 0
+    return json.loads(out.read_text())
+
+
+def _check(payload: dict, ours: list[str]) -> None:
+    for key in TOP_FIELDS:
+        assert key in payload, key
+    res = payload["results"]
+    assert set(res) == {*ours, "trl"}
+    for name in res:
+        for key in SIDE_FIELDS:
+            assert key in res[name], (name, key)
+        assert res[name]["s_per_step"] > 0 and res[name]["tokens_per_s"] > 0 and res[name]["mfu"] > 0
+        assert len(res[name]["losses"]) == 2
+    for name in ours:
+        assert "speedup_vs_trl" in res[name]
+        assert res[name]["first_loss_abs_diff"] < 1e-4, (name, res[name]["first_batch_loss"],
+                                                         res["trl"]["first_batch_loss"])
+        # one identical AdamW step later the losses still agree (a non-trivial check for DPO, whose
+        # first-batch loss is ln 2 on both sides because policy == reference)
+        assert abs(res[name]["losses"][1] - res["trl"]["losses"][1]) < 1e-4, name
+
+
+def test_bench_dpo_smoke(tmp_path):
+    payload = _run(tmp_path, "dpo", "--layout", "all")
+    _check(payload, ["prefopt[padded]", "prefopt[packed]", "prefopt[shared_prompt]"])
+    assert abs(payload["results"]["trl"]["first_batch_loss"] - 0.6931472) < 1e-5
+
+
+def test_bench_dpo_live_reference_lora_smoke(tmp_path):
+    payload = _run(tmp_path, "dpo", "--layout", "shared_prompt", "--ref", "live", "--lora")
+    _check(payload, ["prefopt[shared_prompt]"])
+
+
+def test_bench_rm_smoke(tmp_path):
+    payload = _run(tmp_path, "rm", "--layout", "all")
+    _check(payload, ["prefopt[padded]", "prefopt[packed]", "prefopt[shared_prompt]"])
+    assert abs(payload["results"]["trl"]["first_batch_loss"] - 0.6931472) > 1e-4  # random head: not ln 2
+
+
+def test_bench_grpo_smoke(tmp_path):
+    payload = _run(tmp_path, "grpo", "--layout", "shared_prompt", "--batch-size", "1", "--generations", "4",
+                   "--completion-length", "8")
+    _check(payload, ["prefopt[shared_prompt]"])
+    assert payload["results"]["trl"]["first_batch_logp_max_abs_diff"] < 1e-4
+    assert payload["rollouts"]["generations"] == 4
+
+
+def test_memory_probe_subprocess():
+    """The per-side memory probe runs in a fresh process and reports its fields."""
+    from benchmarks.common import run_probe_subprocess
+
+    mem = run_probe_subprocess("rm", "prefopt[shared_prompt]",
+                               ["rm", "--model", "tiny-smollm2", "--steps", "1", "--warmup", "0",
+                                "--batch-size", "2", "--max-length", "96", "--layout", "shared_prompt"])
+    assert "error" not in mem, mem
+    assert mem["peak_step_mb"] >= 0 and mem["peak_total_mb"] >= mem["setup_rss_mb"]
+
+
+# ------------------------------------------------------------------ loss-level equivalence of the layouts
+
+@pytest.fixture(scope="module")
+def dpo_setup(tiny_tokenizer):
+    """Tiny policy and a *different* tiny reference, 3 real hh-rlhf pairs of unequal prompt lengths."""
+    from benchmarks.common import load_pairs
+    from prefopt.core.models import make_tiny_model
+    from prefopt.loops.offline_data import Item
+
+    policy = make_tiny_model("tiny-smollm2", seed=0)
+    reference = make_tiny_model("tiny-smollm2", seed=1)
+    pairs = load_pairs(tiny_tokenizer, 3, 160)
+    items = [Item(tp, i) for i, (_, tp) in enumerate(pairs)]
+    assert len({len(it.tok.prompt_ids) for it in items}) > 1
+    return policy, reference, items, tiny_tokenizer
+
+
+def _dpo_loss(policy, reference, items, tok, layout: str, precision: str = "fp32"):
+    from prefopt.algorithms import get_algorithm
+    from prefopt.loops.offline_step import StepContext, pairwise_loss
+    from prefopt.loops.reference import Reference
+
+    spec = get_algorithm("dpo")
+    ctx = StepContext(spec=spec, loss_spec=spec.loss_spec(), hparams=spec.build_hparams({"beta": 0.1}),
+                      pad_id=tok.pad_token_id, precision=precision, device=torch.device("cpu"), layout=layout)
+    ctx.reference = Reference("copy", reference)
+    policy.zero_grad(set_to_none=True)
+    out = pairwise_loss(ctx, policy, items)
+    loss = out.loss.mean()
+    loss.backward()
+    grad = torch.cat([p.grad.flatten() for p in policy.parameters() if p.grad is not None])
+    policy.zero_grad(set_to_none=True)
+    return float(loss.detach()), out.loss.detach(), out.metrics, grad
+
+
+def test_dpo_loss_same_in_every_layout(dpo_setup):
+    """DPO loss, per-pair losses, policy log-prob metrics and gradients: packed and shared-prompt equal
+    the padded path to 1e-5 (the reference differs from the policy, so the loss is not ln 2)."""
+    policy, reference, items, tok = dpo_setup
+    base, per, metrics, grad = _dpo_loss(policy, reference, items, tok, "padded")
+    assert abs(base - 0.6931472) > 1e-3
+    for layout in ("packed", "shared_prompt"):
+        loss, per_l, m_l, grad_l = _dpo_loss(policy, reference, items, tok, layout)
+        assert abs(loss - base) < 1e-5, layout
+        torch.testing.assert_close(per_l, per, atol=1e-5, rtol=0)
+        for key in ("logps/chosen", "logps/rejected", "kl"):
+            assert abs(float(m_l[key]) - float(metrics[key])) < 1e-4 * max(1.0, abs(float(metrics[key]))), key
+        torch.testing.assert_close(grad_l, grad, atol=1e-5, rtol=1e-4)
