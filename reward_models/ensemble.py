@@ -191,3 +191,76 @@ class SharedBackboneEnsemble(_AggregateMixin, nn.Module):
         pooled = gather_positions(hidden, last_token_index(attention_mask))
         member = torch.stack([h(pooled.to(h.weight.dtype)).squeeze(-1).float() for h in self.heads])
         return self._aggregate(member)
+
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(self, path: str | Path) -> Path:
+        """``path``: the body (AutoModel layout, or the LoRA adapter), ``reward_head.safetensors`` with
+        ``heads.{i}.weight``, ``reward_config.json`` and ``ensemble.json`` (``kind: shared_backbone``)."""
+        import dataclasses
+
+        from safetensors.torch import save as st_save
+
+        from prefopt.core.io import atomic_write_bytes
+        from reward_models.models import REWARD_CONFIG, REWARD_HEAD
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        if hasattr(self.model, "peft_config"):
+            self.model.save_pretrained(str(path))
+        else:
+            self.model.save_pretrained(str(path), safe_serialization=True)
+        heads = {f"heads.{i}.weight": h.weight.detach().cpu().contiguous() for i, h in enumerate(self.heads)}
+        atomic_write_bytes(path / REWARD_HEAD, st_save(heads))
+        atomic_write_json(path / REWARD_CONFIG, dataclasses.asdict(self.config))
+        atomic_write_json(path / "ensemble.json", {
+            "kind": "shared_backbone", "members": len(self.heads), "method": self.method, "lam": self.lam,
+            "ddof": self.ddof, "penalty": self.penalty,
+            "calibration": None if self.calibration is None else [list(map(float, c)) for c in self.calibration]})
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, *, backbone: nn.Module | None = None,
+             torch_dtype: Any = None) -> "SharedBackboneEnsemble":
+        """Load a directory written by :meth:`save_pretrained`; a missing head raises ``ModelLoadError``.
+
+        Args:
+            path: checkpoint directory.
+            backbone: base model for a LoRA checkpoint (default: ``base_model`` from the reward config).
+            torch_dtype: backbone dtype (default: as saved).
+        """
+        import json
+
+        from reward_models.models import REWARD_CONFIG, REWARD_HEAD, RewardConfig, _read_heads
+
+        path = Path(path)
+        try:
+            meta = json.loads((path / "ensemble.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"{path}: cannot read ensemble.json: {exc}") from None
+        if meta.get("kind") != "shared_backbone":
+            raise ModelLoadError(f"{path}: not a shared-backbone ensemble (kind {meta.get('kind')!r})")
+        cfg = RewardConfig.from_json(path / REWARD_CONFIG)
+        heads = _read_heads(path)
+        kw = {} if torch_dtype is None else {"dtype": torch_dtype}
+        from transformers import AutoModel
+
+        lora = (path / "adapter_config.json").is_file()
+        if not lora:
+            backbone = AutoModel.from_pretrained(str(path), **kw)
+        elif backbone is None:
+            backbone = AutoModel.from_pretrained(cfg.base_model, **kw)
+        cal = meta.get("calibration")
+        ens = cls(backbone, list(range(meta["members"])), meta["method"], lam=meta["lam"], ddof=meta["ddof"],
+                  penalty=meta["penalty"], calibration=None if cal is None else (cal[0], cal[1]))
+        if lora:
+            import peft
+
+            ens.model = peft.PeftModel.from_pretrained(ens.model, str(path))
+        ens.config = cfg
+        for i, h in enumerate(ens.heads):
+            key = f"heads.{i}.weight"
+            if key not in heads:
+                raise ModelLoadError(f"{path}: {REWARD_HEAD} has no '{key}'; refusing to initialise it randomly")
+            with torch.no_grad():
+                h.weight.copy_(heads[key].to(h.weight.dtype))
+        return ens

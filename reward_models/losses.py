@@ -111,7 +111,7 @@ def _pair_mask(mask: Tensor) -> Tensor:
 
 
 @RM_LOSSES.register("listwise_bt")
-def listwise_bt_loss(rewards: Tensor, *, mask: Tensor | None = None) -> LossOutput:
+def listwise_bt_loss(rewards: Tensor, *, mask: Tensor | None = None, scores: Tensor | None = None) -> LossOutput:
     """Listwise BT over a ranked list (best first): mean over ordered pairs of ``softplus(-(r_a - r_b))``.
 
     Spec section 1 (optional extension); the Open-Assistant ``RMLoss`` without its L2 term. With
@@ -121,10 +121,14 @@ def listwise_bt_loss(rewards: Tensor, *, mask: Tensor | None = None) -> LossOutp
     Args:
         rewards: ``[B, K]`` rewards of each list, ordered best first.
         mask: optional ``[B, K]`` bool, False for padding entries of shorter lists.
+        scores: optional ``[B, K]`` label scores; when given, only pairs with ``score_a > score_b``
+            count (ties in a ranked list are not preferences).
     """
     r = rewards.float()
     valid = torch.ones_like(r, dtype=torch.bool) if mask is None else mask.bool()
     pairs = _pair_mask(valid)
+    if scores is not None:
+        pairs = pairs & (scores[:, :, None] > scores[:, None, :])
     gaps = r[:, :, None] - r[:, None, :]
     per_pair = F.softplus(-gaps) * pairs
     n_pairs = pairs.sum(dim=(1, 2)).clamp(min=1)

@@ -1,0 +1,179 @@
+"""Typed config for ``prefopt rm train`` (YAML ``kind: rm``). Defaults live here and only here.
+
+A reward-model YAML looks like::
+
+    kind: rm
+    rm: {kind: bt}                          # bt | gpm | polar | ensemble
+    model: {name: smollm2-135m-instruct, lora: {r: 16}}
+    data: {path: runs/data/hh_rlhf_helpful_pairs, max_length: 256, overlong: truncate_left}
+    optim: {lr: 1.0e-5, betas: [0.9, 0.95]}
+    run: {output_dir: runs/rm/bt}
+
+Only ``prefopt.core`` is imported from prefopt (import rule in CONTRIBUTING.md).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from prefopt.core.backend import BackendConfig, OptimConfig
+from prefopt.core.models import ModelConfig
+from prefopt.core.registry import CONFIG_KINDS
+
+RM_TRAIN_KINDS = ("bt", "gpm", "polar", "ensemble")
+
+
+@dataclass(frozen=True)
+class RMRunSection:
+    """Run directory, seed, logging, evaluation and checkpoint cadence."""
+
+    output_dir: str = "runs/rm"
+    seed: int = 0
+    # Log metrics every N optimizer steps.
+    log_every: int = 1
+    # Held-out accuracy every N optimizer steps (0 = only at the start and the end).
+    eval_every: int = 0
+    # Evaluate before the first step too (skip it to save time on slow machines).
+    eval_at_start: bool = True
+    # Save a resumable checkpoint every N optimizer steps (0 = none).
+    save_every: int = 0
+    keep_last: int = 2
+    # Resume from the newest complete checkpoint in output_dir when one exists.
+    resume: bool = True
+    tensorboard: bool = True
+    # On a NaN/inf loss or gradient: "stop" (raise, last good checkpoint kept) or "skip" (count it).
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+
+
+@dataclass(frozen=True)
+class RMDataConfig:
+    """Built data (``prefopt data build`` output: pairwise or ranked records; POLAR triples) and lengths."""
+
+    # A folder with train.jsonl (+ test.jsonl) or a .jsonl file.
+    path: str = ""
+    # Held-out file; default <path>/test.jsonl when it exists.
+    eval_path: str | None = None
+    # Seeded random subset of the training records (None = all).
+    max_train_examples: int | None = None
+    # First N held-out records (None = all).
+    max_eval_examples: int | None = 200
+    max_length: int = 512
+    max_prompt_length: int = 384
+    overlong: Literal["drop", "truncate_left", "truncate_right"] = "drop"
+    shuffle: bool = True
+    # Use each pair's `margin` field in the BT loss.
+    use_margin: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError("data.max_prompt_length must be smaller than data.max_length")
+
+
+@dataclass(frozen=True)
+class BTSection:
+    """Bradley-Terry loss options (spec section 1)."""
+
+    tau: float = 1.0
+    center_coef: float = 0.0
+    l2_coef: float = 0.0
+    barrier_coef: float = 0.0
+    focal: bool = False
+    # Ranked data (lists of K responses): listwise_bt (all ordered pairs) or plackett_luce.
+    listwise_loss: Literal["listwise_bt", "plackett_luce"] = "listwise_bt"
+
+
+@dataclass(frozen=True)
+class GPMSection:
+    """GPM heads (spec section 2)."""
+
+    embed_dim: int = 6
+    beta: float = 0.1
+    l2_normalize: bool = True
+    gate: Literal["scaled_softmax", "softmax", "softplus"] | None = "scaled_softmax"
+
+
+@dataclass(frozen=True)
+class POLARSection:
+    """POLAR template (spec section 3). Tokens missing from the vocab are added (full fine-tune only)."""
+
+    split_token: str = "<|split|>"
+    reward_token: str = "<|reward|>"
+    wrapper: Literal["sft", "pretrain"] = "sft"
+    max_response_len: int = 4096
+    # Ranked records become (ref = best, chosen, rejected) triples; pairs per prompt.
+    triples_per_prompt: int = 1
+
+
+@dataclass(frozen=True)
+class EnsembleSection:
+    """K BT members differing by seed (spec section 4)."""
+
+    members: int = 3
+    # Member i uses seed run.seed + i (head init + data order); "bootstrap" resamples its data too.
+    bootstrap: bool = False
+    # One backbone with K heads (memory-lean; members share every backbone weight).
+    shared_backbone: bool = False
+    method: Literal["mean", "wco", "uwo"] = "mean"
+    lam: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.members < 2:
+            raise ValueError(f"ensemble.members must be >= 2, got {self.members}")
+
+
+@dataclass(frozen=True)
+class RMSection:
+    """Which reward model to train and its head settings."""
+
+    kind: Literal["bt", "gpm", "polar", "ensemble"] = "bt"
+    head_init: Literal["normal", "zeros"] = "normal"
+    # Pad id for batching and the saved config; None = the tokenizer's, unless it equals EOS, then
+    # "<|endoftext|>" when the vocab has it (HF sequence-classification pooling needs pad != EOS).
+    pad_token_id: int | None = None
+    # Reward mean/std stored for serving-time normalisation: over N training rows, the final eval, or none.
+    reward_stats: Literal["train", "eval", "none"] = "train"
+    reward_stats_examples: int = 256
+    # Store normalize=True in reward_config.json (serving applies (r - mean) / std).
+    normalize: bool = False
+    bt: BTSection = field(default_factory=BTSection)
+    gpm: GPMSection = field(default_factory=GPMSection)
+    polar: POLARSection = field(default_factory=POLARSection)
+    ensemble: EnsembleSection = field(default_factory=EnsembleSection)
+
+    def __post_init__(self) -> None:
+        if self.kind == "gpm" and (self.gpm.embed_dim < 2 or self.gpm.embed_dim % 2):
+            raise ValueError(f"rm.gpm.embed_dim must be even and >= 2, got {self.gpm.embed_dim}")
+        if self.reward_stats_examples < 1:
+            raise ValueError("rm.reward_stats_examples must be >= 1")
+
+
+@dataclass(frozen=True)
+class RMTrainConfig:
+    """Root of a ``kind: rm`` YAML (``prefopt rm train CFG``)."""
+
+    rm: RMSection = field(default_factory=RMSection)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: RMDataConfig = field(default_factory=RMDataConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5, betas=(0.9, 0.95),
+                                                                  warmup_ratio=0.03))
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    run: RMRunSection = field(default_factory=RMRunSection)
+    # Pairs (or ranked lists / triples) per micro-batch per process.
+    batch_size: int = 8
+    epochs: float = 1.0
+    # Stop after this many optimizer steps (0 = run the epochs; data repeats if needed).
+    max_steps: int = 0
+    # "bf16" runs forward passes under bfloat16 autocast; the loss maths stay float32.
+    precision: Literal["fp32", "bf16"] = "fp32"
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.epochs <= 0 and self.max_steps <= 0:
+            raise ValueError("set epochs > 0 or max_steps > 0")
+        if self.max_steps < 0:
+            raise ValueError(f"max_steps must be >= 0, got {self.max_steps}")
+
+
+if "rm" not in CONFIG_KINDS:
+    CONFIG_KINDS.register("rm", RMTrainConfig)

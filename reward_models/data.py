@@ -1,0 +1,200 @@
+"""Reward-model training data: built records -> tokenised RM items -> padded RM batches.
+
+* **pairs** (``prompt, chosen, rejected``): two sequences ``prompt + completion`` (completion ends with
+  EOS, spec 0.2), with the prompt length of each row (the GPM gate reads the last prompt token).
+* **ranked** (``prompt, responses, scores``): K sequences sorted best first with their scores (listwise BT).
+* **POLAR triples** (``prompt, reference, chosen, rejected``; ranked records are turned into triples with
+  :func:`reward_models.polar_data.build_sft_triples`): ``encode_polar(prompt, reference, chosen)`` and
+  ``encode_polar(prompt, reference, rejected)``.
+
+Batches put the first sequence of every item first: pairs are ``[chosen block; rejected block]``.
+The order of items per epoch is a seeded shuffle, identical on every rank, so a resumed run replays the
+same micro-batches.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from prefopt.core.errors import DataError
+
+
+@dataclass(frozen=True)
+class RMItem:
+    """One training unit: K >= 2 token sequences (best first), prompt lengths, optional margin/scores."""
+
+    seqs: tuple[tuple[int, ...], ...]
+    prompt_lengths: tuple[int, ...]
+    scores: tuple[float, ...] | None = None
+    margin: float | None = None
+
+
+@dataclass(frozen=True)
+class RMBatch:
+    """Padded rows of a micro-batch. Row ``slot[b, k]`` holds item b's k-th sequence (-1 = none)."""
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    prompt_lengths: Tensor
+    slot: Tensor
+    scores: Tensor | None = None
+    margin: Tensor | None = None
+
+    @property
+    def num_items(self) -> int:
+        return int(self.slot.shape[0])
+
+
+def train_eval_paths(path: str, eval_path: str | None) -> tuple[Path, Path | None]:
+    """``(train file, eval file or None)`` from a built folder or explicit files."""
+    if not path:
+        raise DataError("data.path is empty: point it at a folder from `prefopt data build` or a .jsonl")
+    p = Path(path)
+    train = p / "train.jsonl" if p.is_dir() else p
+    if not train.is_file():
+        raise DataError(f"training data not found: {path} (expected a .jsonl file or a folder with train.jsonl)")
+    if eval_path:
+        evalp: Path | None = Path(eval_path)
+        if not evalp.is_file():
+            raise DataError(f"eval data not found: {evalp}")
+    else:
+        evalp = p / "test.jsonl" if p.is_dir() and (p / "test.jsonl").is_file() else None
+    if evalp is not None and evalp.stat().st_size == 0:
+        evalp = None
+    return train, evalp
+
+
+def read_records(path: Path) -> list[dict]:
+    """Raw JSON rows of a built ``.jsonl`` file."""
+    from data_pipelines.sources import iter_jsonl
+
+    return [r.data for r in iter_jsonl(path)]
+
+
+def subset(records: list, limit: int | None, seed: int | None) -> list:
+    """The first ``limit`` records, or (``seed`` given) a seeded random subset in file order."""
+    if limit is None or limit >= len(records):
+        return records
+    if seed is None:
+        return records[:limit]
+    keep = sorted(random.Random(seed).sample(range(len(records)), limit))
+    return [records[i] for i in keep]
+
+
+def tokenize_records(records: list[dict], schema: str, tokenizer: Any, policy: Any,
+                     where: str = "") -> tuple[list[RMItem], dict[str, int]]:
+    """Tokenise ``pairwise`` or ``ranked`` records into RM items (over-length rows follow ``policy``)."""
+    from data_pipelines.schemas import PairwiseExample, RankedExample
+    from data_pipelines.tokenize import TokenizeStats, tokenize_pairwise, tokenize_ranked
+
+    stats = TokenizeStats()
+    items: list[RMItem] = []
+    bad = 0
+    for line, rec in enumerate(records, 1):
+        try:
+            ex = (PairwiseExample if schema == "pairwise" else RankedExample).from_record(rec)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"not a {schema} record: {exc!r}", file=where, line=line) from None
+        try:
+            tok = (tokenize_pairwise if schema == "pairwise" else tokenize_ranked)(ex, tokenizer, policy, stats)
+        except DataError:  # e.g. an empty message inside the prompt: skipped and counted
+            bad += 1
+            continue
+        if tok is None:
+            continue
+        if schema == "pairwise":
+            n = len(tok.prompt_ids)
+            items.append(RMItem((tok.prompt_ids + tok.chosen_ids, tok.prompt_ids + tok.rejected_ids), (n, n),
+                                margin=tok.margin))
+        else:
+            order = sorted(range(len(tok.scores)), key=lambda i: (-tok.scores[i], i))
+            n = len(tok.prompt_ids)
+            items.append(RMItem(tuple(tok.prompt_ids + tok.completion_ids[i] for i in order),
+                                (n,) * len(order), tuple(tok.scores[i] for i in order)))
+    return items, {"records": len(records), "skipped_bad_text": bad, **stats.as_dict()}
+
+
+def polar_triples(records: list[dict], *, seed: int, per_prompt: int, wrapper: str) -> list[dict]:
+    """Rows with ``reference`` are kept; ranked rows become (best, chosen, rejected) triples."""
+    from reward_models.polar_data import build_sft_triples
+
+    direct = [r for r in records if "reference" in r]
+    ranked = [r for r in records if "reference" not in r and "scores" in r]
+    bad = len(records) - len(direct) - len(ranked)
+    if bad:
+        raise DataError(f"{bad} record(s) are neither POLAR triples (prompt, reference, chosen, rejected) "
+                        "nor ranked lists (prompt, responses, scores)")
+    return direct + build_sft_triples(ranked, seed=seed, max_per_prompt=per_prompt, wrapper=wrapper)
+
+
+def tokenize_triples(triples: list[dict], tokenizer: Any, *, max_length: int, max_response_len: int,
+                     split_token: str, reward_token: str, wrapper: str) -> list[RMItem]:
+    """POLAR items: ``[encode(prompt, ref, chosen), encode(prompt, ref, rejected)]``."""
+    from reward_models.polar_data import encode_polar
+
+    items = []
+    for line, t in enumerate(triples, 1):
+        for key in ("prompt", "reference", "chosen", "rejected"):
+            if key not in t:
+                raise DataError(f"POLAR triple without '{key}'", line=line, field=key)
+        kw = dict(wrapper=t.get("wrapper", wrapper), split_token=split_token, reward_token=reward_token,
+                  max_len=max_length, max_response_len=max_response_len)
+        seqs = tuple(tuple(encode_polar(tokenizer, t["prompt"], t["reference"], t[k], **kw))
+                     for k in ("chosen", "rejected"))
+        items.append(RMItem(seqs, (1, 1)))
+    return items
+
+
+def epoch_order(items: list, epoch: int, seed: int, shuffle: bool) -> list:
+    """Seeded order for one epoch (identical on every rank)."""
+    order = list(items)
+    if shuffle:
+        random.Random(seed * 1000003 + epoch).shuffle(order)
+    return order
+
+
+def bootstrap(items: list, seed: int) -> list:
+    """A bootstrap resample (same size, with replacement) for ensemble members."""
+    rng = random.Random(seed)
+    return [items[rng.randrange(len(items))] for _ in items]
+
+
+def micro_batches(order: list, batch_size: int, rank: int, world: int) -> list[list]:
+    """Global batches of ``batch_size * world`` items (a ragged tail is dropped); this rank's slice."""
+    g = batch_size * world
+    return [order[i + rank * batch_size:i + (rank + 1) * batch_size]
+            for i in range(0, len(order) - g + 1, g)]
+
+
+def collate_rm(items: Sequence[RMItem], pad_token_id: int) -> RMBatch:
+    """Right-padded rows, sequence k of every item together (``[chosen block; rejected block]``)."""
+    kmax = max(len(it.seqs) for it in items)
+    rows: list[tuple[int, ...]] = []
+    plen: list[int] = []
+    slot = torch.full((len(items), kmax), -1, dtype=torch.long)
+    for k in range(kmax):
+        for b, it in enumerate(items):
+            if k < len(it.seqs):
+                slot[b, k] = len(rows)
+                rows.append(it.seqs[k])
+                plen.append(min(it.prompt_lengths[k], len(it.seqs[k])))
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, :len(r)] = 1
+    scores = None
+    if any(it.scores is not None for it in items):
+        scores = torch.full((len(items), kmax), float("nan"))
+        for b, it in enumerate(items):
+            scores[b, :len(it.scores or ())] = torch.tensor(it.scores or (), dtype=torch.float32)
+    margin = None
+    if any(it.margin is not None for it in items):
+        margin = torch.tensor([float(it.margin or 0.0) for it in items], dtype=torch.float32)
+    return RMBatch(ids, mask, torch.tensor(plen, dtype=torch.long), slot, scores, margin)

@@ -1,0 +1,226 @@
+"""``prefopt rm train CFG``: train a BT / GPM / POLAR reward model or a BT ensemble.
+
+One loop for every kind: tokenised RM items -> seeded per-epoch order -> per-rank micro-batches -> loss
+(:mod:`reward_models.train_step`) -> backend step. Held-out accuracy at the start, every
+``run.eval_every`` steps and at the end; resumable checkpoints via :mod:`prefopt.core.checkpoint` (the
+data position, optimizer and RNG are restored, so a killed run reproduces an uninterrupted one); the
+final model goes to ``<output_dir>/final`` as a ``RewardModel`` directory (BT full fine-tune: loadable by
+``AutoModelForSequenceClassification``) with the tokenizer and the reward mean/std. An ``ensemble``
+trains K BT members (seeds ``run.seed + i``, optional bootstrap data) into ``final/member_i`` +
+``final/ensemble.json``, or one backbone with K heads when ``rm.ensemble.shared_backbone``.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prefopt.core.backend import make_backend
+from prefopt.core.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from prefopt.core.config import save_resolved
+from prefopt.core.errors import DataError, NumericError
+from prefopt.core.io import atomic_write_json
+from prefopt.core.logging import MetricLogger, progress
+from reward_models import data as D
+from reward_models.train_step import autocast, batch_loss, build_model, evaluate, to_device
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def load_items(cfg: Any, tok: Any, seed: int) -> tuple[list, list, dict]:
+    """Training and held-out RM items (pairs, ranked lists or POLAR triples) and tokenisation stats."""
+    from data_pipelines.sources import infer_kind
+    from data_pipelines.tokenize import LengthPolicy
+
+    train_path, eval_path = D.train_eval_paths(cfg.data.path, cfg.data.eval_path)
+    train = D.subset(D.read_records(train_path), cfg.data.max_train_examples, cfg.run.seed)
+    held = D.subset(D.read_records(eval_path), cfg.data.max_eval_examples, None) if eval_path else []
+    if not train:
+        raise DataError("no training records", file=str(train_path))
+    if cfg.rm.kind == "polar":
+        p = cfg.rm.polar
+        kw = dict(max_length=cfg.data.max_length, max_response_len=p.max_response_len,
+                  split_token=p.split_token, reward_token=p.reward_token, wrapper=p.wrapper)
+        trip = [D.polar_triples(r, seed=seed, per_prompt=p.triples_per_prompt, wrapper=p.wrapper)
+                for r in (train, held)]
+        return (D.tokenize_triples(trip[0], tok, **kw), D.tokenize_triples(trip[1], tok, **kw),
+                {"records": len(train), "triples": len(trip[0])})
+    schema = infer_kind(train[0])
+    if schema not in ("pairwise", "ranked") or (schema == "ranked" and cfg.rm.kind == "gpm"):
+        raise DataError(f"rm kind '{cfg.rm.kind}' cannot train on {schema} records", file=str(train_path))
+    policy = LengthPolicy(cfg.data.max_length, cfg.data.max_prompt_length, cfg.data.overlong, eos_last=True)
+    items, stats = D.tokenize_records(train, schema, tok, policy, str(train_path))
+    held_items = D.tokenize_records(held, schema, tok, policy, str(eval_path))[0] if held else []
+    if not items:
+        raise DataError(f"no usable examples left after tokenisation ({stats})", file=str(train_path))
+    return items, held_items, stats
+
+
+def make_plan(cfg: Any, items: list, rank: int, world: int, seed: int) -> tuple[list[list], int]:
+    """This rank's micro-batches (whole optimizer steps) and the number of optimizer steps."""
+    accum = cfg.optim.grad_accum
+    per_epoch = len(D.micro_batches(items, cfg.batch_size, rank, world))
+    if per_epoch == 0:
+        raise DataError(f"not enough examples for one batch: {len(items)} item(s), batch_size "
+                        f"{cfg.batch_size} x {world} process(es)")
+    want = cfg.max_steps * accum if cfg.max_steps else round(cfg.epochs * per_epoch)
+    want = max(accum, want - want % accum)
+    seq: list = []
+    epoch = 0
+    while len(seq) < want:
+        seq += D.micro_batches(D.epoch_order(items, epoch, seed, cfg.data.shuffle), cfg.batch_size, rank, world)
+        epoch += 1
+    return seq[:want], want // accum
+
+
+def _check_finite(value: float, what: str, step: int, mode: str) -> bool:
+    if math.isfinite(value):
+        return True
+    if mode == "skip":
+        return False
+    raise NumericError(f"{what} is {value} at optimizer step {step}; training stopped. The last good checkpoint "
+                       "(if any) is kept; set run.on_nonfinite=skip to skip such batches")
+
+
+def _save_final(model: Any, tok: Any, out: Path, backend: Any) -> None:
+    """Save the reward model (+ tokenizer) on the main process; gathers ZeRO-3 shards first (collective)."""
+    gather = contextlib.nullcontext()
+    if getattr(backend, "zero_stage", 0) == 3:
+        import deepspeed
+
+        gather = deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
+    with gather:
+        if backend.is_main:
+            model.save_pretrained(out)
+            tok.save_pretrained(str(out))
+    backend.barrier()
+
+
+def _reward_stats(cfg: Any, model: Any, items: list, pad: int, device: Any, final_eval: torch.Tensor | None):
+    if cfg.rm.kind == "gpm" or cfg.rm.reward_stats == "none":
+        return None
+    if cfg.rm.reward_stats == "eval":
+        r = final_eval
+    else:
+        r = evaluate(cfg, model, items[:cfg.rm.reward_stats_examples], pad, device)[1]
+    if r is None or r.numel() < 2:
+        return None
+    return float(r.mean()), max(float(r.std()), 1e-6)
+
+
+def train_one(cfg: Any, final_dir: Path, member_seed: int | None = None, boot: bool = False) -> dict:  # noqa: C901, PLR0915
+    """Train one reward model (or a shared-backbone ensemble) from ``cfg``; returns the summary."""
+    seed = cfg.run.seed if member_seed is None else member_seed
+    seed_everything(seed)
+    backend = make_backend(cfg.backend, cfg.optim, cfg.batch_size)
+    run_dir = Path(cfg.run.output_dir)
+    if backend.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_resolved(cfg, run_dir)
+    logger = MetricLogger(run_dir, tensorboard=cfg.run.tensorboard, print_every=cfg.run.log_every)
+    model, tok = build_model(cfg, seed)
+    pad = tok.pad_token_id
+    items, eval_items, stats = load_items(cfg, tok, seed)
+    if boot:
+        items = D.bootstrap(items, seed)
+    plan, total = make_plan(cfg, items, backend.rank, backend.world_size, seed)
+    model.train()
+    engine = backend.prepare(model, total)
+    model = backend.unwrap()
+    dev = backend.device
+    ckpt = latest_checkpoint(run_dir) if cfg.run.resume else None
+    step, pos = 0, 0
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, model, backend)
+        step, pos = state["step"], state["data_pos"]
+    if backend.is_main:
+        atomic_write_json(run_dir / "data_stats.json", {"train": stats, "train_items": len(items),
+                                                        "eval_items": len(eval_items), "steps": total})
+    first: dict = {}
+    if ckpt is None and cfg.run.eval_at_start:
+        first = evaluate(cfg, model, eval_items, pad, dev)[0]
+        if first:
+            logger.log(first, 0)
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    skipped = 0
+    bar = progress(total=total, initial=step, desc=f"rm train {cfg.rm.kind}")
+    for mb in plan[pos:]:
+        if step >= total:
+            break
+        batch = to_device(D.collate_rm(mb, pad), dev)
+        with autocast(cfg.precision, dev):
+            out, _ = batch_loss(cfg, engine, batch)
+        loss = out.loss.mean()
+        if _check_finite(float(loss.detach()), "loss", step + 1, cfg.run.on_nonfinite):
+            backend.backward(loss)
+            for k, v in {"loss": loss.detach(), **out.metrics}.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * len(mb)
+                counts[k] = counts.get(k, 0.0) + len(mb)
+        else:
+            skipped += 1
+        pos += 1
+        optim_stats = backend.step()
+        if optim_stats is None:
+            continue
+        if not _check_finite(optim_stats.get("optim/grad_norm", 0.0), "gradient norm", step + 1,
+                             cfg.run.on_nonfinite):
+            skipped += 1
+        step += 1
+        metrics = backend.reduce_metrics(sums, counts)
+        sums, counts = {}, {}
+        metrics.update(optim_stats)
+        if cfg.run.eval_every and step % cfg.run.eval_every == 0 and step < total:
+            metrics.update(evaluate(cfg, model, eval_items, pad, dev)[0])
+        if step % cfg.run.log_every == 0:
+            logger.log(metrics, step)
+        bar.update(1)
+        if cfg.run.save_every and step % cfg.run.save_every == 0:
+            save_checkpoint(run_dir, step, model, backend, {"data_pos": pos}, cfg.run.keep_last)
+    bar.close()
+    final, final_r = evaluate(cfg, model, eval_items, pad, dev)
+    rstats = _reward_stats(cfg, model, items, pad, dev, final_r)
+    if rstats is not None and hasattr(model, "set_reward_stats"):
+        model.set_reward_stats(*rstats)
+    logger.log({**final, "train/skipped_nonfinite": float(skipped)}, step)
+    logger.close()
+    _save_final(model, tok, final_dir, backend)
+    summary = {"kind": cfg.rm.kind, "steps": step, "seed": seed, "first_eval": first, "final_eval": final,
+               "reward_mean_std": rstats, "data": stats, "final_dir": str(final_dir)}
+    if backend.is_main:
+        atomic_write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def run_rm_train(cfg: Any) -> dict[str, Any]:
+    """Entry point of ``prefopt rm train`` (cfg: :class:`reward_models.config.RMTrainConfig`)."""
+    out = Path(cfg.run.output_dir)
+    ens = cfg.rm.ensemble
+    if cfg.rm.kind != "ensemble" or ens.shared_backbone:
+        return train_one(cfg, out / "final", boot=False)
+    summaries = []
+    for i in range(ens.members):
+        sub = dataclasses.replace(cfg, rm=dataclasses.replace(cfg.rm, kind="bt"),
+                                  run=dataclasses.replace(cfg.run, output_dir=str(out / f"member_{i}")))
+        summaries.append(train_one(sub, out / "final" / f"member_{i}", member_seed=cfg.run.seed + i,
+                                   boot=ens.bootstrap))
+    from prefopt.core.backend import world_info
+
+    if world_info()[0] == 0:
+        save_resolved(cfg, out)
+        atomic_write_json(out / "final" / "ensemble.json", {
+            "kind": "ensemble", "members": [f"member_{i}" for i in range(ens.members)],
+            "method": ens.method, "lam": ens.lam, "ddof": 0, "penalty": "var", "calibration": None})
+        atomic_write_json(out / "summary.json", {"kind": "ensemble", "members": summaries})
+    return {"kind": "ensemble", "members": summaries}
