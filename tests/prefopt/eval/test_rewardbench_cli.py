@@ -84,6 +84,7 @@ def test_polar_reference_file_and_generated(tmp_path, rb_slice, tiny_tokenizer, 
     assert len((out2 / "polar_references.jsonl").read_text().splitlines()) == 23
 
 
+@pytest.mark.slow
 def test_dpo_lora_default_reference_and_zero_margin(tmp_path, rb_slice, tiny_model_dir):
     """LoRA adapter: ref = base with adapters off. Policy == reference gives 0 rewards (ties are wrong)."""
     import torch
