@@ -56,6 +56,9 @@ class AlgorithmSpec:
         if "token_kl" in self.extras and mode == "precompute":
             raise ConfigError(f"{self.name} needs a live reference forward; reference.mode=precompute "
                               "cannot serve it")
+        if self.schema != "pairwise" and mode == "precompute":
+            raise ConfigError(f"reference.mode=precompute caches pair log-probs; {self.name} ({self.schema} "
+                              "data) needs reference.mode=auto or copy")
         if self.curriculum and cfg.curriculum == "iterative" and mode == "precompute":
             raise ConfigError("Curry-DPO iterative refreshes the reference each stage; "
                               "use reference.mode auto/copy, not precompute")

@@ -113,9 +113,6 @@ def check_runtime(cfg: Any, spec: Any, backend: Any) -> None:
     if zero3 and "sparse_mask" in spec.extras and cfg.sparsepo.provider == "learned":
         raise ConfigError("SparsePO's learned mask head is not sharded by ZeRO-3; use backend.zero_stage=2 "
                           "or sparsepo.provider=activation")
-    if cfg.reference.mode == "precompute" and spec.schema != "pairwise":
-        raise ConfigError(f"reference.mode=precompute caches pair log-probs; {spec.name} ({spec.schema} data) "
-                          "needs reference.mode=auto or copy")
 
 
 def evaluate(ctx: StepContext, policy: Any, items: list, batch_size: int) -> dict[str, float]:

@@ -31,7 +31,9 @@ def resolve_mode(mode: str, model: torch.nn.Module, needs_ref: bool) -> str:
     if mode == "auto":
         return "adapter_disabled" if is_peft(model) else "copy"
     if mode == "adapter_disabled" and not is_peft(model):
-        raise ValueError("reference.mode=adapter_disabled needs LoRA (model.lora) to be set")
+        from prefopt.core.errors import ConfigError
+
+        raise ConfigError("reference.mode=adapter_disabled needs LoRA (model.lora) to be set")
     return mode
 
 

@@ -50,7 +50,7 @@ def write_set(folder: Path, train: list[dict], test: list[dict] | None = None) -
     return folder
 
 
-def make_cfg(data: Path, out: Path, **over: Any) -> Any:
+def make_cfg(data_path: Path, out: Path, **over: Any) -> Any:
     """A TrainConfig for tiny-llama on ``data`` with test-sized defaults; ``over`` replaces sections
     (dicts are merged one level deep)."""
     from prefopt.configs import TrainConfig
@@ -59,7 +59,7 @@ def make_cfg(data: Path, out: Path, **over: Any) -> Any:
     base: dict[str, Any] = {
         "algorithm": "dpo",
         "model": {"name": "tiny-llama"},
-        "data": {"path": str(data), "max_length": 48, "max_prompt_length": 24, "overlong": "truncate_left",
+        "data": {"path": str(data_path), "max_length": 48, "max_prompt_length": 24, "overlong": "truncate_left",
                  "max_eval_examples": 4},
         "optim": {"lr": 1e-3, "warmup_ratio": 0.0, "scheduler": "constant", "max_grad_norm": 0.0},
         "run": {"output_dir": str(out), "seed": 0, "tensorboard": False, "log_every": 1},
