@@ -139,6 +139,7 @@ def optimizer_step(ctx: OnlineContext, buf: Buffer, step: int = 0) -> tuple[dict
         acc.add({"loss": loss.detach(), **metrics}, weight=float(max(mb.rows, 1)) if mb.tensors else 0.0)
         stats = ctx.backend.step()
     local = {k: acc.sums[k] / acc.counts[k] for k in acc.sums if acc.counts[k] > 0}
+    local.setdefault("loss", 0.0)  # a step without trainable rows (DNO without pairs) still logs a row
     return stats, local
 
 
@@ -267,11 +268,11 @@ def run_online(cfg: Any, *, scorer: Any = None) -> dict[str, Any]:  # noqa: C901
             metrics.update({**(stats or {}), "round": float(r)})
             if ctx.source.referee is not None:
                 metrics.update(ctx.source.referee.metrics())
-            if wr > 0 and (r + 1) % wr == 0 and held_out:
-                metrics.update(evaluate(ctx, held_out, ref_texts)[0])
             curve.append({"step": step, "reward": metrics.get("reward")})
             if step % cfg.run.log_every == 0:
                 logger.log(metrics, step)
+        if wr > 0 and (r + 1) % wr == 0 and held_out and r + 1 < oc.rounds:
+            logger.log(evaluate(ctx, held_out, ref_texts)[0], step)
         if cfg.run.save_every and (r + 1) % cfg.run.save_every == 0:
             save_checkpoint(run_dir, step, ctx.model, backend, {"round": r + 1, "ref_texts": ref_texts},
                             cfg.run.keep_last)

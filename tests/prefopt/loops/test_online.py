@@ -20,7 +20,12 @@ from online_helpers import make_cfg
 
 ALGOS = {
     "grpo": ({"beta": 0.04}, {"num_iterations": 2}),
-    "urpo": ({}, {"prompts": {"kind": "urpo", "n": 9, "n_eval": 3}, "reward": {}, "max_new_tokens": 6}),
+    # URPO rewards + "at most 4 tokens" (the random model never writes "Answer:" or "RANKING:" lines, so
+    # without it every group would be flat and nothing would move).
+    "urpo": ({}, {"prompts": {"kind": "urpo", "n": 9, "n_eval": 3}, "max_new_tokens": 6,
+                  "reward": {"functions": [{"name": "urpo_verifiable"}, {"name": "urpo_referee"},
+                                           {"name": "max_length", "kwargs": {"max_tokens": 4}}],
+                             "policy_referee": True}}),
     "dno": ({"eta": 0.1}, {"dno": {"score_from": "preference"}, "minibatches": 2}),
     "egpo": ({"beta": 0.1}, {"num_generations": 2}),
     "p3o": ({}, {"num_generations": 2, "num_iterations": 2}),
@@ -36,14 +41,17 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def runs(eos_model_dir, tmp_path_factory):
+    """``runs[name] -> (run_dir, summary)``; each algorithm runs once, on first use."""
     from prefopt.loops.online import run_online
 
-    out = {}
-    for name, (loss, online) in ALGOS.items():
-        run_dir = tmp_path_factory.mktemp(f"online_{name}")
-        summary = run_online(make_cfg(eos_model_dir, run_dir, name, loss, **online))
-        out[name] = (run_dir, summary)
-    return out
+    class Runs(dict):
+        def __missing__(self, name):
+            loss, online = ALGOS[name]
+            run_dir = tmp_path_factory.mktemp(f"online_{name}")
+            self[name] = (run_dir, run_online(make_cfg(eos_model_dir, run_dir, name, loss, **online)))
+            return self[name]
+
+    return Runs()
 
 
 @pytest.mark.slow
