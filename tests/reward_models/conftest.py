@@ -61,7 +61,7 @@ def base_config(data: Path, out: Path) -> dict:
 
 
 def make_config(data: Path, out: Path, overrides: list[str] | None = None, **sections):
-    """Write the YAML to ``out/../cfg.yaml`` and load it through the real config machinery."""
+    """Load the config through the real config machinery; ``<out>.yaml`` holds the resolved config."""
     from prefopt.core.config import load_config
 
     cfg = base_config(data, out)
@@ -73,4 +73,8 @@ def make_config(data: Path, out: Path, overrides: list[str] | None = None, **sec
     path = Path(str(out) + ".yaml")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
-    return load_config(path, overrides or [], expect="rm"), path
+    loaded = load_config(path, overrides or [], expect="rm")
+    from prefopt.core.config import to_dict  # the file holds the resolved config (for subprocesses)
+
+    path.write_text(yaml.safe_dump({"kind": "rm", **to_dict(loaded)}), encoding="utf-8")
+    return loaded, path
