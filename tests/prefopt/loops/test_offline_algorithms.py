@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from offline_helpers import make_cfg, pair_records, ranked_records, train_rows, write_set
 
@@ -54,3 +55,33 @@ def test_algorithm_trains_and_loss_goes_down(algo, tmp_path):
     if algo in REF_FREE:
         assert "kl" not in names
     assert (tmp_path / "run" / "final" / "prefopt.json").exists()
+
+
+def test_sparsepo_activation_hooks_collect_mlp_and_attention(tiny_model):
+    """Variant A reads MLP and attention outputs of every layer (forward hooks), plus hidden states."""
+    from prefopt.loops.offline_step import _hooked_reference_forward
+
+    ids = torch.tensor([[1, 5, 7, 9, 11]])
+    kw = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "use_cache": False}
+    _, none = _hooked_reference_forward(tiny_model, kw, collect=False)
+    assert none == {}
+    # transformers adds its own output-capturing hooks on the first forward; ours must not persist
+    before = sum(len(m._forward_hooks) for m in tiny_model.modules())
+    out, acts = _hooked_reference_forward(tiny_model, kw, collect=True)
+    layers = tiny_model.config.num_hidden_layers
+    assert sorted(acts) == ["attn", "mlp"] and len(acts["mlp"]) == len(acts["attn"]) == layers
+    assert acts["mlp"][0].shape == (1, 5, tiny_model.config.hidden_size)
+    assert len(out.hidden_states) == layers + 1
+    assert sum(len(m._forward_hooks) for m in tiny_model.modules()) == before  # our hooks removed
+
+
+@pytest.mark.slow
+def test_sparsepo_activation_provider_trains(tmp_path):
+    from prefopt.loops.offline import run_offline
+
+    data = write_set(tmp_path / "data", pair_records(4))
+    run_offline(make_cfg(data, tmp_path / "run", algorithm="sparsepo", sparsepo={"provider": "activation"},
+                         max_steps=3))
+    rows = train_rows(tmp_path / "run")
+    assert len(rows) == 3 and rows[-1]["loss"] < rows[0]["loss"]
+    assert 0.0 <= rows[0]["sparsepo/mask_l1_u"] and rows[0]["sparsepo/mask_sparsity_u"] < 1.0
