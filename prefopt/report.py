@@ -90,6 +90,12 @@ def _eval_section(name: str, folder: Path, figures: list[Path]) -> list[str]:
         lines += [f"| {k} | {'n/a' if v is None else f'{100 * v:.1f}'} |" for k, v in results["sections"].items()]
         if results.get("score") is not None:
             lines.append(f"| **overall** | **{100 * results['score']:.1f}** |")
+    if isinstance(results, dict) and "win_rate" in results:
+        lc = results.get("length_controlled_winrate")
+        lines += [f"- **{results.get('benchmark', 'AlpacaEval')}** ({results.get('generator', name)}): "
+                  f"win rate {results['win_rate']:.1f} +- {results.get('standard_error', float('nan')):.1f} "
+                  f"over {results.get('n_total', '?')} instructions; LC win rate: "
+                  + (f"{lc:.1f}" if isinstance(lc, (int, float)) else str(results.get("lc_message", "unavailable")))]
     board = folder / "leaderboard.md"
     if board.is_file():
         lines += ["", board.read_text(encoding="utf-8")]
