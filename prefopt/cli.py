@@ -32,6 +32,7 @@ PLUGIN_MODULES = (
     "reward_models",
     "prefopt.algorithms",
     "prefopt.eval",
+    "prefopt.generation",
 )
 
 # Config-driven commands: (words) -> (config kind expected, "module:function" taking the config).
