@@ -101,7 +101,7 @@ def pairwise_loss(ctx: StepContext, policy: Any, items: list) -> LossOutput:
         out, stats, _ = policy_forward(policy, batch)
     pol = out.token_logps.float()
     inputs = pair_inputs(pol, out.completion_mask, _ref_token_logps(ctx, policy, batch))
-    if ctx.ref_cache is not None and ctx.reference is not None:
+    if ctx.ref_cache is not None:
         ref = torch.stack([ctx.ref_cache[it.index] for it in items]).to(pol.device)
         inputs["ref_chosen_logps"], inputs["ref_rejected_logps"] = ref[:, 0], ref[:, 1]
     if ctx.lcpo_state is not None:
