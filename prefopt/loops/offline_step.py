@@ -169,8 +169,11 @@ def ranked_loss(ctx: StepContext, policy: Any, items: list) -> LossOutput:
     hp = ctx.hparams
     loss = irpo_from_margins(h, rel, rank, valid, beta=hp.beta, weight=hp.weight, lse_norm=hp.lse_norm)
     best = torch.where(valid, rel, torch.full_like(rel, -1.0)).argmax(-1)
-    acc = (h.gather(1, best[:, None]) >= torch.where(valid, h, h.new_full(h.shape, -1e9))
-           .max(-1, keepdim=True).values).float().mean()
+    # top-1 accuracy: the best-scored response's h is strictly above every other response's h
+    # (ties - e.g. policy == reference at step 0 - count as wrong)
+    others = valid & (torch.arange(k)[None, :] != best[:, None])
+    rival = torch.where(others, h, h.new_full(h.shape, float("-inf"))).max(-1).values
+    acc = (h.gather(1, best[:, None]).squeeze(1) > rival).float().mean()
     metrics = {"loss": loss.detach().float().mean(), "rewards/accuracies": acc.detach(),
                "irpo/h_mean": h.detach().mean(),
                "num_tokens": batch.completion_mask.float().sum()}
