@@ -28,8 +28,9 @@ ALGOS = {
                              "policy_referee": True}}),
     "dno": ({"eta": 0.1}, {"dno": {"score_from": "preference"}, "minibatches": 2}),
     "egpo": ({"beta": 0.1}, {"num_generations": 2}),
-    "p3o": ({}, {"num_generations": 2, "num_iterations": 2}),
-    "p3o_separate": ({}, {"num_generations": 2}),
+    # 4 pairs per round: with 2 the seeded draw gave only equal-reward pairs (q = 0, no gradient).
+    "p3o": ({}, {"num_generations": 2, "num_iterations": 2, "prompts_per_round": 4}),
+    "p3o_separate": ({}, {"num_generations": 2, "prompts_per_round": 4}),
 }
 
 
