@@ -4,6 +4,8 @@ Layout of ``run_dir/checkpoints/step-000120/``::
 
     trainable.safetensors   every parameter with requires_grad (LoRA adapters + heads, or all weights)
     optim.pt                optimizer + scheduler state (loaded with ``weights_only=True``)
+                            (both single-process only: under DeepSpeed ``engine/`` holds them, ZeRO-3
+                            partitioned)
     rng.pt                  torch / python / numpy RNG states as tensors
     state.json              step, data position, algorithm state (LCPO eta, Curry stage, ...)
     engine/                 DeepSpeed ZeRO shards (DeepSpeed backend only, instead of optim.pt)
@@ -86,8 +88,8 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, back
     if backend.is_main:
         from safetensors.torch import save_file
 
-        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-        if hasattr(backend, "state_dict"):
+        if not hasattr(backend, "save_engine_state"):  # DeepSpeed's shards already hold the weights
+            save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
             torch.save(backend.state_dict(), tmp / "optim.pt")
         torch.save(rng_state(), tmp / "rng.pt")
         atomic_write_json(tmp / "state.json", {"step": step, **state})
