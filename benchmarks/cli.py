@@ -118,12 +118,13 @@ def _probe(argv: Sequence[str]) -> int:
     """``_probe BENCH SIDE BENCH [options]``: build one side in this fresh process, measure its memory."""
     bench, side_name, rest = argv[0], argv[1], list(argv[2:])
     args = parse(rest)
+    args.steps, args.warmup = 1, 0  # one step from a fresh start (AdamW state is allocated in it)
     set_threads()
     mod = _module(bench)
     env = mod.prepare(args)
     (side,) = mod.build_sides(env, args, only=side_name)
     gc.collect()
-    mem = probe_memory(side, steps=args.warmup + 1)
+    mem = probe_memory(side, steps=1)
     print("PROBE_JSON " + json.dumps(mem), flush=True)
     return 0
 

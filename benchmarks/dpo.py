@@ -97,9 +97,11 @@ def trl_side(env: dict[str, Any], args: Any) -> Side:
 
     policy = clone(env["proto"])
     ref_model = clone(env["proto"]) if (args.ref == "live" and not args.lora) else None
-    ex0 = env["pairs"][0][0]
-    ds = Dataset.from_list([{"prompt": ex0.prompt, "chosen": [{"role": "assistant", "content": ex0.chosen}],
-                             "rejected": [{"role": "assistant", "content": ex0.rejected}]}])
+    # DPOTrainer needs a train_dataset (tokenised, and ref-log-prob'd when precomputing, in __init__); a
+    # one-line stand-in keeps that set-up short. The timed batches are built below from our token ids.
+    ds = Dataset.from_list([{"prompt": [{"role": "user", "content": "Hi"}],
+                             "chosen": [{"role": "assistant", "content": "Hello."}],
+                             "rejected": [{"role": "assistant", "content": "Go away."}]}])
     cfg = DPOConfig(output_dir=tempfile.mkdtemp(prefix="bench-trl-dpo-"), per_device_train_batch_size=args.batch_size,
                     max_length=args.max_length, beta=BETA, learning_rate=LR, lr_scheduler_type="constant",
                     max_grad_norm=1.0, bf16=args.precision == "bf16", use_cpu=True, report_to="none",

@@ -122,9 +122,9 @@ def trl_side(env: dict[str, Any], args: Any) -> Side:
     model = _seq_cls(env)
     tok = copy.deepcopy(env["tok"])
     tok.pad_token = tok.convert_ids_to_tokens(TRL_PAD_ID)
-    ex0 = env["pairs"][0][0]
-    ds = Dataset.from_list([{"chosen": ex0.prompt + [{"role": "assistant", "content": ex0.chosen}],
-                             "rejected": ex0.prompt + [{"role": "assistant", "content": ex0.rejected}]}])
+    ds = Dataset.from_list([{"chosen": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}],
+                             "rejected": [{"role": "user", "content": "Hi"},
+                                          {"role": "assistant", "content": "Go away."}]}])  # stand-in
     cfg = RewardConfig(output_dir=tempfile.mkdtemp(prefix="bench-trl-rm-"),
                        per_device_train_batch_size=args.batch_size, max_length=args.max_length,
                        learning_rate=LR, lr_scheduler_type="constant", max_grad_norm=1.0,
