@@ -58,6 +58,9 @@ class TrainDataConfig:
     max_prompt_length: int = 256
     overlong: Literal["drop", "truncate_left", "truncate_right"] = "drop"
     shuffle: bool = True
+    # Batch layout for pairwise losses: padded rows, padding-free packed rows, or shared_prompt (the
+    # prompt once per pair; fastest on long prompts, see benchmarks/README.md). Same log-probs to 1e-5.
+    layout: Literal["padded", "packed", "shared_prompt"] = "padded"
 
     def __post_init__(self) -> None:
         if self.max_prompt_length >= self.max_length:

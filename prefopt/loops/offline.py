@@ -86,7 +86,7 @@ def make_plan(cfg: Any, items: list, spec: Any, rank: int, world: int) -> Plan:
 def _build_context(cfg: Any, spec: Any, model: Any, tok: Any, backend: Any) -> StepContext:
     hp = spec.build_hparams(cfg.loss)
     ctx = StepContext(spec=spec, loss_spec=spec.loss_spec(), hparams=hp, pad_id=tok.pad_token_id,
-                      precision=cfg.precision, device=backend.device, layout="padded")
+                      precision=cfg.precision, device=backend.device, layout=cfg.data.layout)
     mode = resolve_mode(cfg.reference.mode, model, spec.needs_ref)
     if mode != "none":
         ctx.reference = Reference(mode, model).to(backend.device)
