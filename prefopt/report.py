@@ -116,10 +116,21 @@ def _samples(folder: Path, n: int = 3) -> list[str]:
     return out
 
 
+def _stage_order(run_dir: Path) -> list[str]:
+    """Stage names in pipeline order (from the run's resolved config), else folder names sorted."""
+    import yaml
+
+    cfg = run_dir / "config.yaml"
+    if cfg.is_file():
+        stages = (yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}).get("stages") or []
+        if stages:
+            return [s["name"] for s in stages if isinstance(s, dict) and "name" in s]
+    return sorted(p.name for p in run_dir.iterdir() if p.is_dir())
+
+
 def build_report(run_dir: Path, out_dir: Path) -> tuple[Path, Path]:
     """Write ``report.md`` and ``report.html`` for the pipeline folder ``run_dir``."""
-    pipeline = _read_json(run_dir / "pipeline.json") or {}
-    names = [s["name"] for s in pipeline.get("stages", [])] or sorted(p.name for p in run_dir.iterdir() if p.is_dir())
+    names = _stage_order(run_dir)
     lines, figures = [f"# prefopt report: {run_dir}", ""], []
     cfg = run_dir / "config.yaml"
     for name in names:

@@ -51,6 +51,7 @@ def test_pipeline_runs_then_skips(tmp_path, shared_data, capsys):
     assert "prefopt run: 2 stages" in capsys.readouterr().out
     assert main(["report", "--run", str(out)]) == 0
     md = (out / "report" / "report.md").read_text()
+    assert md.index("## data: data") < md.index("## dpo: training")
     assert "## data: data" in md and "| helpful-base.train.sample | 24 |" in md and "## dpo: training" in md and "- **steps**: 2" in md
     assert (out / "dpo" / "curves.png").stat().st_size > 1000
     page = (out / "report" / "report.html").read_text()
