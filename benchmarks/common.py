@@ -290,3 +290,29 @@ def write_json(path: str | None, payload: dict[str, Any]) -> None:
     tmp = p.with_suffix(p.suffix + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2, default=float))
     os.replace(tmp, p)
+
+
+def trl_train_step(trainer: Any, model: torch.nn.Module, batches: list, amp: Callable[[], Any]) -> Callable[[int], float]:
+    """One TRL optimizer step on ``batches[i]``: its own ``training_step``, clip at 1.0, AdamW step."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = trainer.optimizer
+
+    def step(i: int) -> float:
+        model.train()
+        with amp():
+            loss = trainer.training_step(model, dict(batches[i]), None)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    return step
+
+
+def collect_sides(env: dict[str, Any], args: Any, layouts: Any, ours: Callable, trl: Callable,
+                  only: str | None = None) -> list[Side]:
+    """Our side per layout then TRL's, or just the one named by ``only`` (memory probes)."""
+    sides = [ours(env, args, layout) for layout in layouts if only in (None, f"prefopt[{layout}]")]
+    if only in (None, "trl"):
+        sides.append(trl(env, args))
+    return sides

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import Side, clone, count_params, load_pairs, pair_seq_lengths, padded_tokens, with_lora
+from benchmarks.common import collect_sides, trl_train_step, Side, clone, count_params, load_pairs, pair_seq_lengths, padded_tokens, with_lora
 
 LAYOUTS = ("padded", "packed", "shared_prompt")
 LR = 1e-6
@@ -122,17 +122,8 @@ def trl_side(env: dict[str, Any], args: Any) -> Side:
         batches.append(batch)
     trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train(), which we do not call
     trainer.create_optimizer()
-    opt = trainer.optimizer
-    params = [p for p in model.parameters() if p.requires_grad]
 
-    def step(i: int) -> float:
-        model.train()
-        with amp():
-            loss = trainer.training_step(model, dict(batches[i]), None)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return float(loss.detach())
+    step = trl_train_step(trainer, model, batches, amp)
 
     return Side("trl", step, _flops_per_token(env["n_params"], args.ref), {"ref_precomputed": args.ref == "cache"})
 
@@ -142,10 +133,4 @@ def layouts(args: Any) -> list[str]:
 
 
 def build_sides(env: dict[str, Any], args: Any, only: str | None = None) -> list[Side]:
-    sides = []
-    for layout in layouts(args):
-        if only in (None, f"prefopt[{layout}]"):
-            sides.append(ours_side(env, args, layout))
-    if only in (None, "trl"):
-        sides.append(trl_side(env, args))
-    return sides
+    return collect_sides(env, args, layouts(args), ours_side, trl_side, only)

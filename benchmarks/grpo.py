@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import Side, clone, count_params, load_pairs, with_lora
+from benchmarks.common import Side, clone, collect_sides, count_params, load_pairs, with_lora
 
 LAYOUTS = ("padded", "packed", "shared_prompt")
 LR = 1e-6
@@ -206,10 +206,4 @@ def _logp_diff(trainer: Any, model: Any, env: dict[str, Any], batch: dict, args:
 
 
 def build_sides(env: dict[str, Any], args: Any, only: str | None = None) -> list[Side]:
-    sides = []
-    for layout in (LAYOUTS if args.layout == "all" else [args.layout]):
-        if only in (None, f"prefopt[{layout}]"):
-            sides.append(ours_side(env, args, layout))
-    if only in (None, "trl"):
-        sides.append(trl_side(env, args))
-    return sides
+    return collect_sides(env, args, (LAYOUTS if args.layout == "all" else [args.layout]), ours_side, trl_side, only)
