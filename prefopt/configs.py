@@ -78,6 +78,21 @@ class ReferenceConfig:
     mode: Literal["auto", "copy", "adapter_disabled", "precompute"] = "auto"
     # Where precomputed reference log-probs are cached (default: <output_dir>/ref_cache).
     cache_dir: str | None = None
+    # TR-DPO soft reference sync (Gorbatovski et al. 2024): every `sync_every` optimizer steps
+    # ref <- sync_alpha * policy + (1 - sync_alpha) * ref. 0 = off (fixed reference). Needs a frozen
+    # reference copy (full fine-tune, reference.mode auto/copy); TRL: ref_model_sync_steps.
+    sync_every: int = 0
+    # Weight of the policy in the soft update, in (0, 1]; 1 = hard copy. TRL: ref_model_mixup_alpha.
+    sync_alpha: float = 0.6
+
+    def __post_init__(self) -> None:
+        if self.sync_every < 0:
+            raise ValueError(f"reference.sync_every must be >= 0 (0 = off), got {self.sync_every}")
+        if not 0.0 < self.sync_alpha <= 1.0:
+            raise ValueError(f"reference.sync_alpha must be in (0, 1], got {self.sync_alpha}")
+        if self.sync_every and self.mode in ("precompute", "adapter_disabled"):
+            raise ValueError(f"reference.sync_every needs a frozen reference copy to update; "
+                             f"reference.mode={self.mode} has none (use auto or copy with full fine-tuning)")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ Layout of ``run_dir/checkpoints/step-000120/``::
                             partitioned)
     rng.pt                  torch / python / numpy RNG states as tensors
     state.json              step, data position, algorithm state (LCPO eta, Curry stage, ...)
+    extra.safetensors       optional extra tensors (e.g. a TR-DPO-synced reference model); only
+                            written when the caller passes some, read with :func:`load_extra_tensors`
     engine/                 DeepSpeed ZeRO shards (DeepSpeed backend only, instead of optim.pt)
     MANIFEST.json           sha256 of every file; written last - a folder without it is partial
 
@@ -30,6 +32,7 @@ from prefopt.core.errors import PrefoptError
 from prefopt.core.io import atomic_write_json
 
 PREFIX = "step-"
+EXTRA_FILE = "extra.safetensors"
 
 
 class CheckpointError(PrefoptError):
@@ -75,8 +78,13 @@ def _folder(run_dir: Path, step: int) -> Path:
 
 
 def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, backend: Any,
-                    state: dict[str, Any], keep_last: int = 2) -> Path | None:
-    """Write checkpoint ``step`` atomically; keep the newest ``keep_last``. Collective under DeepSpeed."""
+                    state: dict[str, Any], keep_last: int = 2,
+                    tensors: dict[str, torch.Tensor] | None = None) -> Path | None:
+    """Write checkpoint ``step`` atomically; keep the newest ``keep_last``. Collective under DeepSpeed.
+
+    ``tensors`` (optional, main process): extra named tensors stored as ``extra.safetensors`` and
+    covered by the manifest; read them back with :func:`load_extra_tensors`.
+    """
     final = _folder(Path(run_dir), step)
     tmp = final.parent / f".tmp-{final.name}"
     if backend.is_main:
@@ -92,6 +100,9 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, back
             save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
             torch.save(backend.state_dict(), tmp / "optim.pt")
         torch.save(rng_state(), tmp / "rng.pt")
+        if tensors:
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                      str(tmp / EXTRA_FILE))
         atomic_write_json(tmp / "state.json", {"step": step, **state})
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         atomic_write_json(tmp / "MANIFEST.json",
@@ -148,6 +159,26 @@ def load_checkpoint(folder: str | Path, model: torch.nn.Module, backend: Any) ->
         backend.load_state_dict(torch.load(folder / "optim.pt", weights_only=True))
     set_rng_state(torch.load(folder / "rng.pt", weights_only=True))
     return json.loads((folder / "state.json").read_text())
+
+
+def load_extra_tensors(folder: str | Path) -> dict[str, torch.Tensor]:
+    """The ``tensors`` passed to :func:`save_checkpoint` for this checkpoint; ``{}`` when it has none.
+
+    The file is checked against the manifest (a complete checkpoint only, matching checksum).
+    """
+    folder = Path(folder)
+    path = folder / EXTRA_FILE
+    if not path.exists():
+        return {}
+    manifest = folder / "MANIFEST.json"
+    if not manifest.exists():
+        raise CheckpointError(f"checkpoint {folder} is partial (no MANIFEST.json); refusing to load it")
+    digest = json.loads(manifest.read_text()).get(EXTRA_FILE)
+    if digest is None or _sha256(path) != digest:
+        raise CheckpointError(f"checkpoint {folder} is corrupt: {EXTRA_FILE} does not match its checksum")
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
 
 
 def _copy_trainable(folder: Path, model: torch.nn.Module) -> None:

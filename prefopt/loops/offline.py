@@ -4,6 +4,10 @@
 (Curry-DPO) run their stages in order; in ``iterative`` mode the policy at the end of a stage becomes
 the frozen reference of the next. Checkpoints hold the stage, the position in the data, the RNG and
 algorithm state (LCPO's eta), so a killed run resumes and reproduces an uninterrupted one.
+
+TR-DPO (``reference.sync_every > 0``): after every ``sync_every``-th optimizer step the frozen reference
+is softly pulled towards the policy, ``ref <- a * policy + (1 - a) * ref`` (``a = reference.sync_alpha``);
+the synced reference is stored in each checkpoint (``extra.safetensors``) so a resume is exact.
 """
 from __future__ import annotations
 
@@ -18,16 +22,22 @@ import torch
 from data_pipelines.tokenize import LengthPolicy
 from prefopt.algorithms import get_algorithm
 from prefopt.core.backend import make_backend
+from prefopt.core.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    load_checkpoint,
+    load_extra_tensors,
+    save_checkpoint,
+)
 from prefopt.core.errors import ConfigError, DataError
-from prefopt.core.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from prefopt.core.io import atomic_write_json
 from prefopt.core.logging import progress
 from prefopt.core.models import load_model
 from prefopt.loops.common import MetricAccumulator, NonFiniteGuard, seed_everything, start_run
 from prefopt.loops.offline_data import epoch_order, micro_batches, tokenize_items, train_eval_paths
-from prefopt.loops.offline_step import (StepContext, implicit_reward_margins, pairwise_loss, ranked_loss)
-from prefopt.loops.reference import Reference, is_peft, refresh_reference, resolve_mode
+from prefopt.loops.offline_step import StepContext, implicit_reward_margins, pairwise_loss, ranked_loss
 from prefopt.loops.ref_cache import precompute_reference
+from prefopt.loops.reference import Reference, is_peft, refresh_reference, resolve_mode
 
 
 @dataclass
@@ -113,6 +123,27 @@ def check_runtime(cfg: Any, spec: Any, backend: Any) -> None:
     if zero3 and "sparse_mask" in spec.extras and cfg.sparsepo.provider == "learned":
         raise ConfigError("SparsePO's learned mask head is not sharded by ZeRO-3; use backend.zero_stage=2 "
                           "or sparsepo.provider=activation")
+    check_reference_sync(cfg, spec, zero3)
+
+
+def check_reference_sync(cfg: Any, spec: Any, zero3: bool = False) -> None:
+    """TR-DPO soft sync needs a separate, whole reference copy to update (spec section 6)."""
+    ref = cfg.reference
+    if not ref.sync_every:
+        return
+    if not spec.needs_ref:
+        raise ConfigError(f"reference.sync_every is set but {cfg.algorithm} is reference-free (no reference "
+                          "to sync); set reference.sync_every=0")
+    if ref.mode == "precompute":
+        raise ConfigError("reference.sync_every (TR-DPO soft sync) changes the reference during training; "
+                          "reference.mode=precompute caches it once - use reference.mode auto or copy")
+    if ref.mode == "adapter_disabled" or cfg.model.lora is not None:
+        raise ConfigError("reference.sync_every (TR-DPO soft sync) needs a separate frozen reference copy; "
+                          "with LoRA the reference is the policy with adapters disabled (no copy to update) - "
+                          "train without model.lora or set reference.sync_every=0")
+    if zero3:
+        raise ConfigError("reference.sync_every (TR-DPO soft sync) mixes the policy into the reference copy, "
+                          "which ZeRO-3 partitions; use backend.zero_stage=2")
 
 
 def evaluate(ctx: StepContext, policy: Any, items: list, batch_size: int) -> dict[str, float]:
@@ -195,6 +226,30 @@ def _prepare_reference_cache(ctx: StepContext, model: Any, items: list, eval_ite
     backend.barrier()
 
 
+REF_PREFIX = "reference/"
+
+
+def _checkpoint_tensors(cfg: Any, ctx: StepContext) -> dict[str, torch.Tensor] | None:
+    """The synced reference copy (TR-DPO) for ``extra.safetensors``; None when the reference is fixed."""
+    if not cfg.reference.sync_every or ctx.reference is None:
+        return None
+    return {REF_PREFIX + k: v for k, v in ctx.reference.state_tensors().items()}
+
+
+def _restore_reference(cfg: Any, ctx: StepContext, ckpt: Path, step: int) -> None:
+    saved = {k[len(REF_PREFIX):]: v for k, v in load_extra_tensors(ckpt).items() if k.startswith(REF_PREFIX)}
+    frozen = ctx.reference is not None and ctx.reference.frozen is not None
+    if saved and frozen:
+        try:
+            ctx.reference.load_state_tensors(saved)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{ckpt}: {exc}") from None
+    elif cfg.reference.sync_every and frozen and step >= cfg.reference.sync_every:
+        raise CheckpointError(f"{ckpt}: reference.sync_every={cfg.reference.sync_every} but the checkpoint "
+                              f"(step {step}) holds no synced reference (saved with sync off?); restart the run "
+                              "or set reference.sync_every=0")
+
+
 def _restore(cfg: Any, spec: Any, ctx: StepContext, model: Any, backend: Any, run_dir: Path) -> tuple:
     """``(checkpoint or None, step, stage index, data position)`` after loading the newest checkpoint."""
     ckpt = latest_checkpoint(run_dir) if cfg.run.resume else None
@@ -206,6 +261,7 @@ def _restore(cfg: Any, spec: Any, ctx: StepContext, model: Any, backend: Any, ru
                               "is not supported (the stage's reference is not in the checkpoint); restart "
                               "the run or use curriculum=ordered")
     _load_algo_state(ctx, state)
+    _restore_reference(cfg, ctx, ckpt, state["step"])
     return ckpt, state["step"], state["stage_index"], state["data_pos"]
 
 
@@ -243,6 +299,9 @@ def run_offline(cfg: Any) -> dict[str, Any]:  # noqa: C901, PLR0915 - the loop, 
     if first:
         logger.log(first, step)
     guard, acc = NonFiniteGuard(cfg.run.on_nonfinite), MetricAccumulator()
+    sync_every, syncs = cfg.reference.sync_every, 0
+    if sync_every:
+        syncs = step // sync_every  # syncs already made before a resumed step
     bar = progress(total=plan.total_steps, initial=step, desc=f"train {cfg.algorithm}")
     while stage_i < len(plan.stages) and step < plan.total_steps:
         stage = plan.stages[stage_i]
@@ -255,7 +314,12 @@ def run_offline(cfg: Any) -> dict[str, Any]:  # noqa: C901, PLR0915 - the loop, 
             guard.grad_ok(stats, step + 1)
             step += 1
             _after_optimizer_step(ctx, backend)
+            if sync_every and step % sync_every == 0:
+                ctx.reference.soft_sync(model, cfg.reference.sync_alpha)
+                syncs += 1
             metrics = {**acc.reduce(backend), **stats, "curry/stage": float(stage)}
+            if sync_every:
+                metrics["ref/syncs"] = float(syncs)
             if ctx.lcpo_state is not None:
                 metrics.update({f"lcpo/eta_{k}": float(v) for k, v in enumerate(ctx.lcpo_state.eta)})
             if cfg.run.eval_every and step % cfg.run.eval_every == 0:
@@ -266,7 +330,7 @@ def run_offline(cfg: Any) -> dict[str, Any]:  # noqa: C901, PLR0915 - the loop, 
             if cfg.run.save_every and step % cfg.run.save_every == 0:
                 save_checkpoint(run_dir, step, model, backend,
                                 {"stage_index": stage_i, "data_pos": pos, **_algo_state(ctx)},
-                                cfg.run.keep_last)
+                                cfg.run.keep_last, tensors=_checkpoint_tensors(cfg, ctx))
             if step >= plan.total_steps:
                 break
         stage_i, pos = stage_i + 1, 0
@@ -282,6 +346,8 @@ def run_offline(cfg: Any) -> dict[str, Any]:  # noqa: C901, PLR0915 - the loop, 
     logger.close()
     summary = {"steps": step, "first_eval": first, "final_eval": final, "data": data_stats,
                "algorithm": cfg.algorithm, **{k: v for k, v in _algo_state(ctx).items() if k != "mask_head"}}
+    if sync_every:
+        summary["ref_syncs"] = syncs
     save_policy(model, tok, run_dir / "final", backend, cfg.model.name)
     if backend.is_main:
         atomic_write_json(run_dir / "summary.json", summary)
