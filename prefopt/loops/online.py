@@ -92,6 +92,9 @@ def build_context(cfg: Any, spec: Any, backend: Any, model: Any, tok: Any, *, en
     if mode == "precompute":
         raise ConfigError("online algorithms sample new responses every round; reference.mode=precompute "
                           "cannot serve them (use auto, copy or adapter_disabled)")
+    if cfg.reference.sync_every:
+        raise ConfigError("reference.sync_every (TR-DPO soft sync) is an offline-loop option; online algorithms "
+                          "define their own reference (DNO: previous iterate); set reference.sync_every=0")
     reference = Reference(mode, model) if mode != "none" else None
     gen = make_generator(oc.generator, model=model, tokenizer=tok, batch_size=oc.generation_batch_size,
                          max_prompt_length=oc.max_prompt_length)
