@@ -6,8 +6,10 @@ overrides, arguments and the fingerprints of the stages before it; a rerun skips
 fingerprint still matches, so a second invocation repeats nothing, and an interrupted run restarts at
 the first unfinished stage (training stages also resume from their own checkpoints).
 
-In overrides and arguments, ``{out}`` is the pipeline folder and ``{stage:NAME}`` the folder of an
-earlier stage, e.g. ``data.path={stage:data}``.
+In overrides and arguments, ``{out}`` is the pipeline folder, ``{stage:NAME}`` the folder of an
+earlier stage, e.g. ``data.path={stage:data}``, and ``{var:NAME}`` a value from the config's ``vars``
+table, which the command line can override like any key (``prefopt run cfg.yaml vars.steps=2``): one
+pipeline file serves a tiny CI budget and the documented real budget.
 """
 from __future__ import annotations
 
@@ -58,8 +60,11 @@ class RunConfig:
 
     output_dir: str = "runs/quickstart"
     stages: list[StageConfig] = field(default_factory=list)
+    # Named values substituted for {var:NAME} in stage overrides and arguments.
+    vars: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "vars", {str(k): str(v) for k, v in self.vars.items()})
         names = [s.name for s in self.stages]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -69,6 +74,10 @@ class RunConfig:
                 if ref not in names[:i]:
                     raise ValueError(f"stage '{stage.name}' refers to {{stage:{ref}}}, which is not an "
                                      f"earlier stage (earlier: {', '.join(names[:i]) or 'none'})")
+            for ref in re.findall(r"\{var:([^}]+)\}", " ".join(stage.overrides + stage.args)):
+                if ref not in self.vars:
+                    raise ValueError(f"stage '{stage.name}' uses {{var:{ref}}}, which is not in vars "
+                                     f"(known: {', '.join(sorted(self.vars)) or 'none'})")
 
     def validate(self) -> None:
         """Load and validate every stage config with its overrides (used by `prefopt validate`)."""
@@ -89,6 +98,7 @@ def stage_dir(cfg: RunConfig, name: str) -> Path:
 
 def _substitute(items: list[str], cfg: RunConfig, stage: StageConfig) -> list[str]:
     def one(text: str) -> str:
+        text = re.sub(r"\{var:([^}]+)\}", lambda m: cfg.vars[m.group(1)], text)
         text = text.replace("{out}", str(cfg.output_dir))
         return re.sub(r"\{stage:([^}]+)\}", lambda m: str(stage_dir(cfg, m.group(1))), text)
 

@@ -80,3 +80,22 @@ def test_bad_stage_reference(tmp_path):
     p.write_text(yaml.safe_dump({"kind": "run", "stages": [{"name": "a", "command": "train"}]}))
     with pytest.raises(ConfigError, match="command 'train' needs a config file"):
         load_config(p)
+
+
+def test_vars_substitute_and_override(tmp_path):
+    """{var:NAME} takes the config's value or the command line's; an unknown var fails at load time."""
+    from prefopt.pipeline import _argv
+
+    run_cfg = tmp_path / "run.yaml"
+    run_cfg.write_text(yaml.safe_dump({
+        "kind": "run", "output_dir": str(tmp_path / "out"), "vars": {"steps": 8, "model": "smollm2-135m-instruct"},
+        "stages": [{"name": "ae", "command": "eval alpacaeval", "args": ["--policy", "{var:model}", "--limit", "{var:steps}"]}]}))
+    cfg = load_config(run_cfg, expect="run")
+    assert cfg.vars == {"steps": "8", "model": "smollm2-135m-instruct"}
+    assert _argv(cfg, cfg.stages[0])[2:6] == ["--policy", "smollm2-135m-instruct", "--limit", "8"]
+    small = load_config(run_cfg, ["vars.steps=2", "vars.model=tiny-llama"], expect="run")
+    assert _argv(small, small.stages[0])[2:6] == ["--policy", "tiny-llama", "--limit", "2"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(run_cfg.read_text().replace("{var:steps}", "{var:stpes}"))
+    with pytest.raises(ConfigError, match=r"uses \{var:stpes\}, which is not in vars \(known: model, steps\)"):
+        load_config(bad, expect="run")
