@@ -230,7 +230,7 @@ class SharedBackboneEnsemble(_AggregateMixin, nn.Module):
         """
         import json
 
-        from reward_models.models import REWARD_CONFIG, REWARD_HEAD, RewardConfig, _read_heads
+        from reward_models.models import REWARD_CONFIG, REWARD_HEAD, RewardConfig, _read_heads, load_backbone
 
         path = Path(path)
         try:
@@ -248,7 +248,7 @@ class SharedBackboneEnsemble(_AggregateMixin, nn.Module):
         if not lora:
             backbone = AutoModel.from_pretrained(str(path), **kw)
         elif backbone is None:
-            backbone = AutoModel.from_pretrained(cfg.base_model, **kw)
+            backbone = load_backbone(cfg.base_model, kw)
         cal = meta.get("calibration")
         ens = cls(backbone, list(range(meta["members"])), meta["method"], lam=meta["lam"], ddof=meta["ddof"],
                   penalty=meta["penalty"], calibration=None if cal is None else (cal[0], cal[1]))

@@ -413,6 +413,18 @@ def _load_seq_cls(cls: type[RewardModel], path: Path, cfg: RewardConfig | None, 
     return cls._from_parts(body, cfg, {"score.weight": seq.score.weight.detach()}, path)
 
 
+def load_backbone(name: str, kw: dict) -> nn.Module:
+    """The base model a LoRA reward model was trained on: a prefopt special name (``tiny-llama``,
+    ``smollm2-135m-instruct``) through :func:`prefopt.core.models.load_causal_lm`, else ``AutoModel``."""
+    from prefopt.core.models import SPECIAL_NAMES, load_causal_lm
+
+    if name in SPECIAL_NAMES:
+        return load_causal_lm(name, dtype=kw.get("dtype") or "float32")[0]
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(name, **kw)
+
+
 def _load_lora(cls: type[RewardModel], path: Path, cfg: RewardConfig | None, backbone: nn.Module | None,
                kw: dict) -> RewardModel:
     import peft
@@ -423,8 +435,6 @@ def _load_lora(cls: type[RewardModel], path: Path, cfg: RewardConfig | None, bac
     if backbone is None:
         if not cfg.base_model:
             raise ModelLoadError(f"{path}: LoRA checkpoint names no base_model; pass backbone=...")
-        from transformers import AutoModel
-
-        backbone = AutoModel.from_pretrained(cfg.base_model, **kw)
+        backbone = load_backbone(cfg.base_model, kw)
     body = peft.PeftModel.from_pretrained(_base_model(backbone), str(path))
     return cls._from_parts(body, cfg, heads, path)

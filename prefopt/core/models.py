@@ -277,6 +277,9 @@ def make_tiny_model(name: str = "tiny-llama", seed: int = 0, dtype: str = "float
                          pad_token_id=SMOLLM2_EOS, **TINY_CONFIGS[name])
     if attn_implementation is not None:
         config._attn_implementation = attn_implementation
+    # Recorded as the base of LoRA adapters / reward models saved on top; reloading by this name rebuilds
+    # the same weights only for seed 0 (load_causal_lm's default), so other seeds get a name no loader takes.
+    config.name_or_path = name if seed == 0 else f"{name} (seed {seed}, not reloadable by name)"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
