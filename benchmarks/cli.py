@@ -17,8 +17,18 @@ import sys
 import time
 from typing import Any, Sequence
 
-from benchmarks.common import (EMBEDDED, interleave, machine, matmul_peak, print_table, probe_memory,
-                               run_probe_subprocess, set_threads, summarize, write_json)
+from benchmarks.common import (
+    EMBEDDED,
+    interleave,
+    machine,
+    matmul_peak,
+    print_table,
+    probe_memory,
+    run_probe_subprocess,
+    set_threads,
+    summarize,
+    write_json,
+)
 
 BENCHES = ("dpo", "rm", "grpo")
 TARGETS = {"dpo": 1.5, "rm": 1.3, "grpo": 1.5}

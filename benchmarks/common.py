@@ -23,6 +23,7 @@ Method (every benchmark):
 """
 from __future__ import annotations
 
+import atexit
 import copy
 import json
 import os
@@ -316,3 +317,13 @@ def collect_sides(env: dict[str, Any], args: Any, layouts: Any, ours: Callable, 
     if only in (None, "trl"):
         sides.append(trl(env, args))
     return sides
+
+
+def scratch_dir(prefix: str) -> str:
+    """A temporary folder for a TRL trainer's ``output_dir``, removed when the process exits."""
+    import shutil
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, True)
+    return path

@@ -14,12 +14,22 @@ TRL: ``precompute_ref_log_probs=True`` and its own ``compute_ref_log_probs`` on 
 from __future__ import annotations
 
 import contextlib
-import tempfile
 from typing import Any
 
 import torch
 
-from benchmarks.common import collect_sides, trl_train_step, Side, clone, count_params, load_pairs, pair_seq_lengths, padded_tokens, with_lora
+from benchmarks.common import (
+    Side,
+    clone,
+    collect_sides,
+    count_params,
+    load_pairs,
+    padded_tokens,
+    pair_seq_lengths,
+    scratch_dir,
+    trl_train_step,
+    with_lora,
+)
 
 LAYOUTS = ("padded", "packed", "shared_prompt")
 LR = 1e-6
@@ -51,10 +61,10 @@ def ours_side(env: dict[str, Any], args: Any, layout: str) -> Side:
     from prefopt.algorithms import get_algorithm
     from prefopt.core.backend import OptimConfig, SingleBackend
     from prefopt.logprobs import forward_token_logps
-    from prefopt.losses.base import seq_logps
     from prefopt.loops.common import autocast
     from prefopt.loops.offline_step import StepContext, collate, pairwise_loss
     from prefopt.loops.reference import Reference, resolve_mode
+    from prefopt.losses.base import seq_logps
 
     policy = clone(env["proto"])
     spec = get_algorithm("dpo")
@@ -102,7 +112,7 @@ def trl_side(env: dict[str, Any], args: Any) -> Side:
     ds = Dataset.from_list([{"prompt": [{"role": "user", "content": "Hi"}],
                              "chosen": [{"role": "assistant", "content": "Hello."}],
                              "rejected": [{"role": "assistant", "content": "Go away."}]}])
-    cfg = DPOConfig(output_dir=tempfile.mkdtemp(prefix="bench-trl-dpo-"), per_device_train_batch_size=args.batch_size,
+    cfg = DPOConfig(output_dir=scratch_dir("bench-trl-dpo-"), per_device_train_batch_size=args.batch_size,
                     max_length=args.max_length, beta=BETA, learning_rate=LR, lr_scheduler_type="constant",
                     max_grad_norm=1.0, bf16=args.precision == "bf16", use_cpu=True, report_to="none",
                     precompute_ref_log_probs=args.ref == "cache", optim="adamw_torch", save_strategy="no",

@@ -25,12 +25,11 @@ clip to 1.0, AdamW (lr 1e-6).
 from __future__ import annotations
 
 import contextlib
-import tempfile
 from typing import Any
 
 import torch
 
-from benchmarks.common import Side, clone, collect_sides, count_params, load_pairs, with_lora
+from benchmarks.common import Side, clone, collect_sides, count_params, load_pairs, scratch_dir, with_lora
 
 LAYOUTS = ("padded", "packed", "shared_prompt")
 LR = 1e-6
@@ -152,7 +151,7 @@ def trl_side(env: dict[str, Any], args: Any) -> Side:
     policy = clone(env["proto"])
     g = args.generations
     ds = Dataset.from_list([{"prompt": "hello"}] * g)
-    cfg = GRPOConfig(output_dir=tempfile.mkdtemp(prefix="bench-trl-grpo-"),
+    cfg = GRPOConfig(output_dir=scratch_dir("bench-trl-grpo-"),
                      per_device_train_batch_size=args.batch_size * g, num_generations=g,
                      max_completion_length=args.completion_length, beta=0.0, loss_type="dapo",
                      epsilon=0.2, learning_rate=LR, lr_scheduler_type="constant", max_grad_norm=1.0,

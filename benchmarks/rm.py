@@ -24,12 +24,21 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import tempfile
 from typing import Any
 
 import torch
 
-from benchmarks.common import collect_sides, trl_train_step, Side, clone, count_params, load_pairs, pair_seq_lengths, padded_tokens
+from benchmarks.common import (
+    Side,
+    clone,
+    collect_sides,
+    count_params,
+    load_pairs,
+    padded_tokens,
+    pair_seq_lengths,
+    scratch_dir,
+    trl_train_step,
+)
 
 LAYOUTS = ("padded", "packed", "shared_prompt")
 LR = 1e-6
@@ -125,7 +134,7 @@ def trl_side(env: dict[str, Any], args: Any) -> Side:
     ds = Dataset.from_list([{"chosen": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}],
                              "rejected": [{"role": "user", "content": "Hi"},
                                           {"role": "assistant", "content": "Go away."}]}])  # stand-in
-    cfg = RewardConfig(output_dir=tempfile.mkdtemp(prefix="bench-trl-rm-"),
+    cfg = RewardConfig(output_dir=scratch_dir("bench-trl-rm-"),
                        per_device_train_batch_size=args.batch_size, max_length=args.max_length,
                        learning_rate=LR, lr_scheduler_type="constant", max_grad_norm=1.0,
                        bf16=args.precision == "bf16", use_cpu=True, report_to="none", optim="adamw_torch",
