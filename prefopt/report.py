@@ -7,7 +7,10 @@ Reads each stage folder of a ``prefopt run`` output (``pipeline.json`` gives the
 * training stages (``metrics.jsonl``, ``summary.json``): loss / reward-margin / accuracy curves as PNG
   and first vs final held-out numbers;
 * evaluation stages: RewardBench ``results.json`` (section scores), AlpacaEval ``leaderboard.md``,
-  any PNG the stage drew, and sample generations (``model_outputs.json``).
+  any PNG the stage drew, and sample generations (``model_outputs.json``);
+* with two or more training stages (``summary.json`` naming an ``algorithm``), a "Method comparison":
+  one table of their held-out ``final_eval`` (and ``first_eval``) numbers and a bar chart of the main
+  metric (``compare.png`` beside the report).
 """
 from __future__ import annotations
 
@@ -15,13 +18,20 @@ import argparse
 import base64
 import html
 import json
+import math
+import os
 from pathlib import Path
 from typing import Any
 
 from prefopt.core.io import atomic_write_text
 from prefopt.core.logging import read_metrics
 
-CURVES = ("loss/total", "rewards/margins", "rewards/accuracies", "eval/accuracy")
+CURVES = ("loss/total", "rewards/margins", "rewards/accuracies", "eval/accuracy", "reward", "eval/reward")
+# Held-out metrics of the method comparison (columns, when any method reports them): offline pairwise /
+# listwise accuracy and implicit-reward margin; online greedy reward and oracle win rate vs the reference.
+COMPARE = ("eval/accuracy", "eval/margin", "eval/reward", "eval/win_rate_vs_ref")
+# The bar chart's metric: the first of these any method reports.
+MAIN = ("eval/reward", "eval/accuracy")
 
 
 def _read_json(path: Path) -> Any:
@@ -47,6 +57,66 @@ def plot_curves(metrics: list[dict], out: Path, title: str) -> Path | None:
     fig.tight_layout()
     fig.savefig(out, dpi=90)
     return out
+
+
+def plot_comparison(rows: list[tuple[str, dict]], metric: str, out: Path) -> Path | None:
+    """Bars: ``metric`` of each method's ``final_eval``; black ticks: its ``first_eval`` (before training)."""
+    from matplotlib.figure import Figure
+
+    final = [(s.get("final_eval") or {}).get(metric) for _, s in rows]
+    if not any(_finite(v) for v in final):
+        return None
+    first = [(s.get("first_eval") or {}).get(metric) for _, s in rows]
+    fig = Figure(figsize=(max(4.0, 0.9 * len(rows) + 1.5), 3.4))
+    ax = fig.subplots()
+    xs = range(len(rows))
+    ax.bar(xs, [v if _finite(v) else 0.0 for v in final], color="tab:blue", label="final")
+    ax.scatter([x for x, v in enumerate(first) if _finite(v)], [v for v in first if _finite(v)],
+               marker="_", s=400, color="black", label="before training", zorder=3)
+    ax.set_xticks(list(xs), [n if s.get("algorithm") == n else f"{n}\n({s.get('algorithm')})" for n, s in rows],
+                  fontsize=8)
+    ax.set_ylabel(metric)
+    ax.set_title(f"Method comparison: held-out {metric}")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    return out
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if _finite(v) else "n/a"
+
+
+def _train_summaries(run_dir: Path, names: list[str]) -> list[tuple[str, dict]]:
+    """``(stage, summary.json)`` of the training stages (``prefopt train`` names an ``algorithm``)."""
+    found = [(n, _read_json(run_dir / n / "summary.json")) for n in names]
+    return [(n, s) for n, s in found if isinstance(s, dict) and "algorithm" in s]
+
+
+def _compare_section(rows: list[tuple[str, dict]], out_dir: Path, figures: list[Path]) -> list[str]:
+    """Markdown table of held-out metrics per training stage + the main metric's bar chart."""
+    cols = [m for m in COMPARE if any(m in (s.get("final_eval") or {}) for _, s in rows)]
+    head = ["stage", "algorithm", "steps", *cols, *(f"first {m}" for m in cols)]
+    lines = ["## Method comparison", "",
+             "Held-out metrics of each training stage (`summary.json`): `final_eval` after training, "
+             "`first` = `first_eval` before it.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, s in rows:
+        final, first = s.get("final_eval") or {}, s.get("first_eval") or {}
+        cells = [name, str(s.get("algorithm", "")), str(s.get("steps", "")),
+                 *(_fmt(final.get(m)) for m in cols), *(_fmt(first.get(m)) for m in cols)]
+        lines.append("| " + " | ".join(cells) + " |")
+    main = next((m for m in MAIN if m in cols), cols[0] if cols else None)
+    png = plot_comparison(rows, main, out_dir / "compare.png") if main else None
+    if png:
+        figures.append(png)
+        lines.append(f"\n![method comparison]({png})")
+    return lines + [""]
 
 
 def _data_section(name: str, stats: dict) -> list[str]:
@@ -78,7 +148,7 @@ def _train_section(name: str, folder: Path, figures: list[Path]) -> list[str]:
     png = plot_curves(read_metrics(folder / "metrics.jsonl"), folder / "curves.png", name)
     if png:
         figures.append(png)
-        lines.append(f"\n![{name} curves]({png.name})")
+        lines.append(f"\n![{name} curves]({png})")
     return lines + [""]
 
 
@@ -101,7 +171,7 @@ def _eval_section(name: str, folder: Path, figures: list[Path]) -> list[str]:
         lines += ["", board.read_text(encoding="utf-8")]
     for png in sorted(folder.glob("*.png")):
         figures.append(png)
-        lines.append(f"\n![{name} {png.stem}]({png.name})")
+        lines.append(f"\n![{name} {png.stem}]({png})")
     lines += _samples(folder)
     return lines + [""]
 
@@ -133,6 +203,10 @@ def build_report(run_dir: Path, out_dir: Path) -> tuple[Path, Path]:
     names = _stage_order(run_dir)
     lines, figures = [f"# prefopt report: {run_dir}", ""], []
     cfg = run_dir / "config.yaml"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trained = _train_summaries(run_dir, names)
+    if len(trained) >= 2:
+        lines += _compare_section(trained, out_dir, figures)
     for name in names:
         folder = run_dir / name
         if not folder.is_dir() or folder == out_dir:
@@ -145,10 +219,9 @@ def build_report(run_dir: Path, out_dir: Path) -> tuple[Path, Path]:
             lines += _eval_section(name, folder, figures)
     if cfg.is_file():
         lines += ["## config", "", "```yaml", cfg.read_text(encoding="utf-8"), "```"]
-    out_dir.mkdir(parents=True, exist_ok=True)
     md = "\n".join(lines)
     for fig in figures:  # markdown links are relative to the report folder
-        md = md.replace(f"]({fig.name})", f"]({Path('..') / fig.parent.name / fig.name})")
+        md = md.replace(f"]({fig})", f"]({os.path.relpath(fig, out_dir)})")
     atomic_write_text(out_dir / "report.md", md)
     atomic_write_text(out_dir / "report.html", to_html(lines, figures))
     return out_dir / "report.md", out_dir / "report.html"
@@ -156,12 +229,12 @@ def build_report(run_dir: Path, out_dir: Path) -> tuple[Path, Path]:
 
 def to_html(lines: list[str], figures: list[Path]) -> str:
     """A self-contained HTML page: markdown shown as pre-formatted text, figures embedded inline."""
-    by_name = {f.name: f for f in figures}
+    by_path = {str(f): f for f in figures}
     body = []
     for line in lines:
         if line.strip().startswith("![") and "](" in line:
             fname = line.strip().split("](")[1].rstrip(")")
-            fig = by_name.get(Path(fname).name)
+            fig = by_path.get(fname)
             if fig is not None:
                 data = base64.b64encode(fig.read_bytes()).decode()
                 body.append(f'<img alt="{html.escape(fname)}" src="data:image/png;base64,{data}"/>')
