@@ -1,6 +1,6 @@
 """Every command shown in README.md and docs/*.md is checked: `prefopt ...` lines must route to a
 real command and their config files must load and validate; `bash scripts/...` lines must name an
-existing script that bash can parse; `prefopt ls`/`validate` lines are actually run."""
+existing script that bash can parse; `python -m MODULE` lines must name an importable module; `prefopt ls`/`validate` lines are actually run."""
 from __future__ import annotations
 
 import re
@@ -39,7 +39,7 @@ def _commands() -> list[tuple[str, str]]:
                 continue
             for line in lines:
                 line = line.split("  #")[0].strip().removeprefix("$ ")
-                if line.startswith(("prefopt ", "bash scripts/", "deepspeed ")):
+                if line.startswith(("prefopt ", "bash scripts/", "deepspeed ", "python -m ")):
                     out.append((doc.name, line))
     return out
 
@@ -59,6 +59,11 @@ def test_readme_has_exactly_two_setup_commands():
 def test_documented_command(doc, line, monkeypatch):
     monkeypatch.chdir(ROOT)
     words = shlex.split(line)
+    if words[0] == "python":  # python -m MODULE ...: the module must exist in this project or its deps
+        import importlib.util
+
+        assert importlib.util.find_spec(words[2]) is not None, f"{doc}: module {words[2]} not found"
+        return
     if words[0] == "bash":
         script = ROOT / words[1]
         assert script.is_file(), f"{doc}: {words[1]} does not exist"
