@@ -414,15 +414,15 @@ def _load_seq_cls(cls: type[RewardModel], path: Path, cfg: RewardConfig | None, 
 
 
 def load_backbone(name: str, kw: dict) -> nn.Module:
-    """The base model a LoRA reward model was trained on: a prefopt special name (``tiny-llama``,
-    ``smollm2-135m-instruct``) through :func:`prefopt.core.models.load_causal_lm`, else ``AutoModel``."""
-    from prefopt.core.models import SPECIAL_NAMES, load_causal_lm
+    """The base model a LoRA reward model was trained on (``AutoModel``); prefopt's special names
+    (``tiny-llama``: seed-0 random init, ``smollm2-135m-instruct``: the embedded model's cache folder)."""
+    from prefopt.core.models import EMBEDDED_NAME, TINY_CONFIGS, make_tiny_model, prepare_embedded_model
 
-    if name in SPECIAL_NAMES:
-        return load_causal_lm(name, dtype=kw.get("dtype") or "float32")[0]
+    if name in TINY_CONFIGS:
+        return make_tiny_model(name, dtype=kw.get("dtype") or "float32")
     from transformers import AutoModel
 
-    return AutoModel.from_pretrained(name, **kw)
+    return AutoModel.from_pretrained(str(prepare_embedded_model()) if name == EMBEDDED_NAME else name, **kw)
 
 
 def _load_lora(cls: type[RewardModel], path: Path, cfg: RewardConfig | None, backbone: nn.Module | None,
