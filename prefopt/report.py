@@ -70,7 +70,8 @@ def plot_comparison(rows: list[tuple[str, dict]], metric: str, out: Path) -> Pat
     fig = Figure(figsize=(max(4.0, 0.9 * len(rows) + 1.5), 3.4))
     ax = fig.subplots()
     xs = range(len(rows))
-    ax.bar(xs, [v if _finite(v) else 0.0 for v in final], color="tab:blue", label="final")
+    bars = ax.bar(xs, [v if _finite(v) else 0.0 for v in final], color="tab:blue", label="final")
+    ax.bar_label(bars, labels=[_fmt(v) for v in final], fontsize=7)
     ax.scatter([x for x, v in enumerate(first) if _finite(v)], [v for v in first if _finite(v)],
                marker="_", s=400, color="black", label="before training", zorder=3)
     ax.set_xticks(list(xs), [n if s.get("algorithm") == n else f"{n}\n({s.get('algorithm')})" for n, s in rows],
