@@ -2,8 +2,9 @@
 
 ``run_online(cfg)`` is ``prefopt train`` for algorithms whose spec says ``loop: online`` (GRPO, GSPO,
 URPO, DNO, EGPO, online IPO, P3O). One round samples ``prompts_per_round`` prompts (sharded over
-processes), draws rollouts with the :class:`~prefopt.generation.base.Generator` (HF backend on the live
-policy, so the rollout policy is always the current one), scores them with the
+processes), draws rollouts with the :class:`~prefopt.generation.base.Generator` (``online.generator``:
+HF backend on the live policy, or an in-process vLLM engine whose weights :func:`sync_rollout_weights`
+replaces after every round's updates, EGPO / online IPO after every step), scores them with the
 :class:`~prefopt.rewards.RewardSource`, turns them into loss inputs with the algorithm's collector
 (:mod:`prefopt.loops.online_algos`) and runs ``num_iterations`` passes of ``minibatches`` optimizer steps
 (old log-probs come from the rollout policy). EGPO replaces the step by its extragradient update.
@@ -25,7 +26,8 @@ from prefopt.loops.common import MetricAccumulator, NonFiniteGuard, seed_everyth
 from prefopt.loops.online_algos import COLLECTORS, Buffer, buffer_loss, make_batch, score_rows
 from prefopt.loops.online_config import OnlineConfig
 
-__all__ = ["OnlineContext", "run_online", "build_context", "optimizer_step", "run_round", "total_steps"]
+__all__ = ["OnlineContext", "run_online", "build_context", "optimizer_step", "run_round", "sync_rollout_weights",
+           "total_steps"]
 
 
 @dataclass
@@ -76,10 +78,65 @@ def _urpo_defaults(oc: OnlineConfig) -> OnlineConfig:
     return replace(oc, reward=rw)
 
 
+def _vllm_model_source(cfg: Any, backend: Any, model: Any, tok: Any) -> tuple[str, dict[str, Any]]:
+    """What the vLLM engine loads first (the policy's initial weights): ``(name or directory, kwargs)``.
+
+    The embedded model -> its converted cache folder; a local model folder -> itself; a hub name -> the
+    name (revision / trust_remote_code passed on); anything else (tiny-* models) -> the initial policy
+    saved to ``<run_dir>/vllm_init`` (LoRA merged, i.e. the base weights).
+    """
+    from pathlib import Path
+
+    from prefopt.core.models import EMBEDDED_NAME, TINY_CONFIGS, prepare_embedded_model
+    from prefopt.generation.sync import policy_state_for_inference, unwrap_model
+
+    name = cfg.model.name
+    kwargs: dict[str, Any] = {"trust_remote_code": True} if cfg.model.trust_remote_code else {}
+    if name == EMBEDDED_NAME:
+        return str(prepare_embedded_model()), kwargs
+    path = Path(name).expanduser()
+    if path.is_dir() and (path / "config.json").is_file():
+        return str(path), kwargs
+    if name not in TINY_CONFIGS and not path.exists():
+        return name, {**kwargs, **({"revision": cfg.model.revision} if cfg.model.revision else {})}
+    out = Path(cfg.run.output_dir) / ("vllm_init" if backend.world_size == 1 else f"vllm_init-rank{backend.rank}")
+    inner = unwrap_model(model)
+    base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    state = {k: v.detach().cpu().contiguous() for k, v in policy_state_for_inference(inner).items()}
+    base.save_pretrained(str(out), state_dict=state, safe_serialization=True)
+    tok.save_pretrained(str(out))
+    return str(out), kwargs
+
+
+def _make_rollout_generator(cfg: Any, oc: OnlineConfig, backend: Any, model: Any, tok: Any) -> Any:
+    """``online.generator``: ``hf`` runs on the live policy; ``vllm`` starts an in-process engine on the
+    initial weights (imported only here, so ``hf`` runs never import vLLM) that :func:`sync_rollout_weights`
+    keeps up to date."""
+    from prefopt.generation import make_generator
+
+    if oc.generator == "hf":
+        return make_generator("hf", model=model, tokenizer=tok, batch_size=oc.generation_batch_size,
+                              max_prompt_length=oc.max_prompt_length)
+    if getattr(backend, "zero_stage", 0) == 3:
+        raise ConfigError("online.generator=vllm syncs full weights from every process; it does not support "
+                          "ZeRO-3 (partitioned parameters): use backend.zero_stage 2 or generator hf")
+    source, extra = _vllm_model_source(cfg, backend, model, tok)
+    v = oc.vllm
+    return make_generator(oc.generator, model=source, gpu_memory_utilization=v.gpu_memory_utilization,
+                          dtype=v.dtype, seed=cfg.run.seed, **{**extra, **v.kwargs})
+
+
+def sync_rollout_weights(ctx: "OnlineContext") -> bool:
+    """Push the current policy into a generator holding its own copy (vLLM; a LoRA policy merged);
+    a no-op for the HF generator on the live policy. Returns whether weights were pushed."""
+    from prefopt.generation.sync import sync_generator
+
+    return sync_generator(ctx.generator, ctx.model)
+
+
 def build_context(cfg: Any, spec: Any, backend: Any, model: Any, tok: Any, *, engine: Any = None,
                   scorer: Any = None) -> OnlineContext:
     """Reference (if the loss or β needs one), generator on the live policy, reward source."""
-    from prefopt.generation import make_generator
     from prefopt.loops.reference import Reference, resolve_mode
     from prefopt.rewards import PolicyReferee, build_reward_source
 
@@ -96,8 +153,7 @@ def build_context(cfg: Any, spec: Any, backend: Any, model: Any, tok: Any, *, en
         raise ConfigError("reference.sync_every (TR-DPO soft sync) is an offline-loop option; online algorithms "
                           "define their own reference (DNO: previous iterate); set reference.sync_every=0")
     reference = Reference(mode, model) if mode != "none" else None
-    gen = make_generator(oc.generator, model=model, tokenizer=tok, batch_size=oc.generation_batch_size,
-                         max_prompt_length=oc.max_prompt_length)
+    gen = _make_rollout_generator(cfg, oc, backend, model, tok)
     referee = PolicyReferee(gen, seed=cfg.run.seed) if oc.reward.policy_referee else None
     source = build_reward_source(oc.reward, tokenizer=tok, referee=referee, scorer=scorer, device=backend.device)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -164,13 +220,21 @@ def run_round(ctx: OnlineContext, examples: Sequence[Any], r: int, step: int) ->
     oc, driver = ctx.oc, ctx.spec.driver
     seed = ctx.cfg.run.seed * 1_000_003 + r * 1009 + ctx.backend.rank * 17
     if driver in ("egpo", "online_ipo"):
+        # Rollouts are drawn between optimizer steps (EGPO: also at θ_{t+½} after the half step), so a
+        # generator with its own weights (vLLM) is synced after every step. EGPO's restore of θ_t is
+        # followed by the full step before anything is generated, so it needs no sync of its own.
+        def synced_step(b: Buffer) -> tuple[dict | None, dict]:
+            out = optimizer_step(ctx, b, step)
+            sync_rollout_weights(ctx)
+            return out
+
         for k in range(oc.minibatches):
             part = list(examples)[k::oc.minibatches]
             if driver == "egpo":
-                yield egpo_update(ctx, part, seed + 2 * k, lambda b: optimizer_step(ctx, b, step))
+                yield egpo_update(ctx, part, seed + 2 * k, synced_step)
             else:
                 buf = collect_egpo(ctx, part, seed + 2 * k)
-                stats, m = optimizer_step(ctx, buf, step)
+                stats, m = synced_step(buf)
                 yield stats, {**buf.metrics, **m}
         return
     buf = COLLECTORS[driver](ctx, examples, seed)
@@ -178,6 +242,9 @@ def run_round(ctx: OnlineContext, examples: Sequence[Any], r: int, step: int) ->
         for mb in _split_exact(ctx, buf, oc.minibatches):
             stats, m = optimizer_step(ctx, mb, step)
             yield stats, {**buf.metrics, **m}
+    # Rollouts are drawn only at the start of a round: one sync after the round's updates, before the
+    # next round's (or the evaluation's) generation.
+    sync_rollout_weights(ctx)
 
 
 @torch.no_grad()
@@ -256,6 +323,7 @@ def run_online(cfg: Any, *, scorer: Any = None) -> dict[str, Any]:  # noqa: C901
     if ckpt is not None:
         state = load_checkpoint(ckpt, ctx.model, backend)
         step, start_round, ref_texts = state["step"], state["round"], state.get("ref_texts")
+        sync_rollout_weights(ctx)  # the engine (vLLM) started from the initial weights
     wr = oc.win_rate_every
     first: dict[str, float] = {}
     if wr >= 0 and held_out and ckpt is None:

@@ -103,6 +103,26 @@ class EGPOConfig:
 
 
 @dataclass(frozen=True)
+class VLLMConfig:
+    """In-process vLLM engine for ``online.generator: vllm`` (GPU only: ``pip install -e .[vllm]``).
+
+    The engine loads the policy's initial weights and gets the current ones pushed in after every
+    policy update (a LoRA policy: the adapter merged into the base weights); see docs/online.md.
+    """
+
+    # Fraction of GPU memory the engine may take (the rest is left to training).
+    gpu_memory_utilization: float = 0.4
+    # Engine dtype: auto (the checkpoint's) | bfloat16 | float16 | float32.
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    # Further keyword arguments of vllm.LLM (e.g. {enforce_eager: true, max_model_len: 1024}).
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError(f"online.vllm.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+
+
+@dataclass(frozen=True)
 class OnlineConfig:
     """Rollouts, rewards and update schedule of the online loop (spec sections 0-5)."""
 
@@ -127,7 +147,9 @@ class OnlineConfig:
     scale_rewards: str = "group"
     # Zero the loss of completions that hit max_new_tokens without EOS.
     mask_truncated: bool = False
-    generator: Literal["hf"] = "hf"
+    # Rollout backend: hf (transformers generate on the live policy) | vllm (in-process vLLM engine,
+    # GPU only, weights synced after every update; settings in online.vllm).
+    generator: Literal["hf", "vllm"] = "hf"
     generation_batch_size: int = 64
     max_prompt_length: int = 256
     # Oracle win rate vs the reference (greedy, held-out prompts) every N rounds (0 = start/end only
@@ -135,6 +157,7 @@ class OnlineConfig:
     win_rate_every: int = 0
     dno: DNOConfig = field(default_factory=DNOConfig)
     egpo: EGPOConfig = field(default_factory=EGPOConfig)
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
 
     def __post_init__(self) -> None:
         for name in ("rounds", "prompts_per_round", "num_generations", "num_iterations", "minibatches",
