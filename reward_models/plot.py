@@ -1,4 +1,4 @@
-"""Accuracy curve of an ``rm train`` run: ``python -m reward_models.plot RUN_DIR OUT.png [RUN_DIR2 ...]``.
+"""Accuracy curve of ``rm train`` runs: ``python -m reward_models.plot RUN_DIR [RUN_DIR ...] OUT.png``.
 
 Plots the training accuracy (running mean over the logged steps), the training loss and the held-out
 ``eval/accuracy`` points of one or more runs from their ``metrics.jsonl``.
