@@ -52,8 +52,8 @@ class RewardSourceConfig:
     """Rewards r(x, y) and the preference oracle P(a > b | x) behind one interface.
 
     Scalar reward = Σ_k w_k R_k over ``functions`` plus ``model_weight`` × the reward model score.
-    Oracle: a GPM model's native preference, else the BT adapter σ((r(a) − r(b)) / temperature)
-    over the combined scalar reward.
+    Oracle: a GPM model's native preference σ(s(a > b) / temperature), else the BT adapter
+    σ((r(a) − r(b)) / temperature) over the combined scalar reward.
     """
 
     functions: tuple[RewardFnConfig, ...] = ()
@@ -63,7 +63,7 @@ class RewardSourceConfig:
     # Ensemble aggregation (reward_models.ensemble): mean | wco | uwo.
     ensemble_method: str = "mean"
     ensemble_lam: float = 0.5
-    # BT adapter temperature for the oracle over scalar rewards.
+    # Oracle temperature (BT adapter and GPM): below 1 sharpens a weak oracle's probabilities.
     temperature: float = 1.0
     # Clip scalar rewards to ±clip (P3O: 10; 0 = off).
     clip: float = 0.0

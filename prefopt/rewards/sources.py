@@ -37,7 +37,8 @@ class RewardSource:
         scorer: a ``reward_models`` scorer (``score``/``preference``; GPM: ``group_scores``) or None.
         scorer_weight: weight of the scorer's score in the sum.
         referee: URPO self-referee (``rewards(prompts, completions, groups, tasks)``) or None.
-        temperature: BT adapter temperature for the oracle over scalar rewards.
+        temperature: oracle temperature T: the BT adapter over scalar rewards is σ((r(a) − r(b)) / T);
+            a GPM's native preference σ(s(a > b)) becomes σ(s(a > b) / T) (T < 1 sharpens a weak oracle).
         clip: clip rewards to ±clip (0 = off).
     """
 
@@ -96,7 +97,10 @@ class RewardSource:
         """``[N]`` probabilities that ``a[i]`` beats ``b[i]`` for ``prompts[i]`` (no grad)."""
         with torch.no_grad():
             if _is_gpm(self.scorer) and self.functions is None:
-                return self.scorer.preference(list(prompts), list(a), list(b)).float().cpu()
+                p = self.scorer.preference(list(prompts), list(a), list(b)).float().cpu()
+                if self.temperature == 1.0:
+                    return p
+                return torch.sigmoid(torch.logit(p.clamp(1e-7, 1 - 1e-7)) / self.temperature)
             n = len(a)
             cols = {k: v for k, v in columns.items() if k != "group"}
             both = {k: list(v) + list(v) for k, v in cols.items() if isinstance(v, (list, tuple))}

@@ -133,6 +133,13 @@ def test_reward_source_gpm_group_scores_and_native_preference():
     assert src.preference(["p"], ["a"], ["b"]).item() == pytest.approx(1 / (1 + math.exp(-2)), abs=1e-6)
 
 
+def test_gpm_oracle_temperature():
+    """T = 0.5 doubles the GPM score: σ(s / T) = σ(4) for s(a > b) = 2, σ(−2) for s(b > c) = −1."""
+    src = RewardSource(None, _GPMStub({"a": 2.0, "b": 0.0, "c": 1.0}), temperature=0.5)
+    p = src.preference(["p", "p"], ["a", "b"], ["b", "c"])
+    assert p.tolist() == pytest.approx([1 / (1 + math.exp(-4)), 1 / (1 + math.exp(2))], abs=1e-6)
+
+
 class _FixedGenerator:
     """Stub generator returning scripted referee outputs (one per prompt) and recording the prompts."""
 
