@@ -222,11 +222,9 @@ def dno_scores(ctx: Any, ex: Any, texts: Sequence[str], comps: Sequence[Completi
                                meta=[ex.meta] * k, group=[0] * k)
         s = torch.nan_to_num(r).clamp(0.0, 1.0)
     else:
-        ii, jj = zip(*[(i, j) for i in range(k) for j in range(k) if i != j])
-        p = ctx.source.preference([ex.prompt] * len(ii), [texts[i] for i in ii], [texts[j] for j in jj],
-                                  answer=[ex.answer] * len(ii), task=[ex.meta.get("task")] * len(ii),
-                                  meta=[ex.meta] * len(ii))
-        s = torch.zeros(k).index_add_(0, torch.as_tensor(ii), p.float()) / max(k - 1, 1)
+        p = ctx.source.preference_matrix(ex.prompt, list(texts), answer=ex.answer, task=ex.meta.get("task"),
+                                         meta=ex.meta)
+        s = (p.sum(1) - 0.5) / max(k - 1, 1)
     return [1 + int(round(5 * float(v))) for v in s]
 
 

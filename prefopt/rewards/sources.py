@@ -109,6 +109,24 @@ class RewardSource:
             r = torch.nan_to_num(r)
             return torch.sigmoid((r[:n] - r[n:]) / self.temperature)
 
+    def preference_matrix(self, prompt: Any, texts: Sequence[str], **columns: Any) -> Tensor:
+        """``[K, K]`` with ``P[i, j]`` = P(texts[i] beats texts[j] | prompt), diagonal 0.5. A GPM embeds
+        each text once (its skew-symmetric score matrix, linear in K); other oracles ask every ordered
+        pair. ``columns`` hold this prompt's per-example values (answer, task, meta)."""
+        k = len(texts)
+        if _is_gpm(self.scorer) and self.functions is None and hasattr(self.scorer, "score_matrix"):
+            with torch.no_grad():
+                s = self.scorer.score_matrix(prompt, list(texts)).float().cpu()
+            p = torch.sigmoid(s / self.scorer.model.config.beta / self.temperature)
+        else:
+            ii, jj = zip(*[(i, j) for i in range(k) for j in range(k) if i != j])
+            rep = {name: [v] * len(ii) for name, v in columns.items()}
+            vals = self.preference([prompt] * len(ii), [texts[i] for i in ii], [texts[j] for j in jj], **rep)
+            p = torch.zeros(k, k)
+            p[torch.as_tensor(ii), torch.as_tensor(jj)] = vals.float()
+        p.fill_diagonal_(0.5)
+        return p
+
 
 def load_scorer(paths: Sequence[str], tokenizer: Any = None, *, method: str = "mean", lam: float = 0.5,
                 device: Any = None) -> Any:

@@ -171,3 +171,32 @@ def test_policy_referee_self_rank_rewards_undo_shuffle():
     assert ref.metrics()["urpo/referee_parse_failure"] == pytest.approx(0.5)
     other = ref.rewards(["q"], ["a"], [0], ["verifiable"])
     assert torch.isnan(other[0])
+
+
+class _GPMMatrixStub(_GPMStub):
+    """Adds the embed-once path: ``score_matrix`` (S[i, j] = u_i − u_j) and ``model.config.beta``."""
+
+    class model:  # noqa: N801 - mimics ModelScorer.model.config
+        class config:  # noqa: N801
+            beta = 1.0
+
+    def __init__(self, u):
+        super().__init__(u)
+        self.matrix_calls = 0
+
+    def score_matrix(self, prompt, responses):
+        self.matrix_calls += 1
+        u = torch.tensor([self.u[r] for r in responses])
+        return u[:, None] - u[None, :]
+
+
+def test_preference_matrix_gpm_embed_once_equals_pairwise():
+    """P[i, j] = σ(u_i − u_j) from one score matrix, equal to asking every ordered pair; diagonal 0.5."""
+    u = {"a": 2.0, "b": 0.0, "c": 1.0}
+    fast = RewardSource(None, _GPMMatrixStub(u), temperature=0.5)
+    slow = RewardSource(None, _GPMStub(u), temperature=0.5)
+    pf, ps = fast.preference_matrix("p", ["a", "b", "c"]), slow.preference_matrix("p", ["a", "b", "c"])
+    assert fast.scorer.matrix_calls == 1
+    torch.testing.assert_close(pf, ps)
+    assert pf[0, 1].item() == pytest.approx(1 / (1 + math.exp(-4)), abs=1e-6) and pf.diagonal().tolist() == [0.5] * 3
+    torch.testing.assert_close(pf + pf.T, torch.ones(3, 3))
