@@ -7,6 +7,18 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+if os.environ.get("PYTEST_XDIST_WORKER"):  # scripts/test.sh runs 2 workers on 2 cores: 1 thread each
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(items):
+    """Under pytest-xdist (--dist loadgroup) the multi-process DeepSpeed tests run one at a time on one
+    worker: they launch 2 processes each and use fixed master ports."""
+    for item in items:
+        if item.get_closest_marker("distributed"):
+            item.add_marker(pytest.mark.xdist_group("distributed"))
 SHARED_DATA = Path(os.environ.get("PREFOPT_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 
