@@ -86,8 +86,12 @@ class Buffer:
             idx = torch.cat([units, units + p])
         else:
             idx = units
+        batch, width = self.batch.select(idx), self.batch.input_ids.shape[1]
         tensors = {k: (v[units] if (self.paired and k in PAIR_KEYS) else v[idx]) for k, v in self.tensors.items()}
-        return replace(self, batch=self.batch.select(idx), tensors=tensors, metrics={})
+        # Per-token tensors (B, T) follow the batch, which select() trims to its chunk's longest row.
+        tensors = {k: (v[:, :batch.input_ids.shape[1]] if v.dim() == 2 and v.shape[1] == width else v)
+                   for k, v in tensors.items()}
+        return replace(self, batch=batch, tensors=tensors, metrics={})
 
     def split(self, parts: int) -> list["Buffer"]:
         """``parts`` chunks of (about) equal size over prompts/pairs; empty chunks are dropped."""
