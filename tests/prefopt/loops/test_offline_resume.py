@@ -3,16 +3,10 @@ complete checkpoint and logs exactly the losses of an uninterrupted run (same se
 part of the checkpoint, so it matches too. Also: gradient accumulation equivalence and bf16."""
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
-
 import pytest
 import torch
 import yaml
-
+from kill_helpers import train_then_sigkill
 from offline_helpers import make_cfg, pair_records, train_rows, write_set
 
 KEYS = ("loss", "rewards/margins", "lcpo/eta_0", "lcpo/w_mean", "optim/grad_norm")
@@ -38,18 +32,7 @@ def test_sigkill_resume_matches_uninterrupted_run(tmp_path):
     assert len(full) == 12
 
     cfg_path = _yaml(make_cfg(data, tmp_path / "killed", **over), tmp_path / "cfg.yaml")
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "prefopt.cli", "train", str(cfg_path)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        rows = train_rows(tmp_path / "killed") if (tmp_path / "killed" / "metrics.jsonl").exists() else []
-        if rows and rows[-1]["step"] >= 7:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    train_then_sigkill(cfg_path, tmp_path / "killed", at_step=7)
     done = sorted((tmp_path / "killed" / "checkpoints").glob("step-*"))
     assert done and done[-1].name in ("step-000006", "step-000009")
     resumed_from = int(done[-1].name.split("-")[1])

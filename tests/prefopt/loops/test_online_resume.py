@@ -3,18 +3,10 @@ mid-run, resumes from its last complete checkpoint and then logs exactly the los
 uninterrupted run with the same seed, ending with the same weights (rounds are seeded by index)."""
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
-
 import pytest
 import torch
 import yaml
-
-from prefopt.core.logging import read_metrics
-
+from kill_helpers import train_rows, train_then_sigkill
 from online_helpers import make_cfg
 
 ROUNDS = 8
@@ -30,11 +22,6 @@ def _cfg(model_dir, out):
     return from_dict(TrainConfig, c)
 
 
-def _train_rows(run_dir):
-    path = run_dir / "metrics.jsonl"
-    return [r for r in read_metrics(path) if "loss" in r] if path.exists() else []
-
-
 @pytest.mark.slow
 def test_sigkill_resume_matches_uninterrupted_run(eos_model_dir, tmp_path):
     from safetensors.torch import load_file
@@ -43,24 +30,13 @@ def test_sigkill_resume_matches_uninterrupted_run(eos_model_dir, tmp_path):
     from prefopt.loops.online import run_online
 
     full = run_online(_cfg(eos_model_dir, tmp_path / "full"))
-    full_rows = _train_rows(tmp_path / "full")
+    full_rows = train_rows(tmp_path / "full")
     assert full["steps"] == len(full_rows) == ROUNDS
 
     killed = tmp_path / "killed"
     cfg_path = tmp_path / "cfg.yaml"
     cfg_path.write_text(yaml.safe_dump({"kind": "train", **to_dict(_cfg(eos_model_dir, killed))}))
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "prefopt.cli", "train", str(cfg_path)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        rows = _train_rows(killed)
-        if rows and rows[-1]["step"] >= 3:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    train_then_sigkill(cfg_path, killed, at_step=3)
     assert not (killed / "summary.json").exists()
     done = sorted((killed / "checkpoints").glob("step-*"))
     assert done, "no complete checkpoint before the kill"
@@ -69,7 +45,7 @@ def test_sigkill_resume_matches_uninterrupted_run(eos_model_dir, tmp_path):
 
     summary = run_online(_cfg(eos_model_dir, killed))
     assert summary["steps"] == ROUNDS
-    rows = _train_rows(killed)
+    rows = train_rows(killed)
     after = [r for r in rows if r["step"] > resumed_from]
     assert [r["step"] for r in after][-(ROUNDS - resumed_from):] == list(range(resumed_from + 1, ROUNDS + 1))
     by_step = {r["step"]: r for r in after}
