@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from prefopt.core.errors import ConfigError
+
 __all__ = ["policy_state_for_inference", "sync_generator", "unwrap_model"]
 
 _PEFT_PREFIX = "base_model.model."
@@ -52,7 +54,9 @@ def _lora_delta(module: Any) -> dict[str, torch.Tensor]:
         if name not in module.lora_A and name not in getattr(module, "lora_embedding_A", {}):
             continue
         if getattr(module, "use_dora", {}).get(name) or getattr(module, "lora_bias", {}).get(name):
-            raise NotImplementedError("weight sync for DoRA / lora_bias adapters is not implemented")
+            raise ConfigError(f"online.generator=vllm syncs merged LoRA weights; adapter '{name}' uses DoRA or "
+                              "lora_bias, whose merge is not a plain weight delta - use online.generator=hf "
+                              "or a plain LoRA adapter")
         d = module.get_delta_weight(name)
         delta = d if delta is None else delta + d
     return {} if delta is None else {"weight": delta}

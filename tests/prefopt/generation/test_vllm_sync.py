@@ -242,3 +242,16 @@ def test_vllm_without_the_package_is_a_config_error(eos_model_dir, tmp_path):
     sys.modules.pop(VLLM_MODULE, None)
     with pytest.raises(ConfigError, match="needs the vllm package"):
         run_online(make_cfg(eos_model_dir, tmp_path, "grpo", {"beta": 0.04}, generator="vllm"))
+
+
+def test_dora_adapter_is_refused_with_a_config_error():
+    """DoRA's merge is not a plain weight delta: syncing it to vLLM is refused, naming the way out."""
+    from peft import LoraConfig, get_peft_model
+
+    from prefopt.core.errors import ConfigError
+    from prefopt.core.models import make_tiny_model
+    from prefopt.generation.sync import policy_state_for_inference
+
+    model = get_peft_model(make_tiny_model("tiny-llama"), LoraConfig(r=4, target_modules=["q_proj"], use_dora=True))
+    with pytest.raises(ConfigError, match="DoRA or lora_bias.*online.generator=hf"):
+        policy_state_for_inference(model)
