@@ -1,4 +1,8 @@
-"""Per-token and per-sequence log-probs from logits, memory-light, for every batch layout (torch only).
+"""Per-token and per-sequence log-probs, memory-light, for every batch layout (torch only).
+
+:func:`forward_token_logps` runs the decoder body and applies the LM head to the completion
+positions only (:mod:`prefopt.lm_head`) whenever that is exact for the architecture, so neither the
+prompt nor the padding is ever projected onto the vocabulary; otherwise it uses the model's logits.
 
 Convention (CONTRIBUTING.md): ``token_logps[b, t] = log p(input_ids[b, t] | input_ids[b, :t])`` and
 position 0 is 0. Log-probs are computed as ``logit[label] - logsumexp(logits)`` one chunk of positions
@@ -28,6 +32,8 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
+
+from prefopt.lm_head import split_causal_lm
 
 __all__ = ["ForwardLogps", "entropy", "forward_token_logps", "gather_logps", "sequence_logps", "token_logps"]
 
@@ -113,12 +119,19 @@ def entropy(logits: Tensor, chunk_size: int = 1024, shift: bool = True) -> Tenso
 
 @dataclass(frozen=True)
 class ForwardLogps:
-    """Model outputs in the padded layout ``(N, T)`` of the batch (see ``data_pipelines.collate``)."""
+    """Model outputs in the padded layout ``(N, T)`` of the batch (see ``data_pipelines.collate``).
+
+    With ``positions="completion"`` (the default of :func:`forward_token_logps`) ``token_logps`` (and
+    the statistics) are 0 outside ``completion_mask``; with ``positions="all"`` every real token t >= 1
+    of each sequence is filled.
+    """
 
     token_logps: Tensor      # (N, T) float32, CONTRIBUTING layout
     completion_mask: Tensor  # (N, T) int64, 1 on completion tokens
     attention_mask: Tensor   # (N, T) int64, 1 on real tokens
     entropy: Tensor | None = None  # (N, T) float32 when requested
+    argmax_hit: Tensor | None = None  # (N, T) bool, head path with stats only
+    mean_logit: Tensor | None = None  # (N, T) float32, head path with stats only
 
 
 def _model_dtype_device(model: Any) -> tuple[torch.dtype, torch.device]:
@@ -127,48 +140,140 @@ def _model_dtype_device(model: Any) -> tuple[torch.dtype, torch.device]:
     return (dtype if isinstance(dtype, torch.dtype) else param.dtype), param.device
 
 
-def forward_token_logps(model: Any, batch: Any, chunk_size: int = 1024, *,
-                        with_entropy: bool = False) -> ForwardLogps:
+def forward_token_logps(model: Any, batch: Any, chunk_size: int = 1024, *, with_entropy: bool = False,
+                        with_stats: bool = False, positions: str = "completion",
+                        full_logits: bool = False) -> ForwardLogps:
     """Run ``model`` on a padded, packed or shared-prompt batch; return log-probs in the padded layout.
 
+    Fast path (default, when :func:`prefopt.lm_head.split_causal_lm` accepts the model): the decoder
+    body runs once, the hidden states that predict the selected tokens are gathered, and the LM head
+    is applied to those only (:func:`prefopt.lm_head.head_logps`); no ``(rows, L, V)`` logits exist.
+    Otherwise (or with ``full_logits``) the model's own logits are used with chunked log-softmax.
+    Both paths agree to float rounding (``tests/prefopt/test_lm_head.py``).
+
     Args:
-        model: a transformers causal LM (or PEFT wrapper) returning ``.logits``.
+        model: a transformers causal LM (or PEFT wrapper / DeepSpeed engine) returning ``.logits``.
         batch: ``PaddedBatch`` / ``PackedBatch`` / ``SharedPromptBatch`` from ``data_pipelines.collate``
             (dispatch on its ``layout`` attribute).
-        chunk_size: positions per log-softmax chunk.
+        chunk_size: positions per log-softmax chunk (the head path uses at most 512).
         with_entropy: also return per-token predictive entropy.
+        with_stats: entropy plus argmax hit and mean logit per token (head path; the full path gives
+            entropy only).
+        positions: ``"completion"`` (completion tokens only; the rest are 0) or ``"all"``.
+        full_logits: force the full-logits path.
     """
-    dtype, device = _model_dtype_device(model)
+    if positions not in ("completion", "all"):
+        raise ValueError(f"positions must be 'completion' or 'all', got {positions!r}")
     layout = getattr(batch, "layout", None)
     if layout not in ("padded", "packed", "shared_prompt"):
         raise TypeError(f"unsupported batch type {type(batch).__name__} (layout {layout!r})")
-    ids = batch.input_ids.to(device)
-    if layout == "padded":
-        logits = model(input_ids=ids, attention_mask=batch.attention_mask.to(device),
-                       position_ids=batch.position_ids.to(device), use_cache=False).logits
-        lp = token_logps(logits, ids, chunk_size)
-        ent = entropy(logits, chunk_size) if with_entropy else None
-        return ForwardLogps(lp, batch.completion_mask.to(device), batch.attention_mask.to(device), ent)
-    if layout == "packed":
-        pos = batch.position_ids.to(device)
-        logits = model(input_ids=ids, attention_mask=None, position_ids=pos, use_cache=False).logits
-        starts = pos == 0  # first token of each sequence: nothing predicts it
-        lp = token_logps(logits, ids, chunk_size).masked_fill(starts, 0.0)
-        ent = entropy(logits, chunk_size).masked_fill(starts, 0.0) if with_entropy else None
-        unpack = lambda x: _to(batch, device).unpack(x)  # noqa: E731
-    else:  # shared_prompt
+    split = None if full_logits else split_causal_lm(model)
+    if split is not None:
+        return _head_path(model, split, batch, min(chunk_size, 512), with_entropy or with_stats,
+                          with_stats, positions)
+    return _full_path(model, batch, chunk_size, with_entropy or with_stats, positions)
+
+
+def _model_inputs(batch: Any, dtype: torch.dtype, device: torch.device) -> dict[str, Any]:
+    """Keyword inputs of the model/body forward for each layout (see the module docstring)."""
+    if batch.layout == "padded":
+        mask = batch.attention_mask.to(device)
+    elif batch.layout == "packed":
+        mask = None
+    else:
         mask = batch.additive_mask(dtype).to(device)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=batch.position_ids.to(device),
-                       use_cache=False).logits
+    return {"input_ids": batch.input_ids.to(device), "attention_mask": mask,
+            "position_ids": batch.position_ids.to(device), "use_cache": False}
+
+
+def _selected(batch: Any, device: torch.device, positions: str) -> tuple[Tensor, Tensor, Tensor]:
+    """``(row, source, target)`` int64 index vectors: the hidden state at ``(row, source)`` predicts the
+    token at ``(row, target)``, for every selected token of the batch in its own layout."""
+    ids = batch.input_ids.to(device)
+    if batch.layout == "shared_prompt":
+        src = batch.source_index.to(device)
+        keep = src >= 0
+    else:
+        t = torch.arange(ids.shape[1], device=device)
+        src = (t - 1).expand_as(ids)
+        keep = t.expand_as(ids) >= 1
+        if batch.layout == "packed":
+            keep = keep & (batch.position_ids.to(device) != 0)
+        else:
+            keep = keep & batch.attention_mask.to(device).bool()
+    if positions == "completion":
+        keep = keep & batch.completion_mask.to(device).bool()
+    rows, tgt = keep.nonzero(as_tuple=True)
+    return rows, src[rows, tgt], tgt
+
+
+def _finish(batch: Any, device: torch.device, per_row: dict[str, Tensor | None]) -> ForwardLogps:
+    """Map ``(rows, L)`` layout tensors to the padded layout and wrap them."""
+    if batch.layout == "padded":
+        back = lambda x: x  # noqa: E731
+        comp, att = batch.completion_mask.to(device), batch.attention_mask.to(device)
+    else:
+        moved = _to(batch, device)
+        back = moved.unpack
+        comp, att = batch.padded_completion_mask.to(device), batch.padded_attention_mask.to(device)
+    out = {k: None if v is None else back(v) for k, v in per_row.items()}
+    if out.get("argmax_hit") is not None:
+        out["argmax_hit"] = out["argmax_hit"].bool()
+    return ForwardLogps(out["lp"], comp, att, out.get("entropy"), out.get("argmax_hit"), out.get("mean_logit"))
+
+
+def _head_path(model: Any, split: tuple[Any, Any], batch: Any, chunk_size: int, want_entropy: bool,
+               with_stats: bool, positions: str) -> ForwardLogps:
+    from prefopt.lm_head import head_logps
+
+    body, head = split
+    dtype, device = _model_dtype_device(body)
+    kw = _model_inputs(batch, dtype, device)
+    out = body(**kw)
+    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    rows, src, tgt = _selected(batch, device, positions)
+    ids = kw["input_ids"]
+    res = head_logps(hidden[rows, src], head, ids[rows, tgt], chunk_size, with_stats=want_entropy)
+
+    def place(v: Tensor | None) -> Tensor | None:
+        if v is None:
+            return None
+        full = torch.zeros(ids.shape, dtype=v.dtype if v.dtype != torch.bool else torch.float32, device=device)
+        return full.index_put((rows, tgt), v.to(full.dtype))
+
+    return _finish(batch, device, {"lp": place(res.logps), "entropy": place(res.entropy) if want_entropy else None,
+                                   "argmax_hit": place(res.argmax_hit) if with_stats else None,
+                                   "mean_logit": place(res.mean_logit) if with_stats else None})
+
+
+def _full_path(model: Any, batch: Any, chunk_size: int, with_entropy: bool, positions: str) -> ForwardLogps:
+    """Full logits from ``model(...)``, chunked log-softmax (any architecture)."""
+    dtype, device = _model_dtype_device(model)
+    kw = _model_inputs(batch, dtype, device)
+    logits = model(**kw).logits
+    ids = kw["input_ids"]
+    if batch.layout == "shared_prompt":
         source = batch.source_index.to(device)
         lp = _indexed_logps(logits, source, ids, chunk_size)
         ent = None
         if with_entropy:
             rows = torch.arange(ids.shape[0], device=device).unsqueeze(1)
             ent = entropy(logits[rows, source.clamp(min=0)], chunk_size, shift=False) * (source >= 0)
-        unpack = lambda x: _to(batch, device).unpack(x)  # noqa: E731
-    return ForwardLogps(unpack(lp), batch.padded_completion_mask.to(device),
-                        batch.padded_attention_mask.to(device), None if ent is None else unpack(ent))
+    else:
+        lp = token_logps(logits, ids, chunk_size)
+        ent = entropy(logits, chunk_size) if with_entropy else None
+        if batch.layout == "packed":  # the first token of each sequence: nothing predicts it
+            starts = kw["position_ids"] == 0
+            lp = lp.masked_fill(starts, 0.0)
+            ent = None if ent is None else ent.masked_fill(starts, 0.0)
+    if positions == "completion":
+        keep = batch.completion_mask.to(device).bool()
+    else:  # real tokens (a packed row has no padding)
+        keep = getattr(batch, "attention_mask", None)
+        keep = torch.ones_like(ids, dtype=torch.bool) if keep is None else keep.to(device).bool()
+    lp = lp * keep
+    ent = None if ent is None else ent * keep
+    return _finish(batch, device, {"lp": lp, "entropy": ent})
 
 
 def _to(batch: Any, device: torch.device) -> Any:

@@ -57,39 +57,54 @@ def _ref_token_logps(ctx: StepContext, policy: Any, batch: Any) -> Tensor | None
         return ctx.reference.run(policy, lambda m: forward_token_logps(m, batch).token_logps).float()
 
 
-def policy_forward(policy: Any, batch: Any) -> tuple[Any, dict[str, Tensor], Tensor | None]:
+def policy_forward(policy: Any, batch: Any, need_logits: bool = False) -> tuple[Any, dict[str, Tensor], Tensor | None]:
     """Policy forward: :class:`ForwardLogps`, cheap logit statistics (spec section 7) and the logits.
 
-    Padded batches: one model call; per-token entropy, argmax accuracy and mean logits over completion
-    tokens come from the same logits (logits/chosen, logits/rejected, entropy, mean_token_accuracy).
-    Other layouts fall back to :func:`forward_token_logps` (entropy only).
+    Default: :func:`forward_token_logps` with statistics (the LM head runs on completion positions
+    only; no logits are returned): entropy, mean_token_accuracy (argmax == label) and the mean logit
+    of the chosen / rejected completion tokens (logits/chosen, logits/rejected), token-weighted over
+    each block. ``need_logits`` (SparsePO's token KL): one padded full-logits forward, same statistics.
     """
+    if need_logits:
+        return _padded_full_forward(policy, batch)
+    out = forward_token_logps(policy, batch, with_stats=True)
+    mask = out.completion_mask.bool()
+    return out, _logit_stats(mask, out.entropy, out.argmax_hit, out.mean_logit), None
+
+
+def _logit_stats(mask: Tensor, ent: Tensor, hit: Tensor | None, mean_logit: Tensor | None) -> dict[str, Tensor]:
+    """Spec section 7 statistics over the completion tokens ``mask`` of a ``[chosen; rejected]`` batch."""
+    with torch.no_grad():
+        m = mask.float()
+        n = m.sum().clamp(min=1.0)
+        stats = {"entropy": (ent * m).sum() / n}
+        if hit is not None:
+            stats["mean_token_accuracy"] = (hit & mask).float().sum() / n
+        if mean_logit is not None and mask.shape[0] % 2 == 0:
+            half = mask.shape[0] // 2
+            for name, rows in (("chosen", slice(0, half)), ("rejected", slice(half, None))):
+                mr = m[rows]
+                stats[f"logits/{name}"] = (mean_logit[rows] * mr).sum() / mr.sum().clamp(min=1.0)
+    return stats
+
+
+def _padded_full_forward(policy: Any, batch: Any) -> tuple[Any, dict[str, Tensor], Tensor]:
+    """One full-logits forward of a padded batch (for losses that need the logits themselves)."""
     from prefopt.logprobs import ForwardLogps, entropy, token_logps
 
-    if getattr(batch, "layout", None) != "padded":
-        out = forward_token_logps(policy, batch, with_entropy=True)
-        n = out.completion_mask.float().sum().clamp(min=1.0)
-        return out, {"entropy": (out.entropy * out.completion_mask).sum().detach() / n}, None
     dev = next(policy.parameters()).device
     ids = batch.input_ids.to(dev)
     logits = policy(input_ids=ids, attention_mask=batch.attention_mask.to(dev),
                     position_ids=batch.position_ids.to(dev), use_cache=False).logits
     mask = batch.completion_mask.to(dev)
-    out = ForwardLogps(token_logps(logits, ids), mask, batch.attention_mask.to(dev))
+    out = ForwardLogps(token_logps(logits, ids) * mask, mask, batch.attention_mask.to(dev))
     with torch.no_grad():
-        m = mask[:, 1:].bool()
         lg = logits[:, :-1].detach()
-        ent = entropy(logits.detach())[:, 1:]
-        hit = (lg.argmax(-1) == ids[:, 1:]) & m
-        mean_logit = lg.float().mean(-1)
-        n = m.float().sum().clamp(min=1.0)
-        half = ids.shape[0] // 2
-        stats = {"entropy": (ent * m).sum() / n, "mean_token_accuracy": hit.float().sum() / n}
-        if ids.shape[0] % 2 == 0:
-            for name, rows in (("chosen", slice(0, half)), ("rejected", slice(half, None))):
-                mr = m[rows].float()
-                stats[f"logits/{name}"] = (mean_logit[rows] * mr).sum() / mr.sum().clamp(min=1.0)
-    return out, stats, logits
+        pad = lambda x: torch.cat([x.new_zeros(x.shape[0], 1), x], 1)  # noqa: E731
+        ent = entropy(logits.detach())
+        hit = pad(lg.argmax(-1) == ids[:, 1:])
+        mean_logit = pad(lg.float().mean(-1))
+    return out, _logit_stats(mask.bool(), ent, hit, mean_logit), logits
 
 
 def pairwise_loss(ctx: StepContext, policy: Any, items: list) -> LossOutput:
@@ -226,7 +241,7 @@ def sparsepo_loss(ctx: StepContext, policy: Any, items: list) -> LossOutput:
           "position_ids": batch.position_ids, "use_cache": False}
     collect = ctx.mask_provider == "activation"
     with autocast(ctx.precision, ctx.device):
-        out, stats, pol_logits = policy_forward(policy, batch)
+        out, stats, pol_logits = policy_forward(policy, batch, need_logits=True)
         ref_out, acts = ctx.reference.run(policy, lambda m: _hooked_reference_forward(m, kw, collect))
     pol = out.token_logps.float()
     ref = token_logps(ref_out.logits, batch.input_ids).float()

@@ -100,7 +100,7 @@ def test_layouts_agree_on_tiny_model(items, tiny_tokenizer, attn, kind):
     outs = {}
     with torch.no_grad():
         for name, batch in _all_layouts(items[kind], tiny_tokenizer.pad_token_id).items():
-            outs[name] = forward_token_logps(model, batch, chunk_size=5, with_entropy=True)
+            outs[name] = forward_token_logps(model, batch, chunk_size=5, with_entropy=True, positions="all")
     ref = outs["right"]
     ref_seq = sequence_logps(ref.token_logps, ref.completion_mask)
     assert torch.all(ref_seq < 0)
@@ -123,7 +123,7 @@ def test_forward_matches_naive_and_gradients_agree(items, tiny_tokenizer):
     grads = {}
     for name in ("right", "packed", "shared"):
         model = make_tiny_model(seed=0)
-        out = forward_token_logps(model, batches[name], chunk_size=4)
+        out = forward_token_logps(model, batches[name], chunk_size=4, positions="all")
         sequence_logps(out.token_logps, out.completion_mask).sum().backward()
         grads[name] = model.model.layers[0].self_attn.q_proj.weight.grad.clone()
         if name == "right":
