@@ -10,13 +10,11 @@ instead, or it would read the token before the EOS.
 One step on both sides: BT loss on ``batch_size`` pairs (``-log sigmoid(r+ - r-)`` mean), backward,
 clip to 1.0, AdamW (lr 1e-6).
 
-* ours: the reward forward in the measured layout. ``padded`` is ``RewardModel.forward`` on
-  ``collate_pairwise`` rows; ``packed`` runs the body on one padding-free row (position ids restart per
-  sequence) and reads the hidden state at each sequence end; ``shared_prompt`` runs the body once per
-  pair on ``prompt + chosen + rejected`` with the block mask of ``collate_shared_prompt`` and reads the
-  hidden state at the end of each completion. Then ``RewardModel``'s own score head and
-  ``reward_models.losses.bt_loss``. (These two layout paths live here for now; the RM trainer would own
-  them.)
+* ours: the RM trainer's own path: ``reward_models.data.collate_rm(items, pad, layout)`` and
+  ``RewardModel.forward(..., rows=batch.rows)`` (``reward_models.layouts``: ``padded`` one row per
+  sequence; ``packed`` one padding-free row; ``shared_prompt`` one row per pair, ``prompt + chosen +
+  rejected`` under a block mask, rewards read at each completion's last token), then
+  ``reward_models.losses.bt_loss`` (``prefopt rm train`` with ``data.layout``).
 * TRL: ``RewardTrainer.training_step`` on its ``DataCollatorForPreference`` batches built from the
   same token ids (prompt + completion), then clip + AdamW.
 """
@@ -62,46 +60,33 @@ def prepare(args: Any) -> dict[str, Any]:
             "n_params": count_params(proto)}
 
 
-def layout_rewards(rm: Any, batch: Any) -> torch.Tensor:
-    """``[N]`` rewards in the padded-layout row order for a padded, packed or shared-prompt batch."""
-    if batch.layout == "padded":
-        return rm(batch.input_ids, batch.attention_mask).rewards
-    body = rm.model
-    if batch.layout == "packed":
-        h = body(input_ids=batch.input_ids, attention_mask=None, position_ids=batch.position_ids,
-                 use_cache=False).last_hidden_state[0]
-        pooled = h[(batch.cu_seqlens[1:] - 1).long()]
-    else:
-        dtype = next(body.parameters()).dtype
-        h = body(input_ids=batch.input_ids, attention_mask=batch.additive_mask(dtype),
-                 position_ids=batch.position_ids, use_cache=False).last_hidden_state
-        lengths = (batch.unpack_index >= 0).sum(-1)
-        flat = batch.unpack_index.gather(1, (lengths - 1).unsqueeze(1)).squeeze(1)
-        pooled = h.reshape(-1, h.shape[-1])[flat]
-    return rm._head(rm.score, pooled).squeeze(-1)
+def rm_items(tps: list) -> list:
+    """``RMItem`` pairs (prompt + chosen, prompt + rejected) as ``reward_models.train`` builds them."""
+    from reward_models.data import RMItem
+
+    return [RMItem((tuple(t.prompt_ids + t.chosen_ids), tuple(t.prompt_ids + t.rejected_ids)),
+                   (len(t.prompt_ids), len(t.prompt_ids))) for t in tps]
 
 
 def ours_side(env: dict[str, Any], args: Any, layout: str) -> Side:
-    from data_pipelines.collate import collate_packed, collate_pairwise, collate_shared_prompt
     from prefopt.core.backend import OptimConfig, SingleBackend
     from prefopt.loops.common import autocast
+    from reward_models.data import collate_rm
     from reward_models.losses import bt_loss
 
     rm = clone(env["proto"])
     rm.train()
     pad = env["tok"].pad_token_id
-    make = {"padded": lambda b: collate_pairwise(b, pad), "packed": collate_packed,
-            "shared_prompt": lambda b: collate_shared_prompt(b, pad)}[layout]
-    batches = [make(b) for b in env["batches"]]
+    batches = [collate_rm(rm_items(b), pad, layout) for b in env["batches"]]
     dev = torch.device("cpu")
     backend = SingleBackend(dev, OptimConfig(lr=LR, warmup_ratio=0.0, scheduler="constant", max_grad_norm=1.0))
     backend.prepare(rm, 1000)
 
     def step(i: int) -> float:
+        b = batches[i]
         with autocast(args.precision, dev):
-            r = layout_rewards(rm, batches[i]).float()
-        c, rj = r.chunk(2)
-        loss = bt_loss(c, rj).loss.mean()
+            r = rm(b.input_ids, b.attention_mask, rows=b.rows).rewards.float()
+        loss = bt_loss(r[b.slot[:, 0]], r[b.slot[:, 1]]).loss.mean()
         backend.backward(loss)
         backend.step()
         return float(loss.detach())

@@ -63,6 +63,10 @@ class RMDataConfig:
     shuffle: bool = True
     # Use each pair's `margin` field in the BT loss.
     use_margin: bool = False
+    # Backbone rows: "padded" (one row per sequence), "packed" (padding-free, one row) or
+    # "shared_prompt" (each item's prompt encoded once, its responses after it under a block mask;
+    # fastest for pairs and ranked lists; sdpa/eager attention only). Same rewards and loss in all three.
+    layout: Literal["padded", "packed", "shared_prompt"] = "padded"
 
     def __post_init__(self) -> None:
         if self.max_prompt_length >= self.max_length:
@@ -173,6 +177,11 @@ class RMTrainConfig:
             raise ValueError("set epochs > 0 or max_steps > 0")
         if self.max_steps < 0:
             raise ValueError(f"max_steps must be >= 0, got {self.max_steps}")
+        if self.data.layout != "padded" and self.rm.kind == "polar":
+            raise ValueError("data.layout must be 'padded' for POLAR (the reward is read at its REWARD token)")
+        if self.data.layout == "shared_prompt" and self.model.attn_implementation == "flash_attention_2":
+            raise ValueError("data.layout 'shared_prompt' needs a 4-D attention mask (sdpa or eager); "
+                             "use 'packed' with flash_attention_2")
 
 
 if "rm" not in CONFIG_KINDS:

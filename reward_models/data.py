@@ -44,6 +44,8 @@ class RMBatch:
     slot: Tensor
     scores: Tensor | None = None
     margin: Tensor | None = None
+    # The same sequences in a faster layout (packed / shared prompt); None = use the padded rows.
+    rows: Any = None
 
     @property
     def num_items(self) -> int:
@@ -171,17 +173,25 @@ def micro_batches(order: list, batch_size: int, rank: int, world: int) -> list[l
             for i in range(0, len(order) - g + 1, g)]
 
 
-def collate_rm(items: Sequence[RMItem], pad_token_id: int) -> RMBatch:
-    """Right-padded rows, sequence k of every item together (``[chosen block; rejected block]``)."""
+def collate_rm(items: Sequence[RMItem], pad_token_id: int, layout: str = "padded") -> RMBatch:
+    """Right-padded rows, sequence k of every item together (``[chosen block; rejected block]``).
+
+    ``layout`` ``packed`` / ``shared_prompt`` also builds :class:`reward_models.layouts.RMRows` for the
+    same sequence order (``batch.rows``; a shared prompt is shared within an item only).
+    """
+    from reward_models.layouts import build_rows
+
     kmax = max(len(it.seqs) for it in items)
     rows: list[tuple[int, ...]] = []
     plen: list[int] = []
+    owner: list[int] = []
     slot = torch.full((len(items), kmax), -1, dtype=torch.long)
     for k in range(kmax):
         for b, it in enumerate(items):
             if k < len(it.seqs):
                 slot[b, k] = len(rows)
                 rows.append(it.seqs[k])
+                owner.append(b)
                 plen.append(min(it.prompt_lengths[k], len(it.seqs[k])))
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
@@ -197,4 +207,5 @@ def collate_rm(items: Sequence[RMItem], pad_token_id: int) -> RMBatch:
     margin = None
     if any(it.margin is not None for it in items):
         margin = torch.tensor([float(it.margin or 0.0) for it in items], dtype=torch.float32)
-    return RMBatch(ids, mask, torch.tensor(plen, dtype=torch.long), slot, scores, margin)
+    fast = None if layout == "padded" else build_rows(rows, plen, pad_token_id, layout, groups=owner)
+    return RMBatch(ids, mask, torch.tensor(plen, dtype=torch.long), slot, scores, margin, fast)

@@ -184,11 +184,18 @@ class SharedBackboneEnsemble(_AggregateMixin, nn.Module):
         self.method, self.lam, self.ddof, self.penalty = method, lam, ddof, penalty
         self.calibration = calibration
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> EnsembleOutput:
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        hidden = RewardModel.hidden_states(self, input_ids, attention_mask)  # same body call
-        pooled = gather_positions(hidden, last_token_index(attention_mask))
+    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None, *,
+                rows: Any = None) -> EnsembleOutput:
+        """Member rewards of padded rows, or of the sequences of ``rows`` (``RMRows``, any layout)."""
+        if rows is not None:
+            out = self.model(**rows.body_inputs(next(self.model.parameters()).dtype))
+            hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+            pooled = hidden.reshape(-1, hidden.shape[-1])[rows.read_index]
+        else:
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
+            hidden = RewardModel.hidden_states(self, input_ids, attention_mask)  # same body call
+            pooled = gather_positions(hidden, last_token_index(attention_mask))
         member = torch.stack([h(pooled.to(h.weight.dtype)).squeeze(-1).float() for h in self.heads])
         return self._aggregate(member)
 

@@ -36,6 +36,7 @@ from prefopt.core.io import atomic_write_bytes, atomic_write_json
 from reward_models.heads import (GATES, HEAD_INITS, embed_values, gate_values, gather_positions,
                                  last_token_index, make_linear_head, position_ids_from_mask,
                                  prompt_last_index, score_matrix, skew_score)
+from reward_models.layouts import RMRows
 
 log = logging.getLogger(__name__)
 
@@ -186,28 +187,48 @@ class RewardModel(nn.Module):
     def _head(self, head: nn.Linear, h: Tensor) -> Tensor:
         return head(h.to(head.weight.dtype)).float()
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, *,
-                prompt_lengths: Tensor | None = None) -> RewardOutput:
-        """Score a batch of token rows (any padding side).
+    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None, *,
+                prompt_lengths: Tensor | None = None, rows: RMRows | None = None) -> RewardOutput:
+        """Score a batch of token rows (any padding side), or the sequences of ``rows``.
 
         Args:
             input_ids: ``[B, T]`` token ids.
             attention_mask: ``[B, T]`` 1 on real tokens (default: all real).
             prompt_lengths: ``[B]`` prompt token counts; required by a GPM gate (spec section 2).
+            rows: instead of the above, :class:`reward_models.layouts.RMRows` in any layout (packed,
+                shared prompt, ...); outputs follow its sequence order. Not for POLAR.
         """
+        if rows is not None:
+            return self._forward_rows(rows)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         hidden = self.hidden_states(input_ids, attention_mask)
         index = self._reward_index(input_ids, attention_mask)
         pooled = gather_positions(hidden, index)
+        h_prompt = None
+        if self.gate_head is not None:
+            if prompt_lengths is None:
+                raise ValueError("GPM with a gate needs prompt_lengths (the collator must return them)")
+            h_prompt = gather_positions(hidden, prompt_last_index(attention_mask, prompt_lengths))
+        return self._read(pooled, h_prompt, index)
+
+    def _forward_rows(self, rows: RMRows) -> RewardOutput:
+        if self.config.kind == "polar":
+            raise ValueError("POLAR reads the reward at its REWARD token: use padded rows (layout 'padded')")
+        dtype = next(self.model.parameters()).dtype
+        out = self.model(**rows.body_inputs(dtype))
+        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        h_prompt = flat[rows.prompt_index] if self.gate_head is not None else None
+        return self._read(flat[rows.read_index], h_prompt, None)
+
+    def _read(self, pooled: Tensor, h_prompt: Tensor | None, index: Tensor | None) -> RewardOutput:
+        """Heads on the pooled hidden states (and the GPM gate on the last prompt token)."""
         if self.score is not None:
             return RewardOutput(rewards=self._head(self.score, pooled).squeeze(-1), index=index)
         emb = embed_values(self._head(self.embed_head, pooled), self.config.l2_normalize)
         lam = None
         if self.gate_head is not None:
-            if prompt_lengths is None:
-                raise ValueError("GPM with a gate needs prompt_lengths (the collator must return them)")
-            h_prompt = gather_positions(hidden, prompt_last_index(attention_mask, prompt_lengths))
             lam = gate_values(self._head(self.gate_head, h_prompt), self.config.gate, self.config.hidden_size)
         return RewardOutput(embeddings=emb, gate=lam, index=index)
 

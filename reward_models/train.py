@@ -159,7 +159,7 @@ def train_one(cfg: Any, final_dir: Path, member_seed: int | None = None, boot: b
     for mb in plan[pos:]:
         if step >= total:
             break
-        batch = to_device(D.collate_rm(mb, pad), dev)
+        batch = to_device(D.collate_rm(mb, pad, cfg.data.layout), dev)
         with autocast(cfg.precision, dev):
             out, _ = batch_loss(cfg, engine, batch)
         loss = out.loss.mean()

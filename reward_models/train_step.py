@@ -109,13 +109,14 @@ def batch_loss(cfg: Any, model: Any, batch: RMBatch) -> tuple[LossOutput, Tensor
 def _batch_loss(cfg: Any, model: Any, batch: RMBatch) -> tuple[LossOutput, Tensor | None]:
     kind, rm = cfg.rm.kind, cfg.rm
     ids, mask = batch.input_ids, batch.attention_mask
+    fast = {} if batch.rows is None else {"rows": batch.rows}
     if kind == "gpm":
-        out = model(ids, mask, prompt_lengths=batch.prompt_lengths)
+        out = model(ids, mask, prompt_lengths=batch.prompt_lengths, **fast)
         c, r = batch.slot[:, 0], batch.slot[:, 1]
         gate = None if out.gate is None else out.gate[c]
         margin = batch.margin if cfg.data.use_margin else None
         return gpm_loss(out.embeddings[c], out.embeddings[r], gate=gate, beta=rm.gpm.beta, margin=margin), None
-    out = model(ids, mask)
+    out = model(ids, mask, **fast)
     if kind == "ensemble":
         members = out.member_rewards  # [K, N]
         losses = [bt_loss(m[batch.slot[:, 0]], m[batch.slot[:, 1]], tau=rm.bt.tau).loss for m in members]
@@ -138,8 +139,13 @@ def _batch_loss(cfg: Any, model: Any, batch: RMBatch) -> tuple[LossOutput, Tenso
                    barrier_coef=b.barrier_coef, focal=b.focal), rewards
 
 
+def _layout(cfg: Any) -> str:
+    return getattr(cfg.data, "layout", "padded")
+
+
 def to_device(batch: RMBatch, device: torch.device) -> RMBatch:
-    return RMBatch(*(None if t is None else t.to(device) for t in dataclasses.astuple(batch)))
+    moved = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
+    return RMBatch(**{k: None if v is None else v.to(device) for k, v in moved.items()})
 
 
 @torch.no_grad()
@@ -155,7 +161,7 @@ def evaluate(cfg: Any, model: Any, items: list, pad_id: int, device: torch.devic
     rewards = []
     for i in range(0, len(items), batch_size or cfg.batch_size):
         chunk = items[i:i + (batch_size or cfg.batch_size)]
-        batch = to_device(collate_rm(chunk, pad_id), device)
+        batch = to_device(collate_rm(chunk, pad_id, _layout(cfg)), device)
         with autocast(cfg.precision, device):
             out, r = batch_loss(cfg, model, batch)
         n = len(chunk)
