@@ -12,9 +12,10 @@ token normalisation; eps 0.2.
 Timed step on both sides: forward with grad, per-token log-probs, clipped surrogate, backward,
 clip to 1.0, AdamW (lr 1e-6).
 
-* ours: ``collate_*`` of ``TokenizedList(prompt, G completions, rewards)`` in the measured layout
-  (``shared_prompt``: the prompt once per group with a block mask), ``prefopt.logprobs.forward_token_logps``,
-  ``GROUP_LOSSES.get("grpo")`` with the global token count.
+* ours: the online loop's rows (``online_algos.make_batch``) in the measured layout (``shared_prompt``:
+  ``RolloutBatch.for_forward`` regroups the G rows of a prompt into one row, the prompt once, under a
+  block mask; ``online.layout: shared_prompt``), ``prefopt.logprobs.forward_token_logps`` (LM head on
+  completion positions only), ``GROUP_LOSSES.get("grpo")`` with the global token count.
 * TRL: ``GRPOTrainer.compute_loss`` (its ``_compute_loss``: fused-LM-head log-probs and entropy of the
   completion tokens, clipped surrogate, DAPO normalisation, metrics) on a batch in the layout
   ``_generate_and_score_completions`` produces (left-padded ``prompt_ids``/``prompt_mask``, right-padded
@@ -82,13 +83,15 @@ def prepare(args: Any) -> dict[str, Any]:
 
 
 def _collate(layout: str, items: list, pad: int) -> Any:
-    from data_pipelines.collate import collate_list, collate_packed, collate_shared_prompt
+    """``padded`` / ``shared_prompt``: the online loop's own rows (``make_batch``; the step regroups
+    them with ``RolloutBatch.for_forward`` as ``buffer_loss`` does); ``packed``: ``collate_packed``."""
+    from data_pipelines.collate import collate_packed
+    from prefopt.loops.online_algos import make_batch
 
     if layout == "packed":
         return collate_packed(items)
-    if layout == "shared_prompt":
-        return collate_shared_prompt(items, pad)
-    return collate_list(items, pad)
+    rows = [(it.prompt_ids, c) for it in items for c in it.completion_ids]
+    return make_batch([p for p, _ in rows], [c for _, c in rows], pad)
 
 
 def ours_side(env: dict[str, Any], args: Any, layout: str) -> Side:
@@ -106,9 +109,12 @@ def ours_side(env: dict[str, Any], args: Any, layout: str) -> Side:
     backend = SingleBackend(dev, OptimConfig(lr=LR, warmup_ratio=0.0, scheduler="constant", max_grad_norm=1.0))
     backend.prepare(policy, 1000)
 
+    pad = env["tok"].pad_token_id
+
     def step(i: int) -> float:
+        batch = batches[i] if layout == "packed" else batches[i].for_forward(layout, pad)
         with autocast(args.precision, dev):
-            out = forward_token_logps(policy, batches[i])
+            out = forward_token_logps(policy, batch)
         pol = out.token_logps.float()
         mask = out.completion_mask
         inputs = {"policy_token_logps": pol, "old_token_logps": pol.detach(), "advantages": env["advantages"][i],

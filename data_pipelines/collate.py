@@ -23,6 +23,7 @@ per CONTRIBUTING's token log-prob convention).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar, Literal, Sequence
 
@@ -293,3 +294,37 @@ def collate_shared_prompt(items: Sequence[Item], pad_token_id: int,
     return SharedPromptBatch(input_ids=input_ids, attention_mask=attention, position_ids=position,
                              completion_mask=completion, allowed=allowed, source_index=source,
                              unpack_index=unpack, **_meta(items, kind, order))
+
+
+def shared_prompt_from_rows(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
+                            pad_token_id: int, keep: Sequence[bool] | None = None) -> SharedPromptBatch:
+    """Padded-layout rows ``prompt_n + completion_n`` -> a :class:`SharedPromptBatch` in which rows with
+    identical prompts share one row (a group of rollouts, a ``[y1; y2]`` pair block, ...).
+
+    ``unpack`` returns the *input* row order (not example-major), so per-token values come back
+    aligned with the original padded rows. ``keep[n] = False`` leaves row n's completion out of
+    ``completion_mask`` (the padded rows' dropped completions).
+    """
+    if not prompts or len(prompts) != len(completions):
+        raise ValueError("need one completion per prompt and at least one row")
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for n, p in enumerate(prompts):
+        groups.setdefault(tuple(p), []).append(n)
+    items = [TokenizedList(p, tuple(tuple(completions[n]) for n in idx), tuple(0.0 for _ in idx))
+             for p, idx in groups.items()]
+    batch = collate_shared_prompt(items, pad_token_id)
+    rows_in_order = [n for idx in groups.values() for n in idx]  # example-major order of `batch`
+    inverse = torch.empty(len(rows_in_order), dtype=torch.long)
+    inverse[torch.tensor(rows_in_order)] = torch.arange(len(rows_in_order))
+    unpack = batch.unpack_index[inverse]
+    completion = batch.completion_mask
+    if keep is not None and not all(keep):
+        flat = completion.reshape(-1).clone()
+        for n, k in enumerate(keep):
+            if not k:
+                idx = unpack[n, len(prompts[n]):]
+                flat[idx[idx >= 0]] = 0
+        completion = flat.reshape(completion.shape)
+    group_index = batch.group_index[inverse]
+    return dataclasses.replace(batch, unpack_index=unpack, completion_mask=completion, group_index=group_index,
+                               scores=None)

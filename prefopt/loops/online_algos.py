@@ -40,13 +40,29 @@ class RolloutBatch:
     attention_mask: Tensor
     position_ids: Tensor
     completion_mask: Tensor
+    prompt_lengths: Tensor | None = None  # (N,) prompt tokens at the start of each row
+
+    def _tensors(self) -> tuple[Tensor, ...]:
+        return (self.input_ids, self.attention_mask, self.position_ids, self.completion_mask)
 
     def select(self, idx: Tensor) -> "RolloutBatch":
-        rows = RolloutBatch(*(t[idx] for t in (self.input_ids, self.attention_mask, self.position_ids,
-                                               self.completion_mask)))
-        width = int(rows.attention_mask.sum(-1).max().clamp(min=1))
-        return RolloutBatch(*(t[:, :width] for t in (rows.input_ids, rows.attention_mask, rows.position_ids,
-                                                     rows.completion_mask)))
+        rows = [t[idx] for t in self._tensors()]
+        width = int(rows[1].sum(-1).max().clamp(min=1))
+        plens = None if self.prompt_lengths is None else self.prompt_lengths[idx]
+        return RolloutBatch(*(t[:, :width] for t in rows), prompt_lengths=plens)
+
+    def for_forward(self, layout: str, pad_id: int) -> Any:
+        """This batch, or the same rows regrouped so rows with one prompt share it (``shared_prompt``:
+        :func:`data_pipelines.collate.shared_prompt_from_rows`; log-probs come back in these rows)."""
+        if layout == "padded" or self.prompt_lengths is None:
+            return self
+        from data_pipelines.collate import shared_prompt_from_rows
+
+        ids, lens = self.input_ids.tolist(), self.attention_mask.sum(-1).tolist()
+        plens = self.prompt_lengths.tolist()
+        keep = self.completion_mask.any(-1).tolist()
+        return shared_prompt_from_rows([r[:p] for r, p in zip(ids, plens)],
+                                       [r[p:n] for r, p, n in zip(ids, plens, lens)], pad_id, keep)
 
 
 def make_batch(prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]], pad_id: int,
@@ -63,7 +79,8 @@ def make_batch(prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Seq
         if not (drop is not None and drop[i]):
             comp[i, len(p):lens[i]] = 1
     pos = (att.cumsum(-1) - 1).clamp(min=0)
-    return RolloutBatch(ids, att, pos, comp)
+    plens = torch.tensor([len(p) for p in prompt_ids], dtype=torch.long)
+    return RolloutBatch(ids, att, pos, comp, plens)
 
 
 @dataclass
@@ -121,7 +138,8 @@ def _no_grad_logps(ctx: Any, batch: RolloutBatch, reference: bool = False) -> Te
 
     def run(model: Any) -> Tensor:
         with autocast(ctx.precision, ctx.device):
-            return forward_token_logps(model, batch).token_logps.float().detach()
+            fwd = batch.for_forward(ctx.oc.layout, ctx.pad_id)
+            return forward_token_logps(model, fwd).token_logps.float().detach()
 
     with torch.no_grad():
         if reference:
@@ -304,7 +322,7 @@ def buffer_loss(ctx: Any, buf: Buffer, counts: dict[str, float]) -> tuple[Tensor
         zero = sum(p.sum() for p in ctx.model.parameters() if p.requires_grad) * 0.0
         return zero, {}
     with autocast(ctx.precision, ctx.device):
-        out = forward_token_logps(ctx.engine, buf.batch, with_entropy=True)
+        out = forward_token_logps(ctx.engine, buf.batch.for_forward(ctx.oc.layout, ctx.pad_id), with_entropy=True)
     mask = buf.batch.completion_mask.to(ctx.device)
     inputs: dict[str, Any] = {"policy_token_logps": out.token_logps.float(), "completion_mask": mask,
                               **buf.tensors, **counts}

@@ -150,6 +150,9 @@ class OnlineConfig:
     # Rollout backend: hf (transformers generate on the live policy) | vllm (in-process vLLM engine,
     # GPU only, weights synced after every update; settings in online.vllm).
     generator: Literal["hf", "vllm"] = "hf"
+    # Training forward of the rollouts: "padded" rows, or "shared_prompt" (each prompt encoded once
+    # for its group of samples under a block mask, Prefix Grouper; same log-probs; sdpa/eager only).
+    layout: Literal["padded", "shared_prompt"] = "padded"
     generation_batch_size: int = 64
     max_prompt_length: int = 256
     # Oracle win rate vs the reference (greedy, held-out prompts) every N rounds (0 = start/end only
