@@ -14,7 +14,9 @@ Method (every benchmark):
   same numerator for both sides: a layout that skips repeated prompt tokens gets credit as speed.
 * **MFU** = model FLOPs/s / matmul peak measured in the same run at the same precision, with model
   FLOPs = 6 N tokens per training forward+backward and 2 N tokens per no-grad forward (N = all
-  parameters, embeddings included).
+  parameters, embeddings included), counting the tokens each side actually feeds the model
+  (``Side.info["model_tokens"]``: a shared prompt once; padding not counted), so MFU is hardware
+  efficiency and tokens/s is useful throughput.
 * **Peak memory**: one fresh subprocess per side (``python -m benchmarks.cli _probe ...``) builds only that
   side, records its resident set size (RSS) after set-up, then runs the warm-up and one step while a
   thread samples ``/proc/self/statm`` every 2 ms. ``peak_step_mb`` = max sampled RSS minus the post-set-up
@@ -78,6 +80,18 @@ def load_pairs(tok: Any, n: int, max_length: int, path: str = HH_PATH, skip: int
 def padded_tokens(seqs: list[tuple[int, int]]) -> int:
     """Real tokens of a batch in the padded layout: sum of prompt + completion lengths."""
     return int(sum(p + c for p, c in seqs))
+
+
+def shared_tokens(groups: list[tuple[int, list[int]]]) -> int:
+    """Real tokens of a batch in the shared-prompt layout: each prompt once plus every completion."""
+    return int(sum(p + sum(cs) for p, cs in groups))
+
+
+def model_tokens(layout: str, groups_per_batch: list[list[tuple[int, list[int]]]]) -> list[int]:
+    """Tokens a layout runs through the model per batch (``groups``: (prompt length, completion lengths))."""
+    if layout == "shared_prompt":
+        return [shared_tokens(g) for g in groups_per_batch]
+    return [padded_tokens([(p, c) for p, cs in g for c in cs]) for g in groups_per_batch]
 
 
 def pair_seq_lengths(tps: list) -> list[tuple[int, int]]:
@@ -176,13 +190,16 @@ def summarize(sides: list[Side], raw: dict, tokens: list[int], warmup: int, peak
               baseline: str) -> dict[str, Any]:
     """Per side: s/step (median), tokens/s, MFU; ratios vs ``baseline`` (ratio of medians and median of
     per-round ratios)."""
-    measured_tokens = tokens[warmup:warmup + len(raw[sides[0].name]["times"])]
+    n_measured = len(raw[sides[0].name]["times"])
+    measured_tokens = tokens[warmup:warmup + n_measured]
     out: dict[str, Any] = {}
     for s in sides:
         times = raw[s.name]["times"]
         med = statistics.median(times)
         tps = statistics.median([t / dt for t, dt in zip(measured_tokens, times)])
-        flops = statistics.median([s.flops_per_token * t / dt for t, dt in zip(measured_tokens, times)])
+        # MFU counts the tokens this side really runs through the model (a shared prompt once)
+        run_tokens = s.info.get("model_tokens", tokens)[warmup:warmup + n_measured]
+        flops = statistics.median([s.flops_per_token * t / dt for t, dt in zip(run_tokens, times)])
         out[s.name] = {"s_per_step": med, "s_per_step_all": times, "tokens_per_s": tps,
                        "model_gflops_per_s": flops / 1e9, "mfu": flops / 1e9 / peak_gflops,
                        "first_batch_loss": raw[s.name]["first_loss"], "losses": raw[s.name]["losses"],

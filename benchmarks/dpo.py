@@ -24,6 +24,7 @@ from benchmarks.common import (
     collect_sides,
     count_params,
     load_pairs,
+    model_tokens,
     padded_tokens,
     pair_seq_lengths,
     scratch_dir,
@@ -48,7 +49,9 @@ def prepare(args: Any) -> dict[str, Any]:
     items = [Item(tp, i) for i, (_, tp) in enumerate(pairs)]
     batches = [items[i * args.batch_size:(i + 1) * args.batch_size] for i in range(n_batches)]
     tokens = [padded_tokens(pair_seq_lengths([it.tok for it in b])) for b in batches]
-    return {"proto": proto, "tok": tok, "pairs": pairs, "batches": batches, "tokens": tokens,
+    groups = [[(len(it.tok.prompt_ids), [len(it.tok.chosen_ids), len(it.tok.rejected_ids)]) for it in b]
+              for b in batches]
+    return {"proto": proto, "tok": tok, "pairs": pairs, "batches": batches, "tokens": tokens, "groups": groups,
             "n_params": count_params(proto)}
 
 
@@ -97,7 +100,8 @@ def ours_side(env: dict[str, Any], args: Any, layout: str) -> Side:
         backend.step()
         return float(loss.detach())
 
-    return Side(f"prefopt[{layout}]", step, _flops_per_token(env["n_params"], args.ref), {"layout": layout})
+    return Side(f"prefopt[{layout}]", step, _flops_per_token(env["n_params"], args.ref),
+                {"layout": layout, "model_tokens": model_tokens(layout, env["groups"])})
 
 
 def trl_side(env: dict[str, Any], args: Any) -> Side:

@@ -30,7 +30,16 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import Side, clone, collect_sides, count_params, load_pairs, scratch_dir, with_lora
+from benchmarks.common import (
+    Side,
+    clone,
+    collect_sides,
+    count_params,
+    load_pairs,
+    model_tokens,
+    scratch_dir,
+    with_lora,
+)
 
 LAYOUTS = ("padded", "packed", "shared_prompt")
 LR = 1e-6
@@ -75,7 +84,8 @@ def prepare(args: Any) -> dict[str, Any]:
     tokens = [sum(len(it.prompt_ids) * len(it.completion_ids) + sum(len(c) for c in it.completion_ids)
                   for it in b) for b in batches]
     comp_lens = [len(c) for b in batches for it in b for c in it.completion_ids]
-    return {"proto": proto, "tok": tok, "batches": batches, "advantages": advs, "tokens": tokens,
+    groups = [[(len(it.prompt_ids), [len(c) for c in it.completion_ids]) for it in b] for b in batches]
+    return {"proto": proto, "tok": tok, "batches": batches, "advantages": advs, "tokens": tokens, "groups": groups,
             "n_params": count_params(proto),
             "extra": {"rollouts": {"completion_tokens_mean": sum(comp_lens) / len(comp_lens),
                                    "prompt_tokens": [len(it.prompt_ids) for b in batches for it in b],
@@ -124,7 +134,8 @@ def ours_side(env: dict[str, Any], args: Any, layout: str) -> Side:
         backend.step()
         return float(loss.detach())
 
-    return Side(f"prefopt[{layout}]", step, 6 * env["n_params"], {"layout": layout})
+    return Side(f"prefopt[{layout}]", step, 6 * env["n_params"],
+                {"layout": layout, "model_tokens": model_tokens(layout, env["groups"])})
 
 
 def trl_batch(items: list, adv: torch.Tensor, pad: int) -> dict[str, torch.Tensor]:

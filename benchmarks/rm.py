@@ -32,6 +32,7 @@ from benchmarks.common import (
     collect_sides,
     count_params,
     load_pairs,
+    model_tokens,
     padded_tokens,
     pair_seq_lengths,
     scratch_dir,
@@ -56,7 +57,9 @@ def prepare(args: Any) -> dict[str, Any]:
     tps = [tp for _, tp in pairs]
     batches = [tps[i * args.batch_size:(i + 1) * args.batch_size] for i in range(n_batches)]
     tokens = [padded_tokens(pair_seq_lengths(b)) for b in batches]
+    groups = [[(len(t.prompt_ids), [len(t.chosen_ids), len(t.rejected_ids)]) for t in b] for b in batches]
     return {"proto": proto, "base": base, "tok": tok, "pairs": pairs, "batches": batches, "tokens": tokens,
+            "groups": groups,
             "n_params": count_params(proto)}
 
 
@@ -91,7 +94,8 @@ def ours_side(env: dict[str, Any], args: Any, layout: str) -> Side:
         backend.step()
         return float(loss.detach())
 
-    return Side(f"prefopt[{layout}]", step, 6 * env["n_params"], {"layout": layout})
+    return Side(f"prefopt[{layout}]", step, 6 * env["n_params"],
+                {"layout": layout, "model_tokens": model_tokens(layout, env["groups"])})
 
 
 def _seq_cls(env: dict[str, Any]) -> Any:
