@@ -179,7 +179,7 @@ def collate_rm(items: Sequence[RMItem], pad_token_id: int, layout: str = "padded
     ``layout`` ``packed`` / ``shared_prompt`` also builds :class:`reward_models.layouts.RMRows` for the
     same sequence order (``batch.rows``; a shared prompt is shared within an item only).
     """
-    from reward_models.layouts import build_rows
+    from reward_models.layouts import build_rows, collate_right
 
     kmax = max(len(it.seqs) for it in items)
     rows: list[tuple[int, ...]] = []
@@ -193,12 +193,7 @@ def collate_rm(items: Sequence[RMItem], pad_token_id: int, layout: str = "padded
                 rows.append(it.seqs[k])
                 owner.append(b)
                 plen.append(min(it.prompt_lengths[k], len(it.seqs[k])))
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, :len(r)] = 1
+    ids, mask = collate_right(rows, pad_token_id)
     scores = None
     if any(it.scores is not None for it in items):
         scores = torch.full((len(items), kmax), float("nan"))

@@ -24,7 +24,7 @@ from torch import Tensor
 
 LAYOUTS = ("padded", "packed", "shared_prompt")
 
-__all__ = ["LAYOUTS", "RMRows", "build_rows"]
+__all__ = ["LAYOUTS", "RMRows", "build_rows", "collate_right"]
 
 
 @dataclass(frozen=True)
@@ -56,13 +56,20 @@ class RMRows:
                       move(self.allowed), move(self.read_index), move(self.prompt_index))
 
 
+def collate_right(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """Right-pad token rows -> ``(input_ids, attention_mask)``."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.as_tensor(list(r), dtype=torch.long)
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
 def _padded(seqs: Sequence[Sequence[int]], plens: Sequence[int], pad: int) -> RMRows:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(list(s), dtype=torch.long)
-        mask[i, :len(s)] = 1
+    ids, mask = collate_right(seqs, pad)
+    width = ids.shape[1]
     base = torch.arange(len(seqs)) * width
     read = base + torch.tensor([len(s) - 1 for s in seqs])
     prompt = base + torch.tensor([max(p, 1) - 1 for p in plens])

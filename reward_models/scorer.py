@@ -22,6 +22,7 @@ from torch import Tensor
 
 from reward_models.ensemble import aggregate, zscore_members
 from reward_models.heads import score_matrix
+from reward_models.layouts import collate_right
 from reward_models.models import RewardModel, RewardOutput
 from reward_models.polar_data import DEFAULT_REWARD, DEFAULT_SPLIT, encode_polar, flatten
 
@@ -81,17 +82,6 @@ class ChatEncoder:
             cut = len(ids) - self.max_length
             ids, n_prompt = ids[cut:], max(1, n_prompt - cut)
         return ids, max(1, n_prompt)
-
-
-def collate_right(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
-    """Right-pad token rows -> ``(input_ids, attention_mask)``."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.as_tensor(list(r), dtype=torch.long)
-        mask[i, : len(r)] = 1
-    return ids, mask
 
 
 class ModelScorer:

@@ -134,3 +134,16 @@ def test_dpo_loss_same_in_every_layout(dpo_setup):
         for key in ("logps/chosen", "logps/rejected", "kl"):
             assert abs(float(m_l[key]) - float(metrics[key])) < 1e-4 * max(1.0, abs(float(metrics[key]))), key
         torch.testing.assert_close(grad_l, grad, atol=1e-5, rtol=1e-4)
+
+
+def test_report_tables_from_a_run(tmp_path):
+    """benchmarks.report turns a run's JSON into the README rows (numbers copied, not retyped)."""
+    from benchmarks.report import full_table, summary
+
+    payload = _run(tmp_path, "rm", "--layout", "shared_prompt")
+    ours = payload["results"]["prefopt[shared_prompt]"]
+    row = summary([payload]).splitlines()[-1]
+    assert row.startswith("| RM (BT) (`shared_prompt`) |")
+    assert f"**{ours['speedup_vs_trl']:.2f}x**" in row and ("met" in row or "missed" in row)
+    table = full_table(payload)
+    assert payload["command"] in table and f"{ours['first_batch_loss']:.6f}" in table
