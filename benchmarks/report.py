@@ -51,12 +51,15 @@ def full_table(payload: dict[str, Any]) -> str:
     lines = [f"**{payload['command']}**: tokens/step {payload['tokens_per_step']}, matmul peak "
              f"{peak['used']:.1f} GFLOP/s (start {peak['start']:.1f}, end {peak['end']:.1f}), load avg start "
              f"{m['load_avg_start'][0]:.1f} end {m['load_avg_end'][0]:.1f}, {m['utc']}", "",
-             "| side | s/step (median) | s/step (all) | tokens/s | MFU | peak step MB | peak total MB "
-             "| first-batch loss | 2nd-batch loss |", "|---|---|---|---|---|---|---|---|---|"]
+             "| side | s/step (median) | s/step (all) | x TRL (medians / per round) | tokens/s | MFU "
+             "| peak step MB | peak total MB | first-batch loss | 2nd-batch loss |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in payload["results"].items():
         alls = ", ".join(f"{t:.2f}" for t in r["s_per_step_all"])
         second = f"{r['losses'][1]:.6f}" if len(r["losses"]) > 1 else "-"
-        lines.append(f"| {name} | {r['s_per_step']:.2f} | {alls} | {r['tokens_per_s']:.1f} | {100 * r['mfu']:.1f}% | "
+        spd = (f"{r['speedup_vs_trl']:.2f}x / {r['speedup_per_round_median']:.2f}x"
+               if "speedup_vs_trl" in r else "1.00x")
+        lines.append(f"| {name} | {r['s_per_step']:.2f} | {alls} | {spd} | {r['tokens_per_s']:.1f} | {100 * r['mfu']:.1f}% | "
                      f"{_mem(r, 'peak_step_mb')} | {_mem(r, 'peak_total_mb')} | {r['first_batch_loss']:.6f} | "
                      f"{second} |")
     extra = payload["results"]["trl"].get("first_batch_logp_max_abs_diff")
