@@ -147,3 +147,21 @@ def test_report_tables_from_a_run(tmp_path):
     assert f"**{ours['speedup_vs_trl']:.2f}x**" in row and ("met" in row or "missed" in row)
     table = full_table(payload)
     assert payload["command"] in table and f"{ours['first_batch_loss']:.6f}" in table
+
+
+def test_lm_head_ablation_runs_both_heads_with_equal_losses(tmp_path):
+    """benchmarks.ablate_lm_head: the head path and the full-logits path give the same losses."""
+    import prefopt.logprobs as logprobs
+    from benchmarks.ablate_lm_head import lm_head, run
+    from prefopt.core.models import make_tiny_model
+
+    tiny = make_tiny_model(seed=0)
+    with lm_head("full"):
+        assert logprobs.split_causal_lm(tiny) is None
+    assert logprobs.split_causal_lm(tiny) is not None
+    out = tmp_path / "ab.json"
+    payload = run(["dpo", "--model", "tiny-smollm2", "--steps", "1", "--warmup", "1", "--batch-size", "2",
+                   "--max-length", "96", "--out", str(out)])
+    assert set(payload["s_per_step"]) == {"completion", "full"}
+    assert payload["max_loss_abs_diff"] < 1e-5
+    assert json.loads(out.read_text())["speedup_completion_head"] > 0
