@@ -234,6 +234,9 @@ def _head_path(model: Any, split: tuple[Any, Any], batch: Any, chunk_size: int, 
     rows, src, tgt = _selected(batch, device, positions)
     ids = kw["input_ids"]
     res = head_logps(hidden[rows, src], head, ids[rows, tgt], chunk_size, with_stats=want_entropy)
+    # No selected token (every completion masked out): keep the graph connected to body and head with an
+    # exact zero, as the full-logits path does, so backward still runs and every parameter gets a gradient.
+    anchor = 0.0 * head_logps(hidden[0, :1], head, ids[0, :1], 1).logps.sum() if rows.numel() == 0 else None
 
     def place(v: Tensor | None) -> Tensor | None:
         if v is None:
@@ -241,7 +244,11 @@ def _head_path(model: Any, split: tuple[Any, Any], batch: Any, chunk_size: int, 
         full = torch.zeros(ids.shape, dtype=v.dtype if v.dtype != torch.bool else torch.float32, device=device)
         return full.index_put((rows, tgt), v.to(full.dtype))
 
-    return _finish(batch, device, {"lp": place(res.logps), "entropy": place(res.entropy) if want_entropy else None,
+    lp = place(res.logps)
+    if anchor is not None:
+        lp = lp + anchor
+
+    return _finish(batch, device, {"lp": lp, "entropy": place(res.entropy) if want_entropy else None,
                                    "argmax_hit": place(res.argmax_hit) if with_stats else None,
                                    "mean_logit": place(res.mean_logit) if with_stats else None})
 

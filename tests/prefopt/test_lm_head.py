@@ -184,3 +184,18 @@ def test_bf16_autocast_head_path_close_to_full(items, tiny_tokenizer):
 def test_bad_positions_argument(items, tiny_tokenizer, tiny_model):
     with pytest.raises(ValueError, match="positions"):
         forward_token_logps(tiny_model, collate_padded(items["pairwise"], 0), positions="prompt")
+
+
+def test_no_completion_token_still_backpropagates_zero(items, tiny_tokenizer):
+    """Every completion masked out (e.g. all rollouts truncated): log-probs are 0 and backward gives
+    exact zero gradients on body and head, like the full-logits path (no 'does not require grad')."""
+    import dataclasses
+
+    batch = collate_padded(items["pairwise"], tiny_tokenizer.pad_token_id)
+    batch = dataclasses.replace(batch, completion_mask=torch.zeros_like(batch.completion_mask))
+    model = make_tiny_model(seed=0)
+    out = forward_token_logps(model, batch)
+    assert torch.all(out.token_logps == 0)
+    out.token_logps.sum().backward()
+    assert float(model.lm_head.weight.grad.abs().sum()) == 0.0
+    assert float(model.model.layers[0].mlp.up_proj.weight.grad.abs().sum()) == 0.0
