@@ -140,8 +140,7 @@ class SharedPromptBatch(_Meta):
     def additive_mask(self, dtype: torch.dtype = torch.float32) -> Tensor:
         """``(B, 1, L, L)`` additive mask: 0 where allowed, ``finfo(dtype).min`` elsewhere (build it in
         the model's dtype: a float32 min cast to bf16 would become -inf)."""
-        zero = torch.zeros((), dtype=dtype)
-        return torch.where(self.allowed, zero, torch.tensor(torch.finfo(dtype).min, dtype=dtype))
+        return additive_mask(self.allowed, dtype)
 
     def unpack(self, values: Tensor) -> Tensor:
         """``(B, L)`` per-token values -> ``(N, T)`` padded layout (zeros on padding)."""
@@ -159,6 +158,12 @@ class SharedPromptBatch(_Meta):
 
 
 # ----------------------------------------------------------------------------------------------- helpers
+
+def additive_mask(allowed: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Bool "may attend" mask -> additive mask: 0 where allowed, ``finfo(dtype).min`` elsewhere."""
+    zero = torch.zeros((), dtype=dtype)
+    return torch.where(allowed, zero, torch.tensor(torch.finfo(dtype).min, dtype=dtype))
+
 
 Item = TokenizedPair | TokenizedList
 

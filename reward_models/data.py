@@ -177,21 +177,19 @@ def collate_rm(items: Sequence[RMItem], pad_token_id: int, layout: str = "padded
     """Right-padded rows, sequence k of every item together (``[chosen block; rejected block]``).
 
     ``layout`` ``packed`` / ``shared_prompt`` also builds :class:`reward_models.layouts.RMRows` for the
-    same sequence order (``batch.rows``; a shared prompt is shared within an item only).
+    same sequence order (``batch.rows``; sequences with identical prompts share one row).
     """
     from reward_models.layouts import build_rows, collate_right
 
     kmax = max(len(it.seqs) for it in items)
     rows: list[tuple[int, ...]] = []
     plen: list[int] = []
-    owner: list[int] = []
     slot = torch.full((len(items), kmax), -1, dtype=torch.long)
     for k in range(kmax):
         for b, it in enumerate(items):
             if k < len(it.seqs):
                 slot[b, k] = len(rows)
                 rows.append(it.seqs[k])
-                owner.append(b)
                 plen.append(min(it.prompt_lengths[k], len(it.seqs[k])))
     ids, mask = collate_right(rows, pad_token_id)
     scores = None
@@ -202,5 +200,5 @@ def collate_rm(items: Sequence[RMItem], pad_token_id: int, layout: str = "padded
     margin = None
     if any(it.margin is not None for it in items):
         margin = torch.tensor([float(it.margin or 0.0) for it in items], dtype=torch.float32)
-    fast = None if layout == "padded" else build_rows(rows, plen, pad_token_id, layout, groups=owner)
+    fast = None if layout == "padded" else build_rows(rows, plen, pad_token_id, layout)
     return RMBatch(ids, mask, torch.tensor(plen, dtype=torch.long), slot, scores, margin, fast)

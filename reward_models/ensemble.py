@@ -188,9 +188,7 @@ class SharedBackboneEnsemble(_AggregateMixin, nn.Module):
                 rows: Any = None) -> EnsembleOutput:
         """Member rewards of padded rows, or of the sequences of ``rows`` (``RMRows``, any layout)."""
         if rows is not None:
-            out = self.model(**rows.body_inputs(next(self.model.parameters()).dtype))
-            hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-            pooled = hidden.reshape(-1, hidden.shape[-1])[rows.read_index]
+            pooled, _ = rows.read(self.model)
         else:
             if attention_mask is None:
                 attention_mask = torch.ones_like(input_ids)

@@ -12,7 +12,8 @@ order of :func:`reward_models.data.collate_rm`), the flat positions to read:
   2506.05433): a 4-D mask lets each completion see the prompt and, causally, itself; its position
   ids continue from the prompt length. A pair's prompt is encoded once instead of twice.
 
-The 4-D mask follows ``prefopt.logprobs`` (additive, in the model's dtype; not for flash-attention).
+Packed and shared-prompt rows come from the ``data_pipelines.collate`` collators the policy losses use;
+the 4-D mask is additive, in the model's dtype (not for flash-attention).
 """
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ from typing import Any, Sequence
 
 import torch
 from torch import Tensor
+
+from data_pipelines.collate import additive_mask, collate_packed, shared_prompt_from_rows
+from data_pipelines.tokenize import TokenizedList
 
 LAYOUTS = ("padded", "packed", "shared_prompt")
 
@@ -42,13 +46,17 @@ class RMRows:
 
     def body_inputs(self, dtype: torch.dtype) -> dict[str, Any]:
         """Keyword arguments of the backbone's forward."""
-        if self.allowed is not None:
-            mask: Tensor | None = torch.where(self.allowed, torch.zeros((), dtype=dtype),
-                                              torch.tensor(torch.finfo(dtype).min, dtype=dtype))
-        else:
-            mask = self.attention_mask
+        mask = self.attention_mask if self.allowed is None else additive_mask(self.allowed, dtype)
         return {"input_ids": self.input_ids, "attention_mask": mask, "position_ids": self.position_ids,
                 "use_cache": False}
+
+    def read(self, body: Any) -> tuple[Tensor, Tensor]:
+        """Run ``body`` on the rows; hidden states ``(N, d)`` at each sequence's last token and at its
+        last prompt token."""
+        out = body(**self.body_inputs(next(body.parameters()).dtype))
+        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        return flat[self.read_index], flat[self.prompt_index]
 
     def to(self, device: torch.device) -> "RMRows":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
@@ -76,67 +84,40 @@ def _padded(seqs: Sequence[Sequence[int]], plens: Sequence[int], pad: int) -> RM
     return RMRows("padded", ids, (mask.cumsum(-1) - 1).clamp(min=0), mask, None, read, prompt)
 
 
+def _split(seqs: Sequence[Sequence[int]], plens: Sequence[int]) -> tuple[list[list[int]], list[list[int]]]:
+    """``(prompts, completions)``; a prompt keeps at least one token (the GPM gate reads its end)."""
+    cut = [max(p, 1) for p in plens]
+    return [list(s[:c]) for s, c in zip(seqs, cut)], [list(s[c:]) for s, c in zip(seqs, cut)]
+
+
 def _packed(seqs: Sequence[Sequence[int]], plens: Sequence[int]) -> RMRows:
-    ids, pos, read, prompt = [], [], [], []
-    for s, p in zip(seqs, plens):
-        start = len(ids)
-        ids += list(s)
-        pos += list(range(len(s)))
-        read.append(start + len(s) - 1)
-        prompt.append(start + max(p, 1) - 1)
-    row = lambda xs: torch.tensor(xs, dtype=torch.long)  # noqa: E731
-    return RMRows("packed", row(ids)[None], row(pos)[None], None, None, row(read), row(prompt))
+    """``collate_packed`` rows; each sequence is read at its last token, the gate at its prompt end."""
+    prompts, comps = _split(seqs, plens)
+    b = collate_packed([TokenizedList(p, (c,), (0.0,)) for p, c in zip(prompts, comps)])
+    starts = b.cu_seqlens[:-1].long()
+    prompt = starts + torch.tensor([len(p) for p in prompts]) - 1
+    return RMRows("packed", b.input_ids, b.position_ids, None, None, b.cu_seqlens[1:].long() - 1, prompt)
 
 
-def _prompt_groups(seqs: Sequence[Sequence[int]], plens: Sequence[int],
-                   groups: Sequence[Any]) -> list[tuple[tuple[int, ...], list[int]]]:
-    """``[(prompt tokens, [sequence indices])]``: sequences of the same group with identical prompts."""
-    found: dict[tuple[Any, tuple[int, ...]], list[int]] = {}
-    for i, (s, p, g) in enumerate(zip(seqs, plens, groups)):
-        found.setdefault((g, tuple(s[:max(p, 1)])), []).append(i)
-    return [(prompt, idx) for (_, prompt), idx in found.items()]
-
-
-def _shared(seqs: Sequence[Sequence[int]], plens: Sequence[int], groups: Sequence[Any], pad: int) -> RMRows:
-    plan = _prompt_groups(seqs, plens, groups)
-    width = max(len(p) + sum(len(seqs[i]) - len(p) for i in idx) for p, idx in plan)
-    n_rows = len(plan)
-    ids = torch.full((n_rows, width), pad, dtype=torch.long)
-    pos = torch.zeros((n_rows, width), dtype=torch.long)
-    allowed = torch.eye(width, dtype=torch.bool).repeat(n_rows, 1, 1, 1)  # pads see themselves (no NaN)
-    read = torch.zeros(len(seqs), dtype=torch.long)
-    prompt_at = torch.zeros(len(seqs), dtype=torch.long)
-    for r, (p, idx) in enumerate(plan):
-        n_p = len(p)
-        ids[r, :n_p] = torch.tensor(p, dtype=torch.long)
-        pos[r, :n_p] = torch.arange(n_p)
-        allowed[r, 0, :n_p, :n_p] = torch.ones(n_p, n_p, dtype=torch.bool).tril()
-        start = n_p
-        for i in idx:
-            comp = list(seqs[i][n_p:])
-            end = start + len(comp)
-            if comp:
-                ids[r, start:end] = torch.tensor(comp, dtype=torch.long)
-                pos[r, start:end] = torch.arange(n_p, n_p + len(comp))
-                allowed[r, 0, start:end, :n_p] = True
-                allowed[r, 0, start:end, start:end] = torch.ones(len(comp), len(comp), dtype=torch.bool).tril()
-            read[i] = r * width + (end - 1 if comp else n_p - 1)
-            prompt_at[i] = r * width + n_p - 1
-            start = end
-    return RMRows("shared_prompt", ids, pos, None, allowed, read, prompt_at)
+def _shared(seqs: Sequence[Sequence[int]], plens: Sequence[int], pad: int) -> RMRows:
+    """``shared_prompt_from_rows``: sequences with identical prompts share one row."""
+    prompts, comps = _split(seqs, plens)
+    b = shared_prompt_from_rows(prompts, comps, pad)
+    n = torch.arange(len(seqs))
+    read = b.unpack_index[n, torch.tensor([len(s) for s in seqs]) - 1]
+    prompt = b.unpack_index[n, torch.tensor([len(p) for p in prompts]) - 1]
+    return RMRows("shared_prompt", b.input_ids, b.position_ids, None, b.allowed, read, prompt)
 
 
 def build_rows(seqs: Sequence[Sequence[int]], prompt_lengths: Sequence[int], pad_token_id: int,
-               layout: str = "padded", groups: Sequence[Any] | None = None) -> RMRows:
+               layout: str = "padded") -> RMRows:
     """Rows for ``seqs`` (prompt + response token ids, each with its prompt length) in ``layout``.
 
     Args:
         seqs: the N sequences, in the order the rewards are wanted.
         prompt_lengths: prompt tokens at the start of each sequence.
         pad_token_id: padding id (padded and shared-prompt rows).
-        layout: ``padded`` | ``packed`` | ``shared_prompt``.
-        groups: shared prompt only: sequences share a row only within the same group (an item) and
-            with an identical prompt; default: any identical prompt.
+        layout: ``padded`` | ``packed`` | ``shared_prompt`` (sequences with identical prompts share a row).
     """
     if layout not in LAYOUTS:
         raise ValueError(f"reward-model layout must be one of {list(LAYOUTS)}, got {layout!r}")
@@ -146,4 +127,4 @@ def build_rows(seqs: Sequence[Sequence[int]], prompt_lengths: Sequence[int], pad
         return _padded(seqs, prompt_lengths, pad_token_id)
     if layout == "packed":
         return _packed(seqs, prompt_lengths)
-    return _shared(seqs, prompt_lengths, groups if groups is not None else [0] * len(seqs), pad_token_id)
+    return _shared(seqs, prompt_lengths, pad_token_id)

@@ -215,12 +215,8 @@ class RewardModel(nn.Module):
     def _forward_rows(self, rows: RMRows) -> RewardOutput:
         if self.config.kind == "polar":
             raise ValueError("POLAR reads the reward at its REWARD token: use padded rows (layout 'padded')")
-        dtype = next(self.model.parameters()).dtype
-        out = self.model(**rows.body_inputs(dtype))
-        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-        flat = hidden.reshape(-1, hidden.shape[-1])
-        h_prompt = flat[rows.prompt_index] if self.gate_head is not None else None
-        return self._read(flat[rows.read_index], h_prompt, None)
+        pooled, h_prompt = rows.read(self.model)
+        return self._read(pooled, h_prompt if self.gate_head is not None else None, None)
 
     def _read(self, pooled: Tensor, h_prompt: Tensor | None, index: Tensor | None) -> RewardOutput:
         """Heads on the pooled hidden states (and the GPM gate on the last prompt token)."""

@@ -25,7 +25,7 @@ def test_build_rows_hand_layout():
     """Shared prompt: item 0's prompt (5, 6, 7) once, then (8, 9) and (10); reads at the completions'
     last tokens (flat 4 and 5), gate reads at the prompt end (flat 2) for both."""
     seqs = [(5, 6, 7, 8, 9), (5, 6, 7, 10)]
-    r = build_rows(seqs, [3, 3], PAD, "shared_prompt", groups=[0, 0])
+    r = build_rows(seqs, [3, 3], PAD, "shared_prompt")
     assert r.input_ids.tolist() == [[5, 6, 7, 8, 9, 10]]
     assert r.position_ids.tolist() == [[0, 1, 2, 3, 4, 3]]
     assert r.read_index.tolist() == [4, 5] and r.prompt_index.tolist() == [2, 2]
@@ -38,8 +38,8 @@ def test_build_rows_hand_layout():
         build_rows(seqs, [3, 3], PAD, "ragged")
 
 
-def test_different_prompts_in_one_group_get_separate_rows():
-    r = build_rows([(1, 2, 3), (1, 4, 5)], [2, 2], PAD, "shared_prompt", groups=[0, 0])
+def test_different_prompts_get_separate_rows():
+    r = build_rows([(1, 2, 3), (1, 4, 5)], [2, 2], PAD, "shared_prompt")
     assert r.input_ids.shape[0] == 2  # prompts (1, 2) and (1, 4) differ
 
 
