@@ -194,12 +194,9 @@ def _selected(batch: Any, device: torch.device, positions: str) -> tuple[Tensor,
         src = batch.source_index.to(device)
         keep = src >= 0
     else:
-        t = torch.arange(ids.shape[1], device=device)
-        src = (t - 1).expand_as(ids)
-        keep = t.expand_as(ids) >= 1
-        if batch.layout == "packed":
-            keep = keep & (batch.position_ids.to(device) != 0)
-        else:
+        src = (torch.arange(ids.shape[1], device=device) - 1).expand_as(ids)
+        keep = batch.position_ids.to(device) != 0  # a sequence's first token has nothing before it
+        if batch.layout == "padded":
             keep = keep & batch.attention_mask.to(device).bool()
     if positions == "completion":
         keep = keep & batch.completion_mask.to(device).bool()
@@ -269,10 +266,9 @@ def _full_path(model: Any, batch: Any, chunk_size: int, with_entropy: bool, posi
     else:
         lp = token_logps(logits, ids, chunk_size)
         ent = entropy(logits, chunk_size) if with_entropy else None
-        if batch.layout == "packed":  # the first token of each sequence: nothing predicts it
-            starts = kw["position_ids"] == 0
-            lp = lp.masked_fill(starts, 0.0)
-            ent = None if ent is None else ent.masked_fill(starts, 0.0)
+        starts = kw["position_ids"] == 0  # the first token of each sequence: nothing predicts it
+        lp = lp.masked_fill(starts, 0.0)
+        ent = None if ent is None else ent.masked_fill(starts, 0.0)
     if positions == "completion":
         keep = batch.completion_mask.to(device).bool()
     else:  # real tokens (a packed row has no padding)
