@@ -113,13 +113,12 @@ def ours_side(env: dict[str, Any], args: Any, layout: str) -> Side:
 
     policy = clone(env["proto"])
     policy.train()
-    batches = [_collate(layout, b, env["tok"].pad_token_id) for b in env["batches"]]
+    pad = env["tok"].pad_token_id
+    batches = [_collate(layout, b, pad) for b in env["batches"]]
     spec, hp = GROUP_LOSSES.get("grpo"), GRPOParams()
     dev = torch.device("cpu")
     backend = SingleBackend(dev, OptimConfig(lr=LR, warmup_ratio=0.0, scheduler="constant", max_grad_norm=1.0))
     backend.prepare(policy, 1000)
-
-    pad = env["tok"].pad_token_id
 
     def step(i: int) -> float:
         batch = batches[i] if layout == "packed" else batches[i].for_forward(layout, pad)

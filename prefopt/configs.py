@@ -132,8 +132,9 @@ class TrainConfig:
         spec = get_algorithm(self.algorithm)
         spec.build_hparams(self.loss)
         spec.check(self)
-        shared = self.data.layout == "shared_prompt" or (self.online is not None and self.online.layout == "shared_prompt")
-        if shared and self.model.attn_implementation == "flash_attention_2":
+        online_layout = self.online.layout if self.online is not None else None
+        flash = self.model.attn_implementation == "flash_attention_2"
+        if flash and "shared_prompt" in (self.data.layout, online_layout):
             raise ValueError("the shared_prompt layout needs a 4-D attention mask (sdpa or eager attention); "
                              "flash_attention_2 cannot take one")
 

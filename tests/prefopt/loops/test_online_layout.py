@@ -64,3 +64,18 @@ def test_online_run_same_losses_in_shared_prompt_layout(eos_model_dir, tmp_path,
     assert len(losses["padded"]) >= 2 and all(math.isfinite(x) for x in losses["padded"])
     assert calls  # the shared-prompt run really regrouped its rollouts
     assert losses["shared_prompt"] == pytest.approx(losses["padded"], abs=1e-5)
+
+
+@pytest.mark.parametrize("where", ["data", "online"])
+def test_shared_prompt_with_flash_attention_is_refused(tmp_path, where):
+    from prefopt.configs import TrainConfig
+    from prefopt.core.config import from_dict
+
+    cfg = {"algorithm": "grpo" if where == "online" else "dpo", "model": {"name": "tiny-llama",
+           "attn_implementation": "flash_attention_2"}, "run": {"output_dir": str(tmp_path)}}
+    if where == "online":
+        cfg["online"] = {"layout": "shared_prompt"}
+    else:
+        cfg["data"] = {"layout": "shared_prompt"}
+    with pytest.raises(Exception, match="flash_attention_2"):
+        from_dict(TrainConfig, cfg)
