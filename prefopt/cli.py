@@ -33,11 +33,14 @@ PLUGIN_MODULES = (
     "prefopt.algorithms",
     "prefopt.eval",
     "prefopt.generation",
+    "prefopt.data.label_config",
+    "prefopt.data.label_scorers",
 )
 
 # Config-driven commands: (words) -> (config kind expected, "module:function" taking the config).
 CONFIG_COMMANDS: dict[tuple[str, ...], tuple[str | None, str]] = {
     ("data", "build"): ("data", "data_pipelines.build:run_build"),
+    ("data", "label"): ("label", "prefopt.data.label:run_label"),
     ("train",): ("train", "prefopt.train:run_train"),
     ("rm", "train"): ("rm", "reward_models.train:run_rm_train"),
     ("run",): ("run", "prefopt.pipeline:run_pipeline"),

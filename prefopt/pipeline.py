@@ -20,16 +20,19 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from prefopt.core.config import save_resolved
 from prefopt.core.errors import ConfigError
 from prefopt.core.io import atomic_write_json
 from prefopt.core.registry import CONFIG_KINDS
 
-Command = Literal["data build", "train", "rm train", "eval rewardbench", "eval alpacaeval", "report"]
-# Where each config-driven command takes its output folder.
-OUTPUT_KEY = {"data build": "output_dir", "train": "run.output_dir", "rm train": "run.output_dir"}
+Command = Literal["data build", "data label", "train", "rm train", "eval rewardbench", "eval alpacaeval",
+                  "eval bon", "eval judge-agreement", "eval head2head", "report"]
+# Where each config-driven command takes its output folder, and the config kind it reads.
+OUTPUT_KEY = {"data build": "output_dir", "data label": "output_dir", "train": "run.output_dir",
+              "rm train": "run.output_dir"}
+CONFIG_KIND = {"data build": "data", "data label": "label", "train": "train", "rm train": "rm"}
 DONE = ".stage-done.json"
 
 
@@ -85,8 +88,8 @@ class RunConfig:
 
         for stage in self.stages:
             if stage.config:
-                expect = {"data build": "data", "train": "train", "rm train": "rm"}[stage.command]
-                load_config(stage.config, _substitute(stage.overrides, self, stage), expect=expect)
+                load_config(stage.config, _substitute(stage.overrides, self, stage),
+                            expect=CONFIG_KIND[stage.command])
 
 
 CONFIG_KINDS.register("run", RunConfig)
