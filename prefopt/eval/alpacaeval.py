@@ -96,7 +96,8 @@ def build_judge(args: argparse.Namespace) -> Any:
 
     if args.judge == "http":
         return make_judge("http", base_url=args.judge_base_url, model=(args.judge_model or [""])[0],
-                          api_key_env=args.judge_api_key_env, config=args.judge_config, seed=args.seed)
+                          api_key_env=args.judge_api_key_env, config=args.judge_config, seed=args.seed,
+                          both_orders=getattr(args, "judge_both_orders", False))
     if not args.judge_model:
         raise ConfigError(f"--judge {args.judge} needs --judge-model")
     dtype = "bfloat16" if args.bf16 else "float32"
@@ -105,7 +106,7 @@ def build_judge(args: argparse.Namespace) -> Any:
                           batch_size=args.judge_batch_size, max_length=args.max_length, bf16=args.bf16)
     from prefopt.eval.scorers import load_model_scorer, resolve_kind
 
-    kind, members = resolve_kind("auto", args.judge_model)
+    kind, members = resolve_kind(getattr(args, "judge_kind", None) or "auto", args.judge_model)
     opts = dict(batch_size=args.judge_batch_size, bf16=args.bf16, max_length=args.max_length)
     if kind == "ensemble":
         from reward_models.scorer import EnsembleScorer
