@@ -155,6 +155,9 @@ def compute_metrics(annotations: list[dict], hub_dir: str | None) -> dict[str, A
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Generate (or read) outputs, judge them, write every file and return the metrics."""
+    from prefopt.eval.judge_cli import read_agreement
+
+    agreement = read_agreement(args.judge_agreement)  # a bad file fails before any work
     ref_path = D.resolve_reference(args.reference)
     rows = D.attach_references(D.load_eval_set(args.data or ref_path, args.limit), ref_path)
     name = args.generator_name or (Path(args.policy).name if args.policy else None)
@@ -180,11 +183,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     atomic_write_text(out / "annotations.json", json.dumps(annotations, indent=2, ensure_ascii=False) + "\n")
     metrics = compute_metrics(annotations, args.hub_dir)
     metrics.update(policy=args.policy, reference=args.reference, decoding=decoding,
-                   n_empty_outputs=sum(1 for o in outputs if not o["output"].strip()))
+                   n_empty_outputs=sum(1 for o in outputs if not o["output"].strip()), judge_agreement=agreement)
     atomic_write_json(out / "results.json", metrics)
     print(leaderboard_table({name: metrics}))
     if metrics.get("lc_status") != "ok":
         print(metrics.get("lc_message"))
+    if agreement is None:
+        print(f"judge {metrics.get('judge') or args.judge}: agreement not measured (give --judge-agreement "
+              "RESULTS_JSON from prefopt eval judge-agreement)")
     print(f"\nresults: {out / 'results.json'}")
     return metrics
 
@@ -222,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="alpaca_eval annotator config whose prompt the http judge uses")
     p.add_argument("--judge-labels", default="A,B")
     p.add_argument("--judge-batch-size", type=int, default=4)
+    p.add_argument("--judge-agreement", default=None,
+                   help="results.json of prefopt eval judge-agreement: stored and shown beside the win rates")
     p.add_argument("--reference", default="gpt4_turbo", help="gpt4_turbo | text_davinci_003 | FILE")
     p.add_argument("--data", default=None, help="instructions (default: the reference file); hf:tatsu-lab/alpaca_eval")
     p.add_argument("--out", default=None)

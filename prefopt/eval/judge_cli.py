@@ -70,8 +70,7 @@ def read_agreement(path: str | None) -> dict | None:
 
 
 def agreement_text(agr: dict | None) -> str:
-    """``judge agreement 71.0% [65.2, 76.1] (n=300)`` or ``agreement not measured``."""
-    if not agr:
-        return "agreement not measured"
-    return (f"judge agreement {100 * agr['agreement']:.1f}% [{100 * agr['ci_low']:.1f}, "
-            f"{100 * agr['ci_high']:.1f}] (n={agr['n']})")
+    """``judge agreement 71.0% [65.2, 76.1] n=300`` or ``agreement not measured``."""
+    from prefopt.eval.alpacaeval_metrics import agreement_cell
+
+    return agreement_cell(agr) if not agr else "judge agreement " + agreement_cell(agr)
