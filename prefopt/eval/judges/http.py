@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from prefopt.core.errors import ConfigError
+from prefopt.eval.judges.base import flatten_prompt as _flatten
 from prefopt.eval.judges.base import identical
 
 DEFAULT_CONFIG = "weighted_alpaca_eval_gpt4_turbo"
@@ -94,16 +95,19 @@ class HTTPJudge:
         config: alpaca_eval annotator config whose prompt and completion settings are used.
         seed: seeds the per-instruction output order.
         timeout: seconds per request; max_retries: retries on network errors, 429 and 5xx (backoff).
+        both_orders: ask twice per triple, each answer shown first once, and average (position bias
+            cancels; judge-agreement and head-to-head measure the consistency); default one seeded order.
     """
 
     def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY",
                  config: str = DEFAULT_CONFIG, seed: int = 0, timeout: float = 60.0, max_retries: int = 3,
-                 name: str | None = None, **_: Any):
+                 name: str | None = None, both_orders: bool = False, **_: Any):
         if not base_url:
             raise ConfigError("the http judge needs --judge-base-url")
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model, self.api_key_env, self.config = model, api_key_env, config
         self.seed, self.timeout, self.max_retries = seed, timeout, max_retries
+        self.both_orders = both_orders
         self.template, kwargs = load_prompt_template(config)
         self.request_kwargs = {k: v for k, v in kwargs.items() if k in ("max_tokens", "temperature", "logprobs",
                                                                           "top_logprobs")}
@@ -138,22 +142,42 @@ class HTTPJudge:
     def _swap(self, key: Any) -> bool:
         return random.Random(f"{self.seed}:{key}").random() < 0.5
 
-    def annotate(self, instructions: Sequence[str], references: Sequence[str], outputs: Sequence[str], *,
+    def _ask(self, instruction: str, o1: str, o2: str) -> tuple[float | None, Any]:
+        """``(P(output_2 better), raw message)`` for one request with ``o1`` shown first."""
+        body = {"model": self.model, "messages": render_messages(self.template, instruction, o1, o2),
+                **self.request_kwargs}
+        resp = self._post(body)
+        return parse_preference(resp), (resp.get("choices") or [{}])[0].get("message")
+
+    def _both(self, instruction: str, ref: str, out: str) -> dict[str, Any]:
+        """Both orders (Zheng et al. 2023): ``p_output_first`` = P(out better | out shown first),
+        ``p_reference_first`` = P(ref better | ref shown first); preference averages the two."""
+        p_ref_first_out, raw1 = self._ask(instruction, ref, out)   # P(out better | ref shown first)
+        p_out_first_ref, raw2 = self._ask(instruction, out, ref)   # P(ref better | out shown first)
+        if p_ref_first_out is None or p_out_first_ref is None:
+            pref = None
+        else:
+            pref = 1.0 + (1.0 - p_out_first_ref + p_ref_first_out) / 2
+        return {"preference": pref, "p_output_first": None if p_out_first_ref is None else 1.0 - p_out_first_ref,
+                "p_reference_first": None if p_ref_first_out is None else 1.0 - p_ref_first_out,
+                "model_shown_as": "both", "raw_completion": [raw1, raw2]}
+
+    def annotate(self, instructions: Sequence[Any], references: Sequence[str], outputs: Sequence[str], *,
                  keys: Sequence[Any] | None = None) -> list[dict[str, Any]]:
-        keys = list(keys) if keys is not None else list(instructions)
+        keys = list(keys) if keys is not None else [_flatten(i) for i in instructions]
         rows = []
-        for instr, ref, out, key in zip(instructions, references, outputs, keys):
+        for instr, ref, out, key in zip(instructions, references, outputs, keys, strict=True):
+            instr = _flatten(instr)
             if identical(out, ref):
                 rows.append({"preference": 1.5, "model_shown_as": None, "raw_completion": None})
                 continue
+            if self.both_orders:
+                rows.append(self._both(instr, ref, out))
+                continue
             swap = self._swap(key)  # swap: the model's output is output_1 ("m")
             o1, o2 = (out, ref) if swap else (ref, out)
-            body = {"model": self.model, "messages": render_messages(self.template, instr, o1, o2),
-                    **self.request_kwargs}
-            resp = self._post(body)
-            p2 = parse_preference(resp)
+            p2, raw = self._ask(instr, o1, o2)
             p_model = None if p2 is None else (1.0 - p2 if swap else p2)
             rows.append({"preference": None if p_model is None else 1.0 + p_model,
-                         "model_shown_as": "m" if swap else "M",
-                         "raw_completion": (resp.get("choices") or [{}])[0].get("message")})
+                         "model_shown_as": "m" if swap else "M", "raw_completion": raw})
         return rows
