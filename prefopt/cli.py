@@ -50,6 +50,7 @@ CONFIG_COMMANDS: dict[tuple[str, ...], tuple[str | None, str]] = {
 ARGV_COMMANDS: dict[tuple[str, ...], str] = {
     ("eval", "rewardbench"): "prefopt.eval.rewardbench:cli_main",
     ("eval", "alpacaeval"): "prefopt.eval.alpacaeval:cli_main",
+    ("eval", "headline"): "prefopt.eval.headline:cli_main",
     ("eval", "bon"): "prefopt.eval.bon:cli_main",
     ("eval", "judge-agreement"): "prefopt.eval.judge_agreement:cli_main",
     ("eval", "head2head"): "prefopt.eval.head2head:cli_main",

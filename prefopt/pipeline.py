@@ -28,7 +28,7 @@ from prefopt.core.io import atomic_write_json
 from prefopt.core.registry import CONFIG_KINDS
 
 Command = Literal["data build", "data label", "train", "rm train", "eval rewardbench", "eval alpacaeval",
-                  "eval bon", "eval judge-agreement", "eval head2head", "report"]
+                  "eval bon", "eval judge-agreement", "eval head2head", "eval headline", "report"]
 # Where each config-driven command takes its output folder, and the config kind it reads.
 OUTPUT_KEY = {"data build": "output_dir", "data label": "output_dir", "train": "run.output_dir",
               "rm train": "run.output_dir"}
