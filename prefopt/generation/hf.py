@@ -95,7 +95,7 @@ class HFGenerator:
         the cache holds the same keys/values, and generation runs on the same ``[B * n]`` rows."""
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1],
-                         use_cache=True)
+                         use_cache=True, logits_to_keep=1)  # only the cache is needed, not [B, L, V] logits
         cache = out.past_key_values
         cache.batch_repeat_interleave(n)
         return ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0), cache
