@@ -56,3 +56,11 @@ def test_quickstart_end_to_end_tiny(tmp_path, monkeypatch, repo_root, shared_dat
     ae = _json(out / "alpaca_dpo" / "results.json")
     assert json.dumps(agree["agreement"]) in json.dumps(ae)
     assert (out / "report" / "report.md").is_file()
+
+
+def test_gain_budget_has_the_same_stages(repo_root):
+    """configs/quickstart_gain.yaml differs from the main job only in its budget (vars) and folder."""
+    main_cfg = yaml.safe_load((repo_root / "configs/quickstart.yaml").read_text())
+    gain = yaml.safe_load((repo_root / "configs/quickstart_gain.yaml").read_text())
+    assert gain["stages"] == main_cfg["stages"] and set(gain["vars"]) == set(main_cfg["vars"])
+    assert int(gain["vars"]["label_prompts"]) > int(main_cfg["vars"]["label_prompts"])
