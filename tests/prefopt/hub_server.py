@@ -1,4 +1,4 @@
-"""A loopback stand-in for the Hugging Face Hub's upload endpoints (create repo, preupload, commit), so
+"""A loopback stand-in for the Hugging Face Hub's upload endpoints (create repo, card metadata check, preupload, commit), so
 ``huggingface_hub.HfApi.upload_folder`` runs for real against 127.0.0.1. Every file is declared
 "regular" (sent inline, base64) so no LFS/xet storage is involved; received files land in ``store``."""
 from __future__ import annotations
@@ -32,6 +32,8 @@ class _Handler(BaseHTTPRequestHandler):
                 if "/" not in req["name"] else req["name"]
             self.store.setdefault(repo, {})
             return self._reply({"url": f"http://{self.headers['Host']}/{repo}", "name": repo})
+        if parts == ["api", "validate-yaml"]:  # model card metadata check before a README upload
+            return self._reply({"errors": [], "warnings": []})
         if parts[:2] == ["api", "models"] and "preupload" in parts:
             req = json.loads(data)
             return self._reply({"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
