@@ -15,14 +15,44 @@ REQUIRED = ("win_rate", "ci_low", "ci_high", "n", "judge", "judge_agreement")
 
 
 def _num(v: Any, spec: str = ".1f") -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
     return format(v, spec) if isinstance(v, (int, float)) else str(v)
 
 
-def _extra(key: str, value: Any) -> str:
+def _pct(v: Any) -> str:
+    """Percent: a fraction in [0, 1] is scaled by 100 (quickstart writes fractions), larger values kept."""
+    return _num(100 * v if isinstance(v, (int, float)) and abs(v) <= 1 else v)
+
+
+def _scalars(d: dict[str, Any]) -> str:
+    parts = []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            inner = _scalars(v)
+            if inner:
+                parts.append(f"{k} ({inner})")
+        elif isinstance(v, (int, float, str)) and not isinstance(v, bool) and len(str(v)) < 60:
+            parts.append(f"{k} {_num(v, '.3g')}")
+    return ", ".join(parts)
+
+
+def _extra(key: str, value: Any) -> str | None:
     if isinstance(value, dict):
-        inner = ", ".join(f"{k} {_num(v, '.3g')}" for k, v in value.items())
-        return f"- **{key}**: {inner}"
+        inner = _scalars(value)
+        return f"- **{key}**: {inner}" if inner else None
+    if isinstance(value, list):
+        return None
     return f"- **{key}**: {_num(value, '.3g')}"
+
+
+def _agreement(value: Any) -> str:
+    if isinstance(value, dict):
+        agree = value.get("agreement")
+        ci = (f" (95% CI {_num(value['ci_low'], '.2f')}-{_num(value['ci_high'], '.2f')}, n = {value.get('n', '?')})"
+              if "ci_low" in value and "ci_high" in value else "")
+        return f"{_num(agree, '.2f')}{ci}"
+    return _num(value, ".2f")
 
 
 def from_file(data: dict[str, Any], source: Path) -> list[str]:
@@ -34,13 +64,13 @@ def from_file(data: dict[str, Any], source: Path) -> list[str]:
         raise DataError(f"headline.json lacks {missing} (needs {list(REQUIRED)})", file=str(source))
     lines = ["## Headline", ""]
     if data.get("trained"):
-        lines.append(f"**Trained:** {data['trained']}")
-        lines.append("")
-    lines.append(f"**Win rate {_num(data['win_rate'])}%** (95% CI {_num(data['ci_low'])}-{_num(data['ci_high'])}, "
-                 f"n = {data['n']}), judged by {data['judge']}; judge agreement {_num(data['judge_agreement'], '.2f')}.")
+        lines += [f"**Trained:** {data['trained']}", ""]
+    lines.append(f"**Win rate {_pct(data['win_rate'])}%** (95% CI {_pct(data['ci_low'])}-{_pct(data['ci_high'])}, "
+                 f"n = {data['n']}), judged by {data['judge']}; judge agreement with the reference "
+                 f"labels {_agreement(data['judge_agreement'])}.")
     lines.append("")
-    lines += [_extra(k, v) for k, v in data.items() if k not in (*REQUIRED, "trained")]
-    return lines + [""]
+    extras = [_extra(k, v) for k, v in data.items() if k not in (*REQUIRED, "trained")]
+    return lines + [e for e in extras if e] + [""]
 
 
 def from_stages(run_dir: Path, names: list[str]) -> list[str]:

@@ -45,7 +45,7 @@ def test_headline_json_comes_first_and_tables_render(tmp_path):
     md, page = md_path.read_text(), page_path.read_text()
     first = md.split("## ")[1]
     assert first.startswith("Headline") and "**Win rate 62.5%** (95% CI 51.0-73.0, n = 64)" in first
-    assert "judge agreement 0.81" in first and "DPO on SmolLM2-135M (LoRA)" in first
+    assert "judge agreement with the reference labels 0.81" in first and "DPO on SmolLM2-135M (LoRA)" in first
     assert "<strong>Win rate 62.5%</strong>" in page
     assert "<table>" in page and "<td>Chat</td>" in page and "<td>70.0</td>" in page
 
@@ -56,3 +56,17 @@ def test_incomplete_headline_json_names_the_missing_keys(tmp_path):
     (run / "headline.json").write_text(json.dumps({"win_rate": 50.0}))
     with pytest.raises(DataError, match=r"headline.json lacks \['ci_low', 'ci_high', 'n', 'judge'"):
         build_report(run, run / "report")
+
+
+def test_quickstart_headline_fractions_and_nested_agreement(tmp_path):
+    """The quickstart writes fractions and a judge-agreement dict: 0.5 -> 50.0 %, CI 0.17-0.83 -> 17.0-83.0."""
+    from prefopt.report_headline import from_file
+
+    lines = from_file({"win_rate": 0.5, "ci_low": 0.17, "ci_high": 0.83, "n": 5, "judge": "rm:bt:final",
+                       "judge_agreement": {"agreement": 0.75, "ci_low": 0.3, "ci_high": 0.95, "n": 4},
+                       "rewardbench": {"score": 0.609, "sections": {"Chat": 0.642}, "n": None},
+                       "bon": {"ns": [1, 2], "curve": [{"n": 1}]}}, tmp_path / "headline.json")
+    text = "\n".join(lines)
+    assert "**Win rate 50.0%** (95% CI 17.0-83.0, n = 5), judged by rm:bt:final" in text
+    assert "labels 0.75 (95% CI 0.30-0.95, n = 4)" in text
+    assert "- **rewardbench**: score 0.609, sections (Chat 0.642)" in text and "bon" not in text
