@@ -207,13 +207,22 @@ def load_examples(path: str | Path, kind: str | None = None) -> list:
     """Load a built ``train.jsonl``/``test.jsonl`` back into schema records.
 
     Args:
-        path: a file written by :func:`data_pipelines.build.run_build`.
+        path: a file written by :func:`data_pipelines.build.run_build`, or TRL standard / conversational
+            preference rows (converted and validated by :mod:`data_pipelines.trl_formats`).
         kind: ``pairwise``/``ranked``/``group``/``prompt``; inferred per record when ``None``.
     """
     from data_pipelines.schemas import SCHEMAS
+    from data_pipelines.trl_formats import from_trl
 
+    raws = list(iter_jsonl(path))
+    trl = from_trl(raws)
+    if trl is not None:
+        if kind not in (None, "pairwise"):
+            raise DataError(f"TRL preference rows give pairwise records, but {kind} records are needed",
+                            file=str(path))
+        return trl
     out = []
-    for rec in iter_jsonl(path):
+    for rec in raws:
         cls = SCHEMAS[kind or infer_kind(rec.data)]
         try:
             out.append(cls.from_record(rec.data))

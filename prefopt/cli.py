@@ -35,6 +35,7 @@ PLUGIN_MODULES = (
     "prefopt.generation",
     "prefopt.data.label_config",
     "prefopt.data.label_scorers",
+    "prefopt.rewards",
 )
 
 # Config-driven commands: (words) -> (config kind expected, "module:function" taking the config).
@@ -57,6 +58,16 @@ ARGV_COMMANDS: dict[tuple[str, ...], str] = {
     ("bench",): "benchmarks.cli:cli_main",
     ("report",): "prefopt.report:cli_main",
     ("model", "prepare"): "prefopt.core.models:cli_prepare",
+    ("export",): "prefopt.export:cli_main",
+}
+
+# What each config-driven command does (its `--help`).
+CONFIG_HELP = {
+    ("data", "build"): "Build train.jsonl/test.jsonl from raw sources (adapters, builders, validation).",
+    ("train",): "Train a policy (offline DPO family or online GRPO family); data.path takes built data or "
+                "TRL standard/conversational preference .jsonl directly.",
+    ("rm", "train"): "Train a reward model (BT, GPM, POLAR, ensembles); data.path as for train.",
+    ("run",): "Run a whole pipeline (data -> train -> rm -> eval -> report) from one YAML.",
 }
 
 
@@ -116,15 +127,56 @@ def _run_config_command(words: tuple[str, ...], args: Sequence[str]) -> int:
     from prefopt.core.config import load_config
 
     expect, target = CONFIG_COMMANDS[words]
+    usage = f"usage: prefopt {' '.join(words)} CONFIG.yaml [key=value ...]"
+    if args and args[0] in ("-h", "--help"):
+        print(f"{usage}\n\n{CONFIG_HELP[words]}\nOverrides are dotted keys, e.g. optim.lr=1e-5 "
+              "run.report_to=[tensorboard,wandb]. Check a config with `prefopt validate CONFIG`.")
+        return 0
     if not args or args[0].startswith("-"):
-        raise PrefoptError(f"usage: prefopt {' '.join(words)} CONFIG.yaml [key=value ...]")
+        raise PrefoptError(usage)
     cfg = load_config(args[0], list(args[1:]), expect=expect)
     result = _resolve(target)(cfg)
+    print(_done_line(words, cfg, result), flush=True)
     return int(result) if isinstance(result, int) else 0
 
 
+def _done_line(words: tuple[str, ...], cfg: object, result: object) -> str:
+    """One line saying where the outputs are (and the final held-out accuracy when there is one)."""
+    run = getattr(cfg, "run", None)
+    out = getattr(cfg, "output_dir", None) or getattr(run, "output_dir", None) or "."
+    extra = ""
+    if isinstance(result, dict):
+        final = result.get("final_eval") or {}
+        if isinstance(final, dict) and "eval/accuracy" in final:
+            extra = f", final eval/accuracy {final['eval/accuracy']:.3f}"
+        if "steps" in result:
+            extra = f", {result['steps']} steps" + extra
+    return f"done: prefopt {' '.join(words)} -> {out}{extra}"
+
+
+def _group_help(word: str) -> str | None:
+    """Usage of a command group (``prefopt eval``, ``prefopt rm``, ...) or None if ``word`` is none."""
+    subs = [w for table in (CONFIG_COMMANDS, ARGV_COMMANDS) for w in table if len(w) > 1 and w[0] == word]
+    if not subs:
+        return None
+    return f"usage: prefopt {word} SUBCOMMAND ...\n\nsubcommands:\n" + "\n".join(
+        f"  prefopt {' '.join(w)}  (see `prefopt {' '.join(w)} --help`)" for w in subs)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("prefopt")
+    except PackageNotFoundError:
+        import prefopt
+
+        return prefopt.__version__
+
+
 def _usage() -> str:
-    cmds = ["ls [losses|algorithms|datasets|judges|reward_models|...]", "validate CONFIG [k=v ...]"]
+    cmds = ["--version", "ls [losses|algorithms|datasets|judges|reward_models|reward_fns|...]",
+            "validate CONFIG [k=v ...]"]
     cmds += [f"{' '.join(w)} CONFIG [k=v ...]" for w in CONFIG_COMMANDS]
     cmds += [f"{' '.join(w)} ..." for w in ARGV_COMMANDS]
     return "usage: prefopt COMMAND\n\ncommands:\n" + "\n".join(f"  prefopt {c}" for c in cmds)
@@ -135,6 +187,9 @@ def dispatch(argv: Sequence[str]) -> int:
     argv = list(argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
+        return 0
+    if argv[0] in ("--version", "-V", "version"):
+        print(f"prefopt {_version()}")
         return 0
     if argv[0] == "ls":
         return _cmd_ls(argv[1:])
@@ -148,6 +203,12 @@ def dispatch(argv: Sequence[str]) -> int:
                     return _run_config_command(words, rest)
                 result = _resolve(ARGV_COMMANDS[words])(rest)
                 return int(result) if isinstance(result, int) else 0
+    group = _group_help(argv[0])
+    if group is not None:
+        if argv[1:2] in (["-h"], ["--help"]):
+            print(group)
+            return 0
+        raise PrefoptError(f"unknown or missing subcommand after '{argv[0]}'\n{group}")
     raise PrefoptError(f"unknown command '{' '.join(argv[:2])}'\n{_usage()}")
 
 

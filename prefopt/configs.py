@@ -36,7 +36,8 @@ class RunSection:
     keep_last: int = 2
     # Resume from the newest complete checkpoint in output_dir when one exists.
     resume: bool = True
-    tensorboard: bool = True
+    # Metric sinks besides metrics.jsonl (TRL's convention): "tensorboard" (run_dir/tb), "wandb".
+    report_to: tuple[Literal["tensorboard", "wandb"], ...] = ("tensorboard",)
     # Evaluate held-out implicit-reward accuracy every N optimizer steps (0 = start and end only).
     eval_every: int = 0
     # On a NaN/inf loss: "stop" (keep the last good checkpoint, raise) or "skip" (skip and count).

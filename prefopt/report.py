@@ -26,7 +26,9 @@ from typing import Any
 from prefopt.core.io import atomic_write_text
 from prefopt.core.logging import read_metrics
 
-CURVES = ("loss/total", "rewards/margins", "rewards/accuracies", "eval/accuracy", "reward", "eval/reward")
+# Policy runs log `loss/total`, reward models `loss` and `accuracy`: whichever a run has is drawn.
+CURVES = ("loss/total", "loss", "rewards/margins", "rewards/accuracies", "accuracy", "eval/accuracy", "reward",
+          "eval/reward")
 # Held-out metrics of the method comparison (columns, when any method reports them): offline pairwise /
 # listwise accuracy and implicit-reward margin; online greedy reward and oracle win rate vs the reference.
 COMPARE = ("eval/accuracy", "eval/margin", "eval/reward", "eval/win_rate_vs_ref")
@@ -199,60 +201,69 @@ def _stage_order(run_dir: Path) -> list[str]:
     return sorted(p.name for p in run_dir.iterdir() if p.is_dir())
 
 
+def _is_stage_folder(path: Path) -> bool:
+    """A single training / evaluation / data folder (not a pipeline folder of stages)."""
+    return any((path / f).is_file() for f in ("metrics.jsonl", "results.json", "stats.json", "summary.json"))
+
+
 def build_report(run_dir: Path, out_dir: Path) -> tuple[Path, Path]:
-    """Write ``report.md`` and ``report.html`` for the pipeline folder ``run_dir``."""
-    names = _stage_order(run_dir)
+    """Write ``report.md`` and ``report.html`` for a pipeline folder or a single stage folder."""
+    from prefopt.report_headline import headline
+
+    single = _is_stage_folder(run_dir)
+    names = [""] if single else _stage_order(run_dir)
     lines, figures = [f"# prefopt report: {run_dir}", ""], []
+    lines += headline(run_dir, names)
     cfg = run_dir / "config.yaml"
     out_dir.mkdir(parents=True, exist_ok=True)
-    trained = _train_summaries(run_dir, names)
+    trained = [] if single else _train_summaries(run_dir, names)
     if len(trained) >= 2:
         lines += _compare_section(trained, out_dir, figures)
     for name in names:
-        folder = run_dir / name
+        folder = run_dir / name if name else run_dir
+        label = name or run_dir.name
         if not folder.is_dir() or folder == out_dir:
             continue
         if (folder / "stats.json").is_file() and (folder / "train.jsonl").is_file():
-            lines += _data_section(name, _read_json(folder / "stats.json"))
+            lines += _data_section(label, _read_json(folder / "stats.json"))
         elif (folder / "metrics.jsonl").is_file():
-            lines += _train_section(name, folder, figures)
+            lines += _train_section(label, folder, figures)
         else:
-            lines += _eval_section(name, folder, figures)
+            lines += _eval_section(label, folder, figures)
     if cfg.is_file():
         lines += ["## config", "", "```yaml", cfg.read_text(encoding="utf-8"), "```"]
     md = "\n".join(lines)
     for fig in figures:  # markdown links are relative to the report folder
         md = md.replace(f"]({fig})", f"]({os.path.relpath(fig, out_dir)})")
     atomic_write_text(out_dir / "report.md", md)
-    atomic_write_text(out_dir / "report.html", to_html(lines, figures))
+    atomic_write_text(out_dir / "report.html", to_html(md, figures, out_dir))
     return out_dir / "report.md", out_dir / "report.html"
 
 
-def to_html(lines: list[str], figures: list[Path]) -> str:
-    """A self-contained HTML page: markdown shown as pre-formatted text, figures embedded inline."""
-    by_path = {str(f): f for f in figures}
-    body = []
-    for line in lines:
-        if line.strip().startswith("![") and "](" in line:
-            fname = line.strip().split("](")[1].rstrip(")")
-            fig = by_path.get(fname)
-            if fig is not None:
-                data = base64.b64encode(fig.read_bytes()).decode()
-                body.append(f'<img alt="{html.escape(fname)}" src="data:image/png;base64,{data}"/>')
-                continue
-        if line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            body.append(f"<h{level}>{html.escape(line.lstrip('#').strip())}</h{level}>")
-        else:
-            body.append(f"<pre>{html.escape(line)}</pre>" if line.strip() else "")
+STYLE = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.45}"
+         "table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ccc;padding:.25em .6em}"
+         "th{background:#f3f3f3}img{max-width:100%}pre{background:#f6f8fa;padding:.8em;overflow:auto}"
+         "blockquote{color:#444;border-left:3px solid #ccc;margin-left:0;padding-left:1em}")
+
+
+def to_html(md: str, figures: list[Path], out_dir: Path) -> str:
+    """A self-contained HTML page: the markdown rendered by the ``markdown`` library (tables, code
+    blocks), every figure embedded as a data URI (no external file, no CDN)."""
+    import markdown
+
+    body = markdown.markdown(md, extensions=["tables", "fenced_code"], output_format="html")
+    for fig in figures:
+        rel = html.escape(os.path.relpath(fig, out_dir), quote=True)
+        data = base64.b64encode(fig.read_bytes()).decode()
+        body = body.replace(f'src="{rel}"', f'src="data:image/png;base64,{data}"')
     return ("<!doctype html><html><head><meta charset='utf-8'><title>prefopt report</title>"
-            "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}pre{margin:0;white-space:pre-wrap}"
-            "img{max-width:100%}</style></head><body>" + "\n".join(body) + "</body></html>")
+            f"<style>{STYLE}</style></head><body>\n{body}\n</body></html>")
 
 
 def cli_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="prefopt report", description=__doc__.split("\n")[0])
-    parser.add_argument("--run", required=True, help="pipeline output folder (from `prefopt run`)")
+    parser.add_argument("--run", required=True, help="pipeline output folder (from `prefopt run`) or one "
+                        "training / evaluation / data folder")
     parser.add_argument("--out", default=None, help="where report.md/html go (default: <run>/report)")
     args = parser.parse_args(argv)
     run_dir = Path(args.run)

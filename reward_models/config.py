@@ -40,7 +40,8 @@ class RMRunSection:
     keep_last: int = 2
     # Resume from the newest complete checkpoint in output_dir when one exists.
     resume: bool = True
-    tensorboard: bool = True
+    # Metric sinks besides metrics.jsonl (TRL's convention): "tensorboard" (run_dir/tb), "wandb".
+    report_to: tuple[Literal["tensorboard", "wandb"], ...] = ("tensorboard",)
     # On a NaN/inf loss or gradient: "stop" (raise, last good checkpoint kept) or "skip" (count it).
     on_nonfinite: Literal["stop", "skip"] = "stop"
 

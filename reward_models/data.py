@@ -72,10 +72,13 @@ def train_eval_paths(path: str, eval_path: str | None) -> tuple[Path, Path | Non
 
 
 def read_records(path: Path) -> list[dict]:
-    """Raw JSON rows of a built ``.jsonl`` file."""
+    """Raw JSON rows of a built ``.jsonl`` file (TRL preference rows converted to prefopt's schema)."""
     from data_pipelines.sources import iter_jsonl
+    from data_pipelines.trl_formats import from_trl
 
-    return [r.data for r in iter_jsonl(path)]
+    raws = list(iter_jsonl(path))
+    trl = from_trl(raws)
+    return [r.data for r in raws] if trl is None else [ex.to_record() for ex in trl]
 
 
 def subset(records: list, limit: int | None, seed: int | None) -> list:

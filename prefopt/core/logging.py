@@ -1,9 +1,9 @@
-"""One metric logger for every loop: stdout, JSONL and TensorBoard, rank 0 only.
+"""One metric logger for every loop: JSONL plus TensorBoard / W&B (``run.report_to``), rank 0 only.
 
-Metric names are slash-namespaced (``loss/total``, ``rewards/margins``, ``perf/tokens_per_s``).
-Loops hand a dict of floats once per optimizer step; the logger writes a JSONL line, a TensorBoard
-scalar per name and (every ``print_every`` steps) a compact stdout line. Progress bars come from
-:func:`progress`, silent on ranks other than 0.
+Metric names are slash-namespaced (``loss/total``, ``rewards/margins``, ``perf/tokens_per_s``) in
+``metrics.jsonl``; TensorBoard and W&B get TRL's names where TRL has one (:mod:`prefopt.core.metric_names`,
+mapping written to ``metric_names.json``). Loops hand a dict of floats once per optimizer step. Progress
+bars come from :func:`progress` (silent on ranks other than 0) and carry :func:`short_postfix`.
 """
 from __future__ import annotations
 
@@ -38,21 +38,45 @@ def _to_float(value: Any) -> float:
     return float(value)
 
 
+def short_postfix(values: Mapping[str, float], limit: int = 3) -> str:
+    """A few key metrics for a progress bar (``loss=0.52 acc=0.75 gnorm=1.3``); full ones go to the files."""
+    shown = []
+    for keys, label in _POSTFIX:
+        key = next((k for k in keys if k in values), None)
+        if key is not None and len(shown) < limit:
+            shown.append(f"{label}={values[key]:.3g}")
+    return " ".join(shown)
+
+
+_POSTFIX = ((("loss/total", "loss"), "loss"), (("rewards/accuracies", "accuracy", "eval/accuracy"), "acc"),
+            (("reward", "eval/reward"), "reward"), (("optim/grad_norm",), "gnorm"))
+
+
 class MetricLogger:
-    """Writes metrics to ``run_dir/metrics.jsonl`` and TensorBoard (``run_dir/tb``) on rank 0.
+    """Writes metrics to ``run_dir/metrics.jsonl`` and the ``report_to`` sinks on rank 0.
 
     Args:
         run_dir: the run directory (created if missing).
-        tensorboard: also write TensorBoard event files.
-        print_every: print a stdout line every N logged steps (0 = never).
+        report_to: sinks besides the JSONL file: ``tensorboard`` (``run_dir/tb``), ``wandb`` (the ``wandb``
+            package; ``WANDB_MODE=offline`` keeps it off the network). TRL's convention.
+        print_every: print every N logged steps a short line of key metrics to stderr (0 = never; the
+            loops show them as the progress-bar postfix instead).
+        names: ``prefopt name -> logged name`` for the sinks (see :mod:`prefopt.core.metric_names`);
+            the mapping used is written to ``run_dir/metric_names.json``.
+        config: the resolved config (a dict) handed to W&B.
     """
 
-    def __init__(self, run_dir: str | os.PathLike, *, tensorboard: bool = True, print_every: int = 1,
-                 filename: str = "metrics.jsonl"):
+    def __init__(self, run_dir: str | os.PathLike, *, report_to: Iterable[str] = ("tensorboard",),
+                 print_every: int = 0, filename: str = "metrics.jsonl", names: Mapping[str, str] | None = None,
+                 config: Mapping[str, Any] | None = None):
+        from prefopt.core.logging_sinks import open_sinks
+
         self.run_dir = Path(run_dir)
         self.enabled = is_main_process()
         self.print_every = print_every
-        self._tb = None
+        self._names = dict(names or {})
+        self._used: dict[str, str] = {}
+        self._sinks: list = []
         self._fh = None
         self._count = 0
         self._start = time.time()
@@ -60,13 +84,7 @@ class MetricLogger:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._fh = open(self.run_dir / filename, "a", encoding="utf-8")
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._tb = SummaryWriter(str(self.run_dir / "tb"))
-            except ImportError:  # tensorboard not installed: JSONL still works
-                self._tb = None
+        self._sinks = open_sinks(tuple(report_to), self.run_dir, dict(config or {}))
 
     def log(self, metrics: Mapping[str, Any], step: int) -> dict[str, float]:
         """Log one step of metrics; returns the float values written."""
@@ -77,22 +95,30 @@ class MetricLogger:
         self._fh.write(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                                    for k, v in row.items()}) + "\n")
         self._fh.flush()
-        if self._tb is not None:
-            for k, v in values.items():
-                self._tb.add_scalar(k, v, step)
+        renamed = {self._rename(k): v for k, v in values.items()}
+        for sink in self._sinks:
+            sink.log(renamed, step)
         self._count += 1
         if self.print_every and self._count % self.print_every == 0:
-            shown = " ".join(f"{k}={v:.4g}" for k, v in values.items() if not k.startswith("perf/"))
-            print(f"step {step}: {shown}", file=sys.stderr, flush=True)
+            print(f"step {step}: {short_postfix(values)}", file=sys.stderr, flush=True)
         return values
+
+    def _rename(self, key: str) -> str:
+        if key not in self._used:
+            self._used[key] = self._names.get(key, key)
+            from prefopt.core.io import atomic_write_json
+            from prefopt.core.metric_names import METRIC_NAMES_FILE
+
+            atomic_write_json(self.run_dir / METRIC_NAMES_FILE, dict(sorted(self._used.items())))
+        return self._used[key]
 
     def close(self) -> None:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+        for sink in self._sinks:
+            sink.close()
+        self._sinks = []
 
     def __enter__(self) -> "MetricLogger":
         return self

@@ -37,12 +37,13 @@ import torch
 from prefopt.core.errors import ConfigError, ModelLoadError
 from prefopt.core.lora import LoraSettings, apply_lora, apply_lora_settings
 
-__all__ = ["EMBEDDED_NAME", "SPECIAL_NAMES", "TINY_CONFIGS", "LoraSettings", "ModelConfig", "apply_lora",
+__all__ = ["EMBEDDED_HUB_ID", "EMBEDDED_NAME", "public_model_name", "SPECIAL_NAMES", "TINY_CONFIGS", "LoraSettings", "ModelConfig", "apply_lora",
            "apply_lora_settings", "cache_root", "cli_prepare", "load_causal_lm", "load_model",
            "load_tokenizer", "make_tiny_model", "prepare_embedded_model", "prepare_embedded_tokenizer",
            "torch_dtype"]
 
 EMBEDDED_NAME = "smollm2-135m-instruct"
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the embedded GGUF was quantised from
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Shape of the tiny test models (torchtune-style 2-layer/64-dim); vocab/special ids are SmolLM2's.
 TINY_CONFIGS: dict[str, dict[str, Any]] = {
@@ -220,6 +221,19 @@ def prepare_embedded_model(force: bool = False) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------- loading
+
+
+def public_model_name(name: str) -> str:
+    """The name other tools should see for ``name``: the embedded model's hub id for prefopt's special
+    name (or its cache folder), else ``name`` unchanged (hub ids, tiny-* names, user paths)."""
+    if name == EMBEDDED_NAME:
+        return EMBEDDED_HUB_ID
+    try:
+        if name and Path(name).resolve() == (cache_root() / "models" / EMBEDDED_NAME).resolve():
+            return EMBEDDED_HUB_ID
+    except OSError:
+        pass
+    return name
 
 
 def _not_found(name_or_path: str, why: str) -> ModelLoadError:

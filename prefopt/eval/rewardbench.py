@@ -8,7 +8,8 @@ Usage::
     prefopt eval rewardbench --model runs/rm/polar --polar-reference generate:smollm2-135m-instruct
     prefopt eval rewardbench --model smollm2-135m-instruct --kind judge
 
-Outputs in ``--out``: ``scores.jsonl`` (one row per example keyed by ``(id, subset)``, appended per
+Outputs in ``--out``: ``per_example.jsonl`` (the official columns ``id, subset, scores_chosen,
+scores_rejected, results``), ``scores.jsonl`` (one row per example keyed by ``(id, subset)``, appended per
 batch: a rerun skips finished rows, a killed run loses nothing), ``results.json`` (per-subset and
 per-section numbers, :mod:`prefopt.eval.rewardbench_metrics`), ``rewardbench.png`` and
 ``run_config.json`` (a rerun with different scoring settings into the same folder is refused).
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from prefopt.core.errors import ConfigError, DataError
-from prefopt.core.io import atomic_write_json
+from prefopt.core.io import atomic_write_json, atomic_write_text
 from prefopt.core.logging import progress
 from prefopt.eval import rewardbench_metrics as M
 from prefopt.eval.plots import plot_rewardbench
@@ -176,6 +177,8 @@ def run(args: argparse.Namespace) -> M.RewardBenchResult:
             "batch_size": args.batch_size, "seed": args.seed, "data": args.data}
     result = M.score_rewardbench(scored, metadata=meta, source=str(store.path))
     M.write_results_json(out / "results.json", result)
+    atomic_write_text(out / "per_example.jsonl", "".join(json.dumps(M.official_example_row(r)) + "\n"
+                                                         for r in scored))
     plot_rewardbench(result, out / "rewardbench.png")
     atomic_write_json(out / "timing.json", {"seconds": round(time.perf_counter() - start, 2), "rows": len(rows)})
     print(M.format_table(result))

@@ -215,8 +215,14 @@ class RewardBenchResult:
         return {s: v["accuracy"] for s, v in self.subsets.items()}
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict: benchmark, weights, per-subset, per-section, score, then the metadata."""
+        """JSON-ready dict in the official layout first (``model``, ``model_type``, ``chat_template``,
+        flat per-subset accuracies and section scores, as ``rewardbench``'s results file has them), then
+        prefopt's own keys: benchmark, weights, ``subsets`` (with counts), ``sections``, ``score``, metadata."""
+        official = {k: self.metadata.get(k) for k in ("model", "model_type", "chat_template")}
+        official.update({s: v["accuracy"] for s, v in self.subsets.items()})
+        official.update({k: v for k, v in self.sections.items() if v is not None})
         return {
+            **official,
             "benchmark": "rewardbench-v1", "weights": "official EXAMPLE_COUNTS (math-prm 984)",
             "score": self.score, "sections": dict(self.sections), "subsets": dict(self.subsets),
             "score_slice_weighted": self.score_slice_weighted,
@@ -245,6 +251,15 @@ def score_rewardbench(rows: Iterable[Mapping[str, Any]], *, ensemble_agg: str = 
         legacy_score=legacy_leaderboard_score(sections, acc),
         n_examples=sum(n for n, _ in counts.values()), is_full_set=full, metadata=dict(metadata or {}),
     )
+
+
+def official_example_row(row: Mapping[str, Any], *, ensemble_agg: str = "mean") -> dict[str, Any]:
+    """One per-example row with the official column names: ``id``, ``subset``, ``scores_chosen``,
+    ``scores_rejected`` (None for pairwise-only scorers) and ``results`` (1 correct, 0 wrong, 0.5 tie of
+    a generative judge)."""
+    return {"id": row.get("id"), "subset": row.get("subset"), "scores_chosen": row.get("chosen_score"),
+            "scores_rejected": row.get("rejected_score"),
+            "results": example_correct(row, ensemble_agg=ensemble_agg)}
 
 
 def write_results_json(path: str | os.PathLike, result: RewardBenchResult) -> None:

@@ -36,7 +36,11 @@ def start_run(cfg: Any, is_main: bool = True) -> tuple[Path, MetricLogger]:
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_resolved(cfg, run_dir)
-    logger = MetricLogger(run_dir, tensorboard=cfg.run.tensorboard, print_every=cfg.run.log_every)
+    from prefopt.core.config import to_dict
+    from prefopt.core.metric_names import TABLES
+
+    table = TABLES["online" if getattr(cfg, "online", None) is not None else "policy"]
+    logger = MetricLogger(run_dir, report_to=cfg.run.report_to, names=table, config=to_dict(cfg))
     return run_dir, logger
 
 

@@ -31,7 +31,7 @@ from prefopt.core.checkpoint import (
 )
 from prefopt.core.errors import ConfigError, DataError
 from prefopt.core.io import atomic_write_json
-from prefopt.core.logging import progress
+from prefopt.core.logging import progress, short_postfix
 from prefopt.core.models import load_model
 from prefopt.loops.common import MetricAccumulator, NonFiniteGuard, seed_everything, start_run
 from prefopt.loops.offline_data import epoch_order, micro_batches, tokenize_items, train_eval_paths
@@ -325,7 +325,7 @@ def run_offline(cfg: Any) -> dict[str, Any]:  # noqa: C901, PLR0915 - the loop, 
             if cfg.run.eval_every and step % cfg.run.eval_every == 0:
                 metrics.update(evaluate(ctx, model, eval_items, cfg.batch_size))
             if step % cfg.run.log_every == 0:
-                logger.log(metrics, step)
+                bar.set_postfix_str(short_postfix(logger.log(metrics, step)), refresh=False)
             bar.update(1)
             if cfg.run.save_every and step % cfg.run.save_every == 0:
                 save_checkpoint(run_dir, step, model, backend,

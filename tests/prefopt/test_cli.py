@@ -55,3 +55,39 @@ def test_console_script_runs_and_accepts_launcher_rank():
     res = subprocess.run([sys.executable, "-m", "prefopt.cli", "--local_rank=0", "ls", "algorithms"],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and "dpo" in res.stdout
+
+
+def test_every_subcommand_answers_help_with_exit_0(capsys):
+    from prefopt.cli import ARGV_COMMANDS, CONFIG_COMMANDS
+
+    for words in [*CONFIG_COMMANDS, *ARGV_COMMANDS, ("eval",), ("rm",), ("data",), ("model",)]:
+        try:
+            code = main([*words, "--help"])
+        except SystemExit as exc:  # argparse-based commands exit from print_help
+            code = exc.code
+        out = capsys.readouterr().out
+        assert code in (0, None), words
+        assert "usage: prefopt" in out or "usage:" in out, words
+    assert main(["eval"]) == 2 and "prefopt eval rewardbench" in capsys.readouterr().err
+
+
+def test_version_and_reward_fns_listed(capsys):
+    import prefopt
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"prefopt {prefopt.__version__}"
+    assert main(["ls", "reward_fns"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("reward_fns:\n") and len(out.splitlines()) > 1
+
+
+def test_done_line_names_the_output_folder():
+    from types import SimpleNamespace
+
+    from prefopt.cli import _done_line
+
+    cfg = SimpleNamespace(run=SimpleNamespace(output_dir="runs/dpo_tiny"))
+    line = _done_line(("train",), cfg, {"steps": 8, "final_eval": {"eval/accuracy": 0.625}})
+    assert line == "done: prefopt train -> runs/dpo_tiny, 8 steps, final eval/accuracy 0.625"
+    assert _done_line(("data", "build"), SimpleNamespace(output_dir="runs/data/x"), {}) == \
+        "done: prefopt data build -> runs/data/x"

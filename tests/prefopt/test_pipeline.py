@@ -24,7 +24,7 @@ def _pipeline(tmp_path, shared_data, steps=2):
         "kind": "train", "algorithm": "dpo", "model": {"name": "tiny-llama"},
         "data": {"path": "unused", "max_length": 64, "max_prompt_length": 32, "overlong": "truncate_left"},
         "optim": {"lr": 1e-3, "warmup_ratio": 0.0}, "batch_size": 2, "max_steps": steps,
-        "run": {"tensorboard": False}}))
+        "run": {"report_to": []}}))
     run_cfg = tmp_path / "run.yaml"
     run_cfg.write_text(yaml.safe_dump({
         "kind": "run", "output_dir": str(tmp_path / "out"),

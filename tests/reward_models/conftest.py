@@ -57,7 +57,7 @@ def base_config(data: Path, out: Path) -> dict:
                      "overlong": "truncate_left"},
             "optim": {"lr": 1.0e-2, "warmup_ratio": 0.0},
             "batch_size": 4, "max_steps": 6,
-            "run": {"output_dir": str(out), "seed": 0, "tensorboard": False, "log_every": 1}}
+            "run": {"output_dir": str(out), "seed": 0, "report_to": [], "log_every": 1}}
 
 
 def make_config(data: Path, out: Path, overrides: list[str] | None = None, **sections):

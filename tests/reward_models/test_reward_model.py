@@ -144,11 +144,14 @@ def test_lora_heads_saved_and_reloaded_bit_exact(kind, tmp_path):
     with torch.no_grad():
         ref = _values(rm(ids, mask, prompt_lengths=plen))
     rm.save_pretrained(tmp_path)
-    assert (tmp_path / "adapter_config.json").is_file() and (tmp_path / REWARD_HEAD).is_file()
+    # bt: the head rides in the SEQ_CLS adapter (modules_to_save); gpm: beside it in reward_head
+    head_file = tmp_path / ("adapter_model.safetensors" if kind == "bt" else REWARD_HEAD)
+    assert (tmp_path / "adapter_config.json").is_file() and head_file.is_file()
+    assert (tmp_path / REWARD_HEAD).is_file() == (kind != "bt")
     back = RewardModel.load(tmp_path, backbone=tiny_lm(0)).eval()
     with torch.no_grad():
         assert torch.equal(_values(back(ids, mask, prompt_lengths=plen)), ref)
-    (tmp_path / REWARD_HEAD).unlink()
+    head_file.unlink()
     with pytest.raises(ModelLoadError, match="missing"):
         RewardModel.load(tmp_path, backbone=tiny_lm(0))
 

@@ -84,7 +84,8 @@ def test_bt_lora_heads_saved_with_adapter_and_reloaded_exactly(rm_data, tmp_path
     summary = run_rm_train(cfg)
     _assert_decreases(out)
     final = out / "final"
-    assert (final / "adapter_model.safetensors").is_file() and (final / "reward_head.safetensors").is_file()
+    assert (final / "adapter_model.safetensors").is_file() and not (final / "reward_head.safetensors").exists()
+    assert json.loads((final / "adapter_config.json").read_text())["task_type"] == "SEQ_CLS"
     model = RewardModel.load(final, backbone=make_tiny_model("tiny-llama", seed=0)).eval()
     # bit-exact: the reloaded trainable weights equal the step-6 checkpoint (taken after the last step)
     trained = load_file(str(out / "checkpoints" / "step-000006" / "trainable.safetensors"))
@@ -93,8 +94,8 @@ def test_bt_lora_heads_saved_with_adapter_and_reloaded_exactly(rm_data, tmp_path
     from transformers import AutoTokenizer
 
     _assert_same_eval(summary, _eval_reloaded(cfg, model, AutoTokenizer.from_pretrained(str(final))))
-    (final / "reward_head.safetensors").unlink()
-    with pytest.raises(ModelLoadError, match="reward_head.safetensors is missing"):
+    (final / "adapter_model.safetensors").unlink()
+    with pytest.raises(ModelLoadError, match="adapter_model.safetensors is missing"):
         RewardModel.load(final, backbone=make_tiny_model("tiny-llama", seed=0))
 
 

@@ -40,6 +40,11 @@ def test_bt_end_to_end_and_rerun_skips(tmp_path, rb_slice, bt_dir):
     assert res["model_type"] == "bt" and (out / "rewardbench.png").stat().st_size > 1000
     rows = _scores(out)
     assert len(rows) == 46 and all({"chosen_score", "rejected_score"} <= set(r) for r in rows)
+    assert res["Chat"] == res["sections"]["Chat"] and res["chat_template"] == "tokenizer"
+    official = [json.loads(x) for x in (out / "per_example.jsonl").read_text().splitlines()]
+    assert len(official) == 46
+    assert all(set(r) == {"id", "subset", "scores_chosen", "scores_rejected", "results"} for r in official)
+    assert all(r["results"] == float(r["scores_chosen"] > r["scores_rejected"]) for r in official)
     before = (out / "scores.jsonl").read_bytes()
     _, res2 = _run(tmp_path, rb_slice, "--model", str(bt_dir), "--batch-size", "8")
     assert (out / "scores.jsonl").read_bytes() == before and res2 == res

@@ -79,6 +79,14 @@ def test_constructed_case_by_hand():
     assert not res.is_full_set and res.n_examples == 8
     d = res.to_dict()
     assert d["model"] == "toy" and json.loads(json.dumps(d))["sections"]["Safety"] is None
+    # official layout: flat per-subset accuracies and section scores beside model / model_type / chat_template
+    assert d["alpacaeval-easy"] == 0.5 and d["mt-bench-easy"] == pytest.approx(2 / 3) and d["hep-go"] == 0.0
+    assert d["Chat"] == pytest.approx((50 + 28 * 2 / 3) / 128) and "Safety" not in d
+    assert {"model_type", "chat_template"} <= set(d)
+    ex = [rb.official_example_row(r) for r in rows[:2]]
+    assert ex[0] == {"id": rows[0].get("id"), "subset": "alpacaeval-easy", "scores_chosen": 2,
+                     "scores_rejected": 1, "results": 1.0}
+    assert ex[1]["results"] == 0.0  # (1 = 1): a tie is wrong
 
 
 def test_model_type_rules():

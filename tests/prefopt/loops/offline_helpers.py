@@ -62,7 +62,7 @@ def make_cfg(data_path: Path, out: Path, **over: Any) -> Any:
         "data": {"path": str(data_path), "max_length": 48, "max_prompt_length": 24, "overlong": "truncate_left",
                  "max_eval_examples": 4},
         "optim": {"lr": 1e-3, "warmup_ratio": 0.0, "scheduler": "constant", "max_grad_norm": 0.0},
-        "run": {"output_dir": str(out), "seed": 0, "tensorboard": False, "log_every": 1},
+        "run": {"output_dir": str(out), "seed": 0, "report_to": [], "log_every": 1},
         "batch_size": 2,
         "epochs": 1.0,
     }

@@ -17,4 +17,4 @@ def make_cfg(model_dir: Path, out, algorithm: str, loss: dict | None = None, **o
         "algorithm": algorithm, "loss": loss or {}, "model": {"name": str(model_dir)},
         "optim": {"lr": 1e-3, "warmup_ratio": 0.0, "scheduler": "constant"},
         "online": {**BASE, **online},
-        "run": {"output_dir": str(out), "tensorboard": False, "log_every": 1, "seed": 0}})
+        "run": {"output_dir": str(out), "report_to": [], "log_every": 1, "seed": 0}})

@@ -46,7 +46,7 @@ def _cfg(tmp_path, pairs_dir, **run):
         "kind": "train", "algorithm": "dpo", "model": {"name": "tiny-llama"},
         "data": {"path": str(pairs_dir), "max_length": 64, "max_prompt_length": 32, "overlong": "truncate_left"},
         "optim": {"lr": 1e20, "warmup_ratio": 0.0, "max_grad_norm": 0.0}, "batch_size": 2, "max_steps": 4,
-        "run": {"output_dir": str(tmp_path / "run"), "save_every": 1, "tensorboard": False, **run}}))
+        "run": {"output_dir": str(tmp_path / "run"), "save_every": 1, "report_to": [], **run}}))
     return load_config(path)
 
 

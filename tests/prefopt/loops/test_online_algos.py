@@ -129,7 +129,7 @@ def test_grpo_raises_expected_reward(eos_model_dir, tmp_path):
         "online": {"prompts": {"kind": "arithmetic", "n": 4, "n_eval": 0},
                    "reward": {"functions": [{"name": "max_length", "kwargs": {"max_tokens": 2}}]},
                    "rounds": 6, "prompts_per_round": 2, "num_generations": 8, "max_new_tokens": 4},
-        "run": {"output_dir": str(tmp_path), "tensorboard": False}})
+        "run": {"output_dir": str(tmp_path), "report_to": []}})
     examples = arithmetic_prompts(4, seed=0)
     before, tok = load_causal_lm(str(eos_model_dir))
     p0 = _first_eos_prob(before, tok, examples)
@@ -150,7 +150,7 @@ def test_resume_reproduces_uninterrupted_run(eos_model_dir, tmp_path):
     def cfg(out, rounds):
         c = make_cfg(eos_model_dir, out, "grpo", {"beta": 0.04}, rounds=rounds)
         return from_dict(TrainConfig, {**_plain(c), "run": {"output_dir": str(out), "save_every": 1,
-                                                            "tensorboard": False}})
+                                                            "report_to": []}})
 
     run_online(cfg(tmp_path / "a", 2))
     resumed = run_online(cfg(tmp_path / "a", 3))

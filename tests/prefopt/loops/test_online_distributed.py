@@ -29,7 +29,7 @@ def test_grpo_zero2_two_processes(eos_model_dir, tmp_path):
            "online": {"prompts": {"kind": "arithmetic", "n": 8, "n_eval": 2},
                       "reward": {"functions": [{"name": "max_length", "kwargs": {"max_tokens": 4}}]},
                       "rounds": 2, "prompts_per_round": 2, "num_generations": 4, "max_new_tokens": 8},
-           "run": {"output_dir": str(tmp_path / "run"), "save_every": 2, "tensorboard": False}}
+           "run": {"output_dir": str(tmp_path / "run"), "save_every": 2, "report_to": []}}
     path = tmp_path / "grpo.yaml"
     path.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
