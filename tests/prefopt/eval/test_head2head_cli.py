@@ -111,7 +111,7 @@ def test_empty_generations_stop_then_allow_empty(tmp_path, shared_data, bt_dir, 
     out = tmp_path / "empty"
     args = ["--policy-a", "silent-a", "--policy-b", "silent-b", "--prompts", str(shared_data / REF), "--limit", "2",
             "--judge", "rm", "--judge-model", str(bt_dir), "--max-length", "64", "--out", str(out)]
-    with pytest.raises(DataError, match=r"outputs_a.jsonl: field 'output': policy A \(silent-a\) returned empty "
+    with pytest.raises(DataError, match=r"outputs_a.jsonl, field 'output': policy A \(silent-a\) returned empty "
                                         r"text for 2 prompt\(s\) \(indices \[0, 1\]\)"):
         cli_main(args)
     calls = _Silent.calls
@@ -127,10 +127,10 @@ def test_mismatched_and_bad_outputs_files(tmp_path, shared_data, bt_dir):
     common = ["--prompts", str(shared_data / REF), "--limit", "3", "--judge", "rm", "--judge-model", str(bt_dir),
               "--out", str(tmp_path / "o")]
     short = _outputs(tmp_path / "short.json", instr[:2], ["1", "2"], "b")
-    with pytest.raises(DataError, match=r"short.json: field 'instruction': no output for prompt 2 .*does not match"):
+    with pytest.raises(DataError, match=r"short.json, field 'instruction': no output for prompt 2 .*does not match"):
         cli_main(["--outputs-a", str(a), "--outputs-b", str(short), *common])
     empty = _outputs(tmp_path / "empty.json", instr, ["1", "  ", "3"], "b")
-    with pytest.raises(DataError, match=r"empty.json: line 2, field 'output': empty text"):
+    with pytest.raises(DataError, match=r"empty.json, line 2, field 'output': empty text"):
         cli_main(["--outputs-a", str(a), "--outputs-b", str(empty), *common])
     with pytest.raises(DataError, match="outputs file not found"):
         cli_main(["--outputs-a", str(a), "--outputs-b", str(tmp_path / "none.json"), *common])
@@ -153,7 +153,7 @@ def test_prompt_sources(tmp_path, shared_data):
     assert ae[1]["instruction"] == _instructions(shared_data, 2)[1] and ae[1]["prompt"][0]["role"] == "user"
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"question": "x"}) + "\n")
-    with pytest.raises(DataError, match=r"bad.jsonl: line 1: cannot tell the prompt format"):
+    with pytest.raises(DataError, match=r"bad.jsonl, line 1: cannot tell the prompt format"):
         load_prompts(str(bad), None)
 
 
