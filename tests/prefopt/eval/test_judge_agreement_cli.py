@@ -124,3 +124,42 @@ def test_bad_inputs(tmp_path, bt_dir):
     ties.write_text(json.dumps({"instruction": "q", "output_1": "a", "output_2": "b", "preference": 1.5}) + "\n")
     with pytest.raises(DataError, match=r"no labelled \(non-tie\) pairs \(1 ties skipped\)"):
         cli_main(["--judge", "rm", "--data", str(ties), *common])
+
+
+class _ScriptedJudge:
+    """Order-sensitive fake judge: prefers the longer answer; raises on call number ``fail_at``."""
+
+    name = "scripted"
+
+    def __init__(self, fail_at: int | None = None):
+        self.calls, self.fail_at = 0, fail_at
+
+    def annotate(self, instructions, references, outputs, *, keys=None):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise ConfigError("http judge failed: HTTP 503 from http://judge/v1/chat/completions")
+        return [{"preference": 2.0 if len(o) > len(r) else 1.0, "p_output_first": 1.0 if len(o) > len(r) else 0.0,
+                 "p_reference_first": 0.0 if len(o) > len(r) else 1.0} for r, o in zip(references, outputs, strict=True)]
+
+
+def test_judge_failing_mid_run_resumes_without_duplicates(tmp_path, monkeypatch):
+    import prefopt.eval.judge_agreement as JA
+
+    data = _pairs_file(tmp_path / "pairs.jsonl")
+    out = tmp_path / "flaky"
+    args = ["--judge", "http", "--judge-model", "scripted", "--data", str(data), "--judge-batch-size", "1",
+            "--out", str(out)]
+    flaky = _ScriptedJudge(fail_at=2)
+    monkeypatch.setattr(JA, "make_cli_judge", lambda a: flaky)
+    with pytest.raises(ConfigError, match="HTTP 503"):
+        cli_main(args)
+    assert len(_stored(out)) == 1  # the first pair was kept
+    healthy = _ScriptedJudge()
+    monkeypatch.setattr(JA, "make_cli_judge", lambda a: healthy)
+    assert cli_main(args) == 0
+    rows = _stored(out)
+    assert healthy.calls == 2 and sorted(r["row"] for r in rows) == [1, 2, 3]  # nothing judged twice
+    res = json.loads((out / "results.json").read_text())
+    # always-longer judge: agrees with the labels on pairs 2 and 3 (chosen longer), not on pair 1
+    assert res["agreement"] == pytest.approx(2 / 3) and res["longer_pref_judge"] == 1.0
+    assert res["position_consistency"]["value"] == 1.0 and res["longer_baseline_agreement"] == pytest.approx(2 / 3)
