@@ -5,7 +5,8 @@ agreement, RewardBench and best-of-N runs; writes ``headline.json`` with the key
 
 ``win_rate, ci_low, ci_high, n, judge, judge_agreement`` (the head-to-head result: policy B's win rate
 over policy A with its 95 % interval, and the judge's measured agreement with reference labels:
-``{agreement, ci_low, ci_high, n, data}`` or ``null`` when unmeasured), plus ``trained``, ``policy_a``,
+``{agreement, ci_low, ci_high, n, data}`` or ``null`` when unmeasured), ``judge_agreement_in_domain``
+(the same against human labels of the evaluation prompts' own distribution), plus ``trained``, ``policy_a``,
 ``policy_b``, ``significant`` (``ci_low > 0.5``), ``rewardbench`` (score and sections) and ``bon``
 (the reward model's best-of-N curve beside random and oracle picks).
 
@@ -73,12 +74,13 @@ def _bon(res: dict | None) -> dict[str, Any] | None:
 
 
 def build_headline(h2h: dict, agreement: dict | None, rewardbench: dict | None, bon: dict | None,
-                   trained: str) -> dict[str, Any]:
+                   trained: str, in_domain: dict | None = None) -> dict[str, Any]:
     """The headline dict (see the module docstring)."""
     _need(h2h, ("win_rate", "ci_low", "ci_high", "n", "judge"), "head-to-head")
     agree = _agreement(agreement) or h2h.get("judge_agreement")
     return {"win_rate": h2h["win_rate"], "ci_low": h2h["ci_low"], "ci_high": h2h["ci_high"], "n": h2h["n"],
-            "judge": h2h["judge"], "judge_agreement": agree, "significant": h2h["ci_low"] > 0.5,
+            "judge": h2h["judge"], "judge_agreement": agree, "judge_agreement_in_domain": _agreement(in_domain),
+            "significant": h2h["ci_low"] > 0.5,
             "trained": trained, "policy_a": h2h.get("name_a"), "policy_b": h2h.get("name_b"),
             "ties": h2h.get("ties"), "interval": h2h.get("interval"),
             "mean_len_a": h2h.get("mean_len_a"), "mean_len_b": h2h.get("mean_len_b"),
@@ -91,6 +93,9 @@ def headline_text(h: dict[str, Any]) -> str:
     trust = ("judge UNVALIDATED (agreement not measured)" if a is None else
              f"judge agreement {100 * a['agreement']:.1f}% [{100 * a['ci_low']:.1f}, {100 * a['ci_high']:.1f}] "
              f"(n={a['n']})")
+    dom = h.get("judge_agreement_in_domain")
+    if dom is not None:
+        trust += f"; in-domain {100 * dom['agreement']:.1f}% [{100 * dom['ci_low']:.1f}, {100 * dom['ci_high']:.1f}] (n={dom['n']})"
     verdict = "significant" if h["significant"] else "NOT significant (95% interval includes 50%)"
     return (f"{h['policy_b']} vs {h['policy_a']}: win rate {100 * h['win_rate']:.1f}% "
             f"[{100 * h['ci_low']:.1f}, {100 * h['ci_high']:.1f}] n={h['n']} ({verdict}); judge {h['judge']}; "
@@ -101,6 +106,7 @@ def cli_main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="prefopt eval headline", description=__doc__.split("\n\n")[0])
     p.add_argument("--h2h", required=True, help="head-to-head folder (or its results.json)")
     p.add_argument("--judge-agreement", help="judge-agreement folder (or results.json)")
+    p.add_argument("--judge-agreement-in-domain", help="judge-agreement folder on the evaluation prompts' domain")
     p.add_argument("--rewardbench", help="RewardBench folder (or results.json)")
     p.add_argument("--bon", help="best-of-N folder (or results.json)")
     p.add_argument("--trained", default="", help="what was trained, in words")
@@ -108,7 +114,8 @@ def cli_main(argv: Sequence[str]) -> int:
     p.add_argument("--out", required=True, help="folder for headline.json")
     args = p.parse_args(list(argv))
     h = build_headline(_results(args.h2h, "head-to-head"), _results(args.judge_agreement, "judge-agreement"),
-                       _results(args.rewardbench, "RewardBench"), _results(args.bon, "best-of-N"), args.trained)
+                       _results(args.rewardbench, "RewardBench"), _results(args.bon, "best-of-N"), args.trained,
+                       _results(args.judge_agreement_in_domain, "judge-agreement (in-domain)"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "headline.json"] + ([Path(args.write)] if args.write else [])

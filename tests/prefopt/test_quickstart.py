@@ -50,6 +50,8 @@ def test_quickstart_end_to_end_tiny(tmp_path, monkeypatch, repo_root, shared_dat
     assert h["n"] == 5 and 0.0 <= h["ci_low"] <= h["win_rate"] <= h["ci_high"] <= 1.0
     assert h["judge_agreement"]["n"] == agree["n"] and h["judge_agreement"]["agreement"] == agree["agreement"]
     assert h["significant"] == (h["ci_low"] > 0.5) and h["bon"]["ns"] == bon["ns"]
+    dom = _json(out / "judge_agreement_hh" / "results.json")
+    assert dom["n"] == 4 and h["judge_agreement_in_domain"]["agreement"] == dom["agreement"]
     assert h["rewardbench"]["score"] is not None
 
     # the AlpacaEval results carry the judge's measured agreement

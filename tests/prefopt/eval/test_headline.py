@@ -25,6 +25,9 @@ def test_headline_keys_and_significance(tmp_path):
         {"win_rate": 0.62, "ci_low": 0.55, "ci_high": 0.68, "n": 200, "judge": "rm:bt:final"}
     assert h["judge_agreement"]["agreement"] == 0.58 and h["significant"] is True
     assert "win rate 62.0% [55.0, 68.0] n=200 (significant)" in headline_text(h)
+    assert h["judge_agreement_in_domain"] is None
+    h2 = build_headline(H2H, AGREE, None, None, "DPO", in_domain={**AGREE, "agreement": 0.63, "n": 87})
+    assert "in-domain 63.0% [51.0, 65.0] (n=87)" in headline_text(h2)
 
 
 def test_not_significant_and_unvalidated_judge_said_plainly():
