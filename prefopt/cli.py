@@ -43,6 +43,15 @@ CONFIG_COMMANDS: dict[tuple[str, ...], tuple[str | None, str]] = {
     ("run",): ("run", "prefopt.pipeline:run_pipeline"),
 }
 
+# Where each config-driven command writes (a dotted key of its config); that folder is locked for the
+# whole command and, except for `run` (whose stages keep their own), holds the run's fingerprint.
+OUTPUT_FOLDER_KEY: dict[tuple[str, ...], tuple[str, bool]] = {
+    ("data", "build"): ("output_dir", True),
+    ("train",): ("run.output_dir", True),
+    ("rm", "train"): ("run.output_dir", True),
+    ("run",): ("output_dir", False),
+}
+
 # Commands with their own argument parsers: (words) -> "module:function" taking argv.
 ARGV_COMMANDS: dict[tuple[str, ...], str] = {
     ("eval", "rewardbench"): "prefopt.eval.rewardbench:cli_main",
@@ -105,20 +114,36 @@ def _cmd_validate(args: Sequence[str]) -> int:
     return 0
 
 
+def _dotted(cfg: object, key: str) -> object:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
 def _run_config_command(words: tuple[str, ...], args: Sequence[str]) -> int:
-    from prefopt.core.config import load_config
+    from prefopt.core.config import load_config, to_dict
+    from prefopt.core.rundir import config_fingerprint, guarded_folder
 
     expect, target = CONFIG_COMMANDS[words]
+    overwrite = "--overwrite" in args
+    args = [a for a in args if a != "--overwrite"]
     if not args or args[0].startswith("-"):
-        raise PrefoptError(f"usage: prefopt {' '.join(words)} CONFIG.yaml [key=value ...]")
+        raise PrefoptError(f"usage: prefopt {' '.join(words)} CONFIG.yaml [key=value ...] [--overwrite]")
     cfg = load_config(args[0], list(args[1:]), expect=expect)
-    result = _resolve(target)(cfg)
+    validate = getattr(cfg, "validate", None)
+    if callable(validate):
+        validate()
+    key, fingerprinted = OUTPUT_FOLDER_KEY[words]
+    fp = config_fingerprint(to_dict(cfg)) if fingerprinted else None
+    with guarded_folder(str(_dotted(cfg, key)), fp, overwrite=overwrite, command=f"prefopt {' '.join(words)}",
+                        what=f"'{' '.join(words)}' run"):
+        result = _resolve(target)(cfg)
     return int(result) if isinstance(result, int) else 0
 
 
 def _usage() -> str:
     cmds = ["ls [losses|algorithms|datasets|judges|reward_models|...]", "validate CONFIG [k=v ...]"]
-    cmds += [f"{' '.join(w)} CONFIG [k=v ...]" for w in CONFIG_COMMANDS]
+    cmds += [f"{' '.join(w)} CONFIG [k=v ...] [--overwrite]" for w in CONFIG_COMMANDS]
     cmds += [f"{' '.join(w)} ..." for w in ARGV_COMMANDS]
     return "usage: prefopt COMMAND\n\ncommands:\n" + "\n".join(f"  prefopt {c}" for c in cmds)
 

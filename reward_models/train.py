@@ -144,6 +144,7 @@ def train_one(cfg: Any, final_dir: Path, member_seed: int | None = None, boot: b
     if ckpt is not None:
         state = load_checkpoint(ckpt, model, backend)
         step, pos = state["step"], state["data_pos"]
+    logger.rewind(step if ckpt is not None else -1)  # never repeat steps a resumed run logs again
     if backend.is_main:
         atomic_write_json(run_dir / "data_stats.json", {"train": stats, "train_items": len(items),
                                                         "eval_items": len(eval_items), "steps": total})

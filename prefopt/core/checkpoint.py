@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from prefopt.core.errors import PrefoptError
-from prefopt.core.io import atomic_write_json
+from prefopt.core.io import atomic_write_json, output_errors
 
 PREFIX = "step-"
 EXTRA_FILE = "extra.safetensors"
@@ -86,6 +86,12 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, back
     covered by the manifest; read them back with :func:`load_extra_tensors`.
     """
     final = _folder(Path(run_dir), step)
+    with output_errors(final):
+        return _save(final, step, model, backend, state, keep_last, tensors)
+
+
+def _save(final: Path, step: int, model: torch.nn.Module, backend: Any, state: dict[str, Any], keep_last: int,
+          tensors: dict[str, torch.Tensor] | None) -> Path:
     tmp = final.parent / f".tmp-{final.name}"
     if backend.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -134,18 +140,27 @@ def verify(folder: Path) -> None:
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """Newest complete checkpoint under ``run_dir`` (verified), or None. Partial ones are reported."""
+    """Newest complete, verified checkpoint under ``run_dir``, or None. Partial ones are reported; a
+    corrupt one is moved aside to ``checkpoints/.corrupt-step-N`` with a warning and the next newer
+    complete one is used."""
     folder = Path(run_dir) / "checkpoints"
     if not folder.exists():
         return None
     for tmp in folder.glob(".tmp-*"):
         warnings.warn(f"ignoring partial checkpoint {tmp} (the run was interrupted while saving)",
                       stacklevel=2)
-    done = sorted(folder.glob(f"{PREFIX}*"))
-    if not done:
-        return None
-    verify(done[-1])
-    return done[-1]
+    for candidate in sorted(folder.glob(f"{PREFIX}*"), reverse=True):
+        try:
+            verify(candidate)
+        except CheckpointError as exc:
+            aside = folder / f".corrupt-{candidate.name}"
+            shutil.rmtree(aside, ignore_errors=True)
+            candidate.rename(aside)
+            warnings.warn(f"{exc}; moved it aside to {aside} and falling back to the previous complete "
+                          "checkpoint", stacklevel=2)
+            continue
+        return candidate
+    return None
 
 
 def load_checkpoint(folder: str | Path, model: torch.nn.Module, backend: Any) -> dict[str, Any]:

@@ -86,6 +86,29 @@ class MetricLogger:
             print(f"step {step}: {shown}", file=sys.stderr, flush=True)
         return values
 
+    def rewind(self, step: int) -> int:
+        """Drop logged rows after ``step`` (call on resume with the checkpoint's step, or -1 for a fresh
+        start) so the file never repeats steps; returns the number of rows dropped."""
+        if not self.enabled or self._fh is None:
+            return 0
+        from prefopt.core.io import atomic_write_text
+
+        self._fh.close()
+        path = Path(self._fh.name)
+        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        kept = []
+        for ln in lines:
+            try:
+                row_step = json.loads(ln).get("step", 0)
+            except json.JSONDecodeError:  # a torn last line from a killed run
+                continue
+            if isinstance(row_step, (int, float)) and row_step <= step:
+                kept.append(ln)
+        if len(kept) != len(lines):
+            atomic_write_text(path, "".join(ln + "\n" for ln in kept))
+        self._fh = open(path, "a", encoding="utf-8")
+        return len(lines) - len(kept)
+
     def close(self) -> None:
         if self._fh is not None:
             self._fh.close()

@@ -292,6 +292,7 @@ def run_offline(cfg: Any) -> dict[str, Any]:  # noqa: C901, PLR0915 - the loop, 
     if cfg.reference.mode == "precompute" and ctx.reference is not None:
         _prepare_reference_cache(ctx, model, items, eval_items, cfg, run_dir, backend)
     ckpt, step, stage_i, pos = _restore(cfg, spec, ctx, model, backend, run_dir)
+    logger.rewind(step if ckpt is not None else -1)  # never repeat steps a resumed run logs again
     if backend.is_main:
         atomic_write_json(run_dir / "data_stats.json", {"train": data_stats, "eval_items": len(eval_items),
                                                         "stage_steps": plan.stage_steps})
