@@ -28,6 +28,7 @@ REASONS = {
     "prompt_mismatch": "chosen and rejected transcripts do not share the same prompt turns",
     "bad_transcript": "a dialogue that cannot be split into prompt + final assistant reply",
     "bad_value": "a value outside its allowed range",
+    "no_preference": "a ranked list whose scores are all equal (states no preference)",
 }
 
 

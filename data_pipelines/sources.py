@@ -203,20 +203,31 @@ def infer_kind(rec: dict[str, Any]) -> str:
     return "prompt"
 
 
-def load_examples(path: str | Path, kind: str | None = None) -> list:
-    """Load a built ``train.jsonl``/``test.jsonl`` back into schema records.
+def load_examples(path: str | Path, kind: str | None = None, issues: Issues | None = None,
+                  limit: int | None = None) -> list:
+    """Load a built ``train.jsonl``/``test.jsonl`` (or any records given straight to ``train`` / ``rm
+    train``) through the same checks ``data build`` makes: the generic adapter of the schema validates
+    every field (file, line and field in each error; ``issues`` applies the ``on_error`` policy).
 
     Args:
-        path: a file written by :func:`data_pipelines.build.run_build`.
+        path: a ``.jsonl`` / ``.json`` / ``.parquet`` file (e.g. written by :func:`data_pipelines.build.run_build`).
         kind: ``pairwise``/``ranked``/``group``/``prompt``; inferred per record when ``None``.
+        issues: error policy and skip counter (default: raise on the first bad record).
+        limit: stop after this many valid examples.
     """
-    from data_pipelines.schemas import SCHEMAS
+    from data_pipelines.adapters import adapt
 
+    issues = issues or Issues("raise")
+    records = list(read_records(str(path), issues=issues))
+    source = Path(path).stem
+    if kind is None:  # each record's own schema (a file may mix them)
+        stream = (ex for rec in records for ex in adapt(infer_kind(rec.data), [rec], issues=issues,
+                                                        source=source, keep_record_source=True))
+    else:
+        stream = adapt(kind, records, issues=issues, source=source, keep_record_source=True)
     out = []
-    for rec in iter_jsonl(path):
-        cls = SCHEMAS[kind or infer_kind(rec.data)]
-        try:
-            out.append(cls.from_record(rec.data))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DataError(f"not a {cls.__name__} record: {exc!r}", file=rec.file, line=rec.line) from None
+    for ex in stream:
+        out.append(ex)
+        if limit is not None and len(out) >= limit:
+            break
     return out

@@ -171,9 +171,21 @@ def load_checkpoint(folder: str | Path, model: torch.nn.Module, backend: Any) ->
         backend.load_engine_state(str(folder / "engine"))
     else:
         _copy_trainable(folder, model)
-        backend.load_state_dict(torch.load(folder / "optim.pt", weights_only=True))
-    set_rng_state(torch.load(folder / "rng.pt", weights_only=True))
+        backend.load_state_dict(_load_tensors_file(folder / "optim.pt"))
+    set_rng_state(_load_tensors_file(folder / "rng.pt"))
     return json.loads((folder / "state.json").read_text())
+
+
+def _load_tensors_file(path: Path) -> Any:
+    """``torch.load(weights_only=True)``; a file holding anything but tensors and plain containers (e.g. a
+    pickle that would run code) is refused with a :class:`CheckpointError` naming it."""
+    import pickle
+
+    try:
+        return torch.load(path, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"refusing to load {path}: not a plain tensor file ({first})") from None
 
 
 def load_extra_tensors(folder: str | Path) -> dict[str, torch.Tensor]:

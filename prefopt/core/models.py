@@ -286,6 +286,28 @@ def make_tiny_model(name: str = "tiny-llama", seed: int = 0, dtype: str = "float
     return model.to(torch_dtype(dtype)).eval()
 
 
+ALLOW_PICKLE_ENV = "PREFOPT_ALLOW_PICKLE"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+def pickle_allowed() -> bool:
+    """Pickled weights load only with the explicit opt-in ``PREFOPT_ALLOW_PICKLE=1`` (they can run code)."""
+    return os.environ.get(ALLOW_PICKLE_ENV) == "1"
+
+
+def refuse_pickled_weights(path: str | os.PathLike) -> None:
+    """Raise :class:`ModelLoadError` naming the file when a local model folder holds weights only as
+    pickles (``pytorch_model.bin``, ``adapter_model.bin``, ...) and no safetensors file."""
+    folder = Path(path)
+    if not folder.is_dir() or pickle_allowed() or any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(f.name for f in folder.iterdir() if f.suffix in PICKLE_SUFFIXES and f.name != "training_args.bin")
+    if pickles:
+        raise ModelLoadError(f"{folder}: refusing to load pickled weights {pickles[0]} (a pickle can run code "
+                             f"when loaded); convert it to safetensors, or set {ALLOW_PICKLE_ENV}=1 if you trust "
+                             "this folder")
+
+
 def load_causal_lm(name_or_path: str, dtype: str = "float32", trust_remote_code: bool = False,
                    revision: str | None = None, *, seed: int = 0,
                    attn_implementation: str | None = None) -> tuple[Any, Any]:
@@ -313,7 +335,9 @@ def load_causal_lm(name_or_path: str, dtype: str = "float32", trust_remote_code:
         source, hub_kwargs = str(prepare_embedded_model()), {}
     else:
         source, hub_kwargs = _resolve_source(name_or_path), {"revision": revision}
-    kwargs: dict[str, Any] = {"dtype": torch_dt, "trust_remote_code": trust_remote_code, **hub_kwargs}
+    refuse_pickled_weights(source)
+    kwargs: dict[str, Any] = {"dtype": torch_dt, "trust_remote_code": trust_remote_code,
+                              "use_safetensors": not pickle_allowed(), **hub_kwargs}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     try:
