@@ -74,9 +74,12 @@ class MetricLogger:
         if not self.enabled:
             return values
         row = {"step": step, "time_s": round(time.time() - self._start, 3), **values}
-        self._fh.write(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                                   for k, v in row.items()}) + "\n")
-        self._fh.flush()
+        from prefopt.core.io import output_errors
+
+        with output_errors(self._fh.name):
+            self._fh.write(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                                       for k, v in row.items()}) + "\n")
+            self._fh.flush()
         if self._tb is not None:
             for k, v in values.items():
                 self._tb.add_scalar(k, v, step)

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from corpus import earlier_outputs, snapshot, unchanged
@@ -116,6 +117,30 @@ def test_a_second_process_fails_at_once_naming_the_holder(tmp_path):
         holder.communicate("\n")
     with run_lock(out):  # the holder exited: the folder is free again
         pass
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "{repo}/configs/dpo/tiny.yaml", "run.output_dir={out}"],
+    ["eval", "rewardbench", "--model", "m", "--out", "{out}"],
+    ["eval", "alpacaeval", "--model-outputs", "none.json", "--out", "{out}"],
+    ["run", "{repo}/configs/quickstart.yaml", "output_dir={out}"],
+], ids=["train", "eval_rewardbench", "eval_alpacaeval", "run"])
+def test_every_command_refuses_a_folder_in_use(tmp_path, capsys, argv):
+    from prefopt.cli import main
+
+    out = earlier_outputs(tmp_path / "run")
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env={**os.environ, "RANK": "0"})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = snapshot(tmp_path)
+        repo = str(Path(__file__).resolve().parents[2])
+        assert main([a.replace("{out}", str(out)).replace("{repo}", repo) for a in argv]) == 2
+        err = capsys.readouterr().err
+        assert f"error: output folder {out} is in use by another run (pid {holder.pid} on " in err
+        assert unchanged(before, tmp_path) == []
+    finally:
+        holder.communicate("\n")
 
 
 def test_a_stale_lock_from_a_killed_process_does_not_block(tmp_path):
