@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from prefopt.core.errors import PrefoptError
+from prefopt.core.errors import OutputError, PrefoptError
 from prefopt.core.io import atomic_write_json, output_errors
 
 PREFIX = "step-"
@@ -86,8 +86,15 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, back
     covered by the manifest; read them back with :func:`load_extra_tensors`.
     """
     final = _folder(Path(run_dir), step)
-    with output_errors(final):
-        return _save(final, step, model, backend, state, keep_last, tensors)
+    try:
+        with output_errors(final):
+            return _save(final, step, model, backend, state, keep_last, tensors)
+    except RuntimeError as exc:  # torch.save / safetensors report a failed write (disk full) this way
+        if "writ" not in str(exc).lower():
+            raise
+        shutil.rmtree(final.parent / f".tmp-{final.name}", ignore_errors=True)
+        raise OutputError(f"cannot write checkpoint {final}: {str(exc).splitlines()[0][:160]}; earlier "
+                          "checkpoints are kept unchanged") from None
 
 
 def _save(final: Path, step: int, model: torch.nn.Module, backend: Any, state: dict[str, Any], keep_last: int,

@@ -213,3 +213,29 @@ def test_corrupt_newest_checkpoint_falls_back_and_is_kept_aside(tmp_path):
                       r"it aside to .*\.corrupt-step-000004 and falling back to the previous complete checkpoint"):
         assert latest_checkpoint(tmp_path) == folder / "step-000002"
     assert (folder / ".corrupt-step-000004" / "state.json").read_text() == '{"step": 5}'
+
+
+def test_disk_full_while_saving_a_checkpoint_keeps_the_earlier_one(tmp_path, monkeypatch):
+    import torch
+
+    from prefopt.core.backend import OptimConfig, SingleBackend
+    from prefopt.core.checkpoint import save_checkpoint
+
+    model = torch.nn.Linear(3, 1)
+    backend = SingleBackend(torch.device("cpu"), OptimConfig(lr=0.1, warmup_ratio=0.0))
+    backend.prepare(model, total_steps=10)
+    save_checkpoint(tmp_path, 1, model, backend, {})
+    before = snapshot(tmp_path)
+
+    def full(*a, **k):
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
+
+    monkeypatch.setattr("prefopt.core.checkpoint.torch.save", full)
+    with pytest.raises(OutputError) as info:
+        save_checkpoint(tmp_path, 2, model, backend, {})
+    assert str(info.value) == (f"cannot write checkpoint {tmp_path / 'checkpoints' / 'step-000002'}: [enforce fail "
+                               "at inline_container.cc:626] . PytorchStreamWriter failed writing file data/0: file "
+                               "write failed; earlier checkpoints are kept unchanged")
+    assert unchanged(before, tmp_path) == [] and sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "step-000001"]
