@@ -186,11 +186,11 @@ def load_checkpoint(folder: str | Path, model: torch.nn.Module, backend: Any) ->
 def _load_tensors_file(path: Path) -> Any:
     """``torch.load(weights_only=True)``; a file holding anything but tensors and plain containers (e.g. a
     pickle that would run code) is refused with a :class:`CheckpointError` naming it."""
-    import pickle
-
     try:
         return torch.load(path, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+    except Exception as exc:  # UnpicklingError (torch's weights-only unpickler), RuntimeError, EOFError
+        if type(exc).__name__ not in ("UnpicklingError", "RuntimeError", "EOFError"):
+            raise
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"refusing to load {path}: not a plain tensor file ({first})") from None
 
