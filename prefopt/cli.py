@@ -33,11 +33,14 @@ PLUGIN_MODULES = (
     "prefopt.algorithms",
     "prefopt.eval",
     "prefopt.generation",
+    "prefopt.data.label_config",
+    "prefopt.data.label_scorers",
 )
 
 # Config-driven commands: (words) -> (config kind expected, "module:function" taking the config).
 CONFIG_COMMANDS: dict[tuple[str, ...], tuple[str | None, str]] = {
     ("data", "build"): ("data", "data_pipelines.build:run_build"),
+    ("data", "label"): ("label", "prefopt.data.label:run_label"),
     ("train",): ("train", "prefopt.train:run_train"),
     ("rm", "train"): ("rm", "reward_models.train:run_rm_train"),
     ("run",): ("run", "prefopt.pipeline:run_pipeline"),
@@ -47,6 +50,7 @@ CONFIG_COMMANDS: dict[tuple[str, ...], tuple[str | None, str]] = {
 # whole command and, except for `run` (whose stages keep their own), holds the run's fingerprint.
 OUTPUT_FOLDER_KEY: dict[tuple[str, ...], tuple[str, bool]] = {
     ("data", "build"): ("output_dir", True),
+    ("data", "label"): ("output_dir", False),
     ("train",): ("run.output_dir", True),
     ("rm", "train"): ("run.output_dir", True),
     ("run",): ("output_dir", False),
@@ -56,6 +60,10 @@ OUTPUT_FOLDER_KEY: dict[tuple[str, ...], tuple[str, bool]] = {
 ARGV_COMMANDS: dict[tuple[str, ...], str] = {
     ("eval", "rewardbench"): "prefopt.eval.rewardbench:cli_main",
     ("eval", "alpacaeval"): "prefopt.eval.alpacaeval:cli_main",
+    ("eval", "headline"): "prefopt.eval.headline:cli_main",
+    ("eval", "bon"): "prefopt.eval.bon:cli_main",
+    ("eval", "judge-agreement"): "prefopt.eval.judge_agreement:cli_main",
+    ("eval", "head2head"): "prefopt.eval.head2head:cli_main",
     ("bench",): "benchmarks.cli:cli_main",
     ("report",): "prefopt.report:cli_main",
     ("model", "prepare"): "prefopt.core.models:cli_prepare",

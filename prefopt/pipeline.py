@@ -30,9 +30,12 @@ from prefopt.core.errors import ConfigError
 from prefopt.core.io import atomic_write_json
 from prefopt.core.registry import CONFIG_KINDS
 
-Command = Literal["data build", "train", "rm train", "eval rewardbench", "eval alpacaeval", "report"]
-# Where each config-driven command takes its output folder.
-OUTPUT_KEY = {"data build": "output_dir", "train": "run.output_dir", "rm train": "run.output_dir"}
+Command = Literal["data build", "data label", "train", "rm train", "eval rewardbench", "eval alpacaeval",
+                  "eval bon", "eval judge-agreement", "eval head2head", "eval headline", "report"]
+# Where each config-driven command takes its output folder, and the config kind it reads.
+OUTPUT_KEY = {"data build": "output_dir", "data label": "output_dir", "train": "run.output_dir",
+              "rm train": "run.output_dir"}
+CONFIG_KIND = {"data build": "data", "data label": "label", "train": "train", "rm train": "rm"}
 DONE = ".stage-done.json"
 STARTED = ".stage-started.json"
 
@@ -93,12 +96,10 @@ class RunConfig:
             if not stage.enabled:
                 continue
             if stage.config:
-                expect = {"data build": "data", "train": "train", "rm train": "rm"}[stage.command]
                 try:
-                    cfg = load_config(stage.config, _substitute(stage.overrides, self, stage), expect=expect)
-                    check = getattr(cfg, "validate", None)
-                    if callable(check):
-                        check()
+                    # schema and values only: a stage's own validate() may look for files earlier stages make
+                    load_config(stage.config, _substitute(stage.overrides, self, stage),
+                                expect=CONFIG_KIND[stage.command])
                 except ConfigError as exc:
                     raise ConfigError(f"stage '{stage.name}': {exc}") from None
             else:

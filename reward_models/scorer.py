@@ -22,7 +22,7 @@ from torch import Tensor
 
 from reward_models.ensemble import aggregate, zscore_members
 from reward_models.heads import score_matrix
-from reward_models.layouts import collate_right
+from reward_models.layouts import build_rows, collate_right
 from reward_models.models import RewardModel, RewardOutput
 from reward_models.polar_data import DEFAULT_REWARD, DEFAULT_SPLIT, encode_polar, flatten
 
@@ -99,8 +99,10 @@ class ModelScorer:
 
     def __init__(self, model: RewardModel, tokenizer: Any = None, *, encode_fn: EncodeFn | None = None,
                  batch_size: int = 8, bf16: bool = False, max_length: int = 2048, polar_max_len: int = 16384,
-                 max_response_len: int = 4096, normalize: bool | None = None, device: Any = None):
+                 max_response_len: int = 4096, normalize: bool | None = None, device: Any = None,
+                 layout: str = "padded"):
         self.model = model.eval()
+        self.layout = layout
         self.kind = model.config.kind
         self.tok = tokenizer
         self.encode = encode_fn or (ChatEncoder(tokenizer, max_length) if tokenizer is not None else None)
@@ -171,7 +173,22 @@ class ModelScorer:
                 raise ValueError("GPM has no absolute score: pass references=[...] (baseline responses) "
                                  "or use group_scores()")
             return self._gpm_s(prompts, responses, references)
-        return self._serve(self.forward_rows(*self._encode(prompts, responses)).rewards)
+        rows, plens = self._encode(prompts, responses)
+        if self.layout != "padded":
+            return self._serve(self.forward_layout(rows, plens).rewards)
+        return self._serve(self.forward_rows(rows, plens).rewards)
+
+    @torch.no_grad()
+    def forward_layout(self, rows: Sequence[Sequence[int]], prompt_lengths: Sequence[int]) -> RewardOutput:
+        """Like :meth:`forward_rows`, with each batch of sequences in ``self.layout`` (``shared_prompt``:
+        answers to the same prompt share one row after it; same outputs as padded rows)."""
+        parts: list[RewardOutput] = []
+        for s in range(0, len(rows), self.batch_size):
+            batch = build_rows(rows[s:s + self.batch_size], prompt_lengths[s:s + self.batch_size], self.pad_id,
+                               self.layout)
+            with self._autocast():
+                parts.append(self.model(rows=batch.to(self.device)))
+        return RewardOutput(rewards=torch.cat([p.rewards.float().cpu() for p in parts]), embeddings=None, gate=None)
 
     def _serve(self, r: Tensor) -> Tensor:
         norm = self.model.config.normalize if self.normalize is None else self.normalize
@@ -218,14 +235,20 @@ class EnsembleScorer:
         self.members = list(members)
         self.method, self.lam, self.ddof, self.penalty, self.calibration = method, lam, ddof, penalty, calibration
 
-    def score_with_variance(self, prompts: Sequence[Prompt], responses: Sequence[str], *,
-                            references: Sequence[str] | None = None) -> tuple[Tensor, Tensor]:
-        """``(aggregate [N], member variance [N])`` - log the variance (over-optimisation signal)."""
+    def score_members(self, prompts: Sequence[Prompt], responses: Sequence[str], *,
+                      references: Sequence[str] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """``(aggregate [N], member variance [N], member scores [K, N])`` (calibrated when set)."""
         kw = {} if references is None else {"references": references}
         member = torch.stack([m.score(prompts, responses, **kw) for m in self.members])
         if self.calibration is not None:
             member = zscore_members(member, *self.calibration)
-        return aggregate(member, self.method, lam=self.lam, ddof=self.ddof, penalty=self.penalty)
+        agg, var = aggregate(member, self.method, lam=self.lam, ddof=self.ddof, penalty=self.penalty)
+        return agg, var, member
+
+    def score_with_variance(self, prompts: Sequence[Prompt], responses: Sequence[str], *,
+                            references: Sequence[str] | None = None) -> tuple[Tensor, Tensor]:
+        """``(aggregate [N], member variance [N])`` - log the variance (over-optimisation signal)."""
+        return self.score_members(prompts, responses, references=references)[:2]
 
     def score(self, prompts: Sequence[Prompt], responses: Sequence[str], *,
               references: Sequence[str] | None = None) -> Tensor:

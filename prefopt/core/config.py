@@ -195,7 +195,8 @@ def _import_schemas() -> None:
     """Import the modules that register config kinds (lazy, so core stays light)."""
     import importlib
 
-    for mod in ("data_pipelines.config", "reward_models.config", "prefopt.configs", "prefopt.pipeline"):
+    for mod in ("data_pipelines.config", "reward_models.config", "prefopt.configs", "prefopt.pipeline",
+                "prefopt.data.label_config"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as exc:

@@ -10,10 +10,10 @@ import random
 from typing import Any
 
 from data_pipelines.schemas import PromptExample
-from prefopt.core.errors import ConfigError
+from prefopt.core.errors import ConfigError, DataError
 
 __all__ = ["arithmetic_prompts", "jsonl_prompts", "hh_rlhf_prompts", "urpo_prompts", "load_prompts",
-           "OPEN_TOPICS"]
+           "alpaca_eval_prompts", "read_prompt_file", "OPEN_TOPICS"]
 
 OPEN_TOPICS = ("the sea", "autumn", "a cat", "coffee", "the moon", "trains", "music", "rain", "books",
                "mountains", "bread", "friendship", "winter", "a garden", "the city", "bicycles")
@@ -39,7 +39,7 @@ def arithmetic_prompts(n: int, *, max_operand: int = 9, instruction: str = "", s
     return out
 
 
-def jsonl_prompts(path: str, n: int) -> list[PromptExample]:
+def jsonl_prompts(path: str, n: int | None) -> list[PromptExample]:
     """Prompts of a jsonl/json/parquet file whose records hold ``prompt`` (and optional ``answer``)."""
     from pathlib import Path
 
@@ -51,28 +51,71 @@ def jsonl_prompts(path: str, n: int) -> list[PromptExample]:
     for rec in read_records(path):
         data = rec.data if hasattr(rec, "data") else rec
         if "prompt" not in data:
-            raise ConfigError(f"{path}: record without a 'prompt' field (line {getattr(rec, 'line', '?')})")
-        out.append(PromptExample.from_record(data))
-        if len(out) >= n:
+            raise DataError("record without a 'prompt' field", file=path, line=getattr(rec, "line", None),
+                            field="prompt")
+        try:
+            out.append(PromptExample.from_record(data))
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise DataError(f"malformed prompt ({type(exc).__name__}: {exc})", file=path,
+                            line=getattr(rec, "line", None), field="prompt") from None
+        if n is not None and len(out) >= n:
             break
     return out
 
 
-def hh_rlhf_prompts(path: str, n: int) -> list[PromptExample]:
-    """Prompt turns (everything before the final assistant reply) of raw HH-RLHF transcripts."""
+def hh_rlhf_prompts(path: str, n: int | None) -> list[PromptExample]:
+    """Prompt turns (everything before the final assistant reply) of raw HH-RLHF transcripts; the
+    chosen final reply is kept as ``answer`` (a POLAR reference). ``n=None`` reads them all. Transcripts
+    with an empty turn (a few in the raw data; ``data build`` skips them too) are left out."""
     from data_pipelines.adapters import parse_transcript
     from data_pipelines.sources import read_records
 
     out = []
     for rec in read_records(path):
+        if not isinstance(rec.data.get("chosen"), str):
+            raise DataError("expected the HH-RLHF transcript text", file=path, line=rec.line, field="chosen")
         msgs = parse_transcript(rec, rec.data["chosen"], "chosen")
+        answer = None
         while msgs and msgs[-1]["role"] == "assistant":
+            answer = msgs[-1]["content"] if answer is None else answer
             msgs = msgs[:-1]
-        if msgs:
-            out.append(PromptExample(prompt=msgs, id=f"hh-{len(out)}", source="hh_rlhf", meta={"task": "open"}))
-        if len(out) >= n:
+        if msgs and all(m["content"].strip() for m in msgs):  # raw HH has a few empty turns: skipped
+            out.append(PromptExample(prompt=msgs, id=f"hh-{len(out)}", source="hh_rlhf", answer=answer,
+                                     meta={"task": "open"}))
+        if n is not None and len(out) >= n:
             break
     return out
+
+
+def alpaca_eval_prompts(path: str, n: int | None = None) -> list[PromptExample]:
+    """AlpacaEval records (``instruction``; ``output`` kept as ``answer``), ids ``ae-<line index>``."""
+    from data_pipelines.sources import read_records
+
+    out = []
+    for i, rec in enumerate(read_records(path)):
+        text = rec.data.get("instruction")
+        if not isinstance(text, str) or not text.strip():
+            raise DataError("expected a non-empty instruction", file=path, line=rec.line, field="instruction")
+        out.append(PromptExample(prompt=[{"role": "user", "content": text}], id=f"ae-{i}", source="alpaca_eval",
+                                 answer=rec.data.get("output"), meta={"dataset": rec.data.get("dataset", "")}))
+        if n is not None and len(out) >= n:
+            break
+    return out
+
+
+def read_prompt_file(kind: str, path: str) -> list[PromptExample]:
+    """Every prompt of one file: ``jsonl`` (records with ``prompt``; a built data folder reads its
+    train.jsonl), ``hh_rlhf`` (raw transcripts) or ``alpaca_eval`` (``instruction`` records)."""
+    from pathlib import Path
+
+    if not Path(path).exists():
+        raise ConfigError(f"prompt file not found: {path}")
+    if kind == "hh_rlhf":
+        return hh_rlhf_prompts(path, None)
+    if kind == "alpaca_eval":
+        return alpaca_eval_prompts(path)
+    return [ex if ex.id else PromptExample(ex.prompt, f"p-{i}", ex.source, ex.answer, ex.meta)
+            for i, ex in enumerate(jsonl_prompts(path, None))]
 
 
 def _pref_item(i: int, rng: random.Random) -> PromptExample:

@@ -98,7 +98,8 @@ def build_judge(args: argparse.Namespace) -> Any:
     if args.judge == "http":
         return make_judge("http", base_url=args.judge_base_url, model=(args.judge_model or [""])[0],
                           api_key_env=args.judge_api_key_env, config=args.judge_config, seed=args.seed,
-                          timeout=args.judge_timeout, max_retries=args.judge_max_retries)
+                          timeout=args.judge_timeout, max_retries=args.judge_max_retries,
+                          both_orders=getattr(args, "judge_both_orders", False))
     if not args.judge_model:
         raise ConfigError(f"--judge {args.judge} needs --judge-model")
     dtype = "bfloat16" if args.bf16 else "float32"
@@ -107,7 +108,7 @@ def build_judge(args: argparse.Namespace) -> Any:
                           batch_size=args.judge_batch_size, max_length=args.max_length, bf16=args.bf16)
     from prefopt.eval.scorers import load_model_scorer, resolve_kind
 
-    kind, members = resolve_kind("auto", args.judge_model)
+    kind, members = resolve_kind(getattr(args, "judge_kind", None) or "auto", args.judge_model)
     opts = dict(batch_size=args.judge_batch_size, bf16=args.bf16, max_length=args.max_length)
     if kind == "ensemble":
         from reward_models.scorer import EnsembleScorer
@@ -174,6 +175,9 @@ def compute_metrics(annotations: list[dict], hub_dir: str | None) -> dict[str, A
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Generate (or read) outputs, judge them, write every file and return the metrics."""
+    from prefopt.eval.judge_cli import read_agreement
+
+    agreement = read_agreement(args.judge_agreement)  # a bad file fails before any work
     ref_path = D.resolve_reference(args.reference)
     rows = D.attach_references(D.load_eval_set(args.data or ref_path, args.limit), ref_path)
     name = args.generator_name or (Path(args.policy).name if args.policy else None)
@@ -199,11 +203,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     atomic_write_text(out / "annotations.json", json.dumps(annotations, indent=2, ensure_ascii=False) + "\n")
     metrics = compute_metrics(annotations, args.hub_dir)
     metrics.update(policy=args.policy, reference=args.reference, decoding=decoding,
-                   n_empty_outputs=sum(1 for o in outputs if not o["output"].strip()))
+                   n_empty_outputs=sum(1 for o in outputs if not o["output"].strip()), judge_agreement=agreement)
     atomic_write_json(out / "results.json", metrics)
     print(leaderboard_table({name: metrics}))
     if metrics.get("lc_status") != "ok":
         print(metrics.get("lc_message"))
+    if agreement is None:
+        print(f"judge {metrics.get('judge') or args.judge}: agreement not measured (give --judge-agreement "
+              "RESULTS_JSON from prefopt eval judge-agreement)")
     print(f"\nresults: {out / 'results.json'}")
     return metrics
 
@@ -246,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="move results made with different settings aside instead of refusing")
     p.add_argument("--judge-batch-size", type=int, default=4)
+    p.add_argument("--judge-agreement", default=None,
+                   help="results.json of prefopt eval judge-agreement: stored and shown beside the win rates")
     p.add_argument("--reference", default="gpt4_turbo", help="gpt4_turbo | text_davinci_003 | FILE")
     p.add_argument("--data", default=None, help="instructions (default: the reference file); hf:tatsu-lab/alpaca_eval")
     p.add_argument("--out", default=None)

@@ -278,14 +278,24 @@ def _cell(v: Any, digits: int = 2) -> str:
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
+def agreement_cell(agr: Mapping[str, Any] | None) -> str:
+    """A judge's measured agreement with labelled pairs, ``71.0% [65.2, 76.1] n=300`` (fractions in, % out),
+    or ``agreement not measured`` (see ``prefopt eval judge-agreement``)."""
+    if not agr or agr.get("agreement") is None:
+        return "agreement not measured"
+    return (f"{100 * agr['agreement']:.1f}% [{100 * agr['ci_low']:.1f}, {100 * agr['ci_high']:.1f}] "
+            f"n={agr['n']}")
+
+
 def leaderboard_table(results: Mapping[str, Mapping[str, Any]], *, sort_by: str = "win_rate") -> str:
-    """Markdown table of several policies (one ``alpacaeval_metrics`` dict each), best first."""
+    """Markdown table of several policies (one ``alpacaeval_metrics`` dict each), best first; the last
+    column is the judge's measured agreement (``judge_agreement``) or "agreement not measured"."""
     def key(item):
         v = item[1].get(sort_by)
         return -math.inf if v is None else v
 
-    lines = ["| policy | benchmark | LC win rate | win rate | SE | discrete WR | wins/draws/losses | avg len |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| policy | benchmark | LC win rate | win rate | SE | discrete WR | wins/draws/losses | avg len | "
+             "judge agreement |", "|---|---|---|---|---|---|---|---|---|"]
     for name, r in sorted(results.items(), key=key, reverse=True):
         lc = _cell(r.get("length_controlled_winrate"))
         if r.get("lc_status") == "unavailable":
@@ -293,5 +303,5 @@ def leaderboard_table(results: Mapping[str, Mapping[str, Any]], *, sort_by: str 
         wdl = f"{r.get('n_wins')}/{r.get('n_draws')}/{r.get('n_wins_base')}"
         lines.append(f"| {name} | {r.get('benchmark', STYLE_LABEL)} | {lc} | {_cell(r.get('win_rate'))} | "
                      f"{_cell(r.get('standard_error'))} | {_cell(r.get('discrete_win_rate'))} | {wdl} | "
-                     f"{_cell(r.get('avg_length'))} |")
+                     f"{_cell(r.get('avg_length'))} | {agreement_cell(r.get('judge_agreement'))} |")
     return "\n".join(lines)

@@ -100,3 +100,28 @@ def plot_alpacaeval_leaderboard(results: Mapping[str, Mapping[str, Any]], path: 
     ax.set_title((title or " / ".join(labels)) + note, fontsize=9)
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def plot_bon_curve(res: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Best-of-N curve: expected gold (and gold win rate when defined) of the scorer's, the random and
+    the oracle pick against N (log2 axis), error bars = SE over prompts. Returns the PNG path."""
+    from matplotlib.figure import Figure
+
+    rows = res["curve"]
+    panels = [("gold", "expected gold score")] + ([("win", "gold win rate")] if rows[0]["scorer_win"] is not None
+                                                  else [])
+    fig = Figure(figsize=(5.5 * len(panels), 4))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    ns = [r["n"] for r in rows]
+    for ax, (metric, label) in zip(axes, panels, strict=True):
+        for who, color in (("scorer", _COLORS[0]), ("random", _COLORS[1]), ("oracle", _COLORS[2])):
+            ax.errorbar(ns, [r[f"{who}_{metric}"] for r in rows], yerr=[r[f"{who}_{metric}_se"] for r in rows],
+                        marker="o", color=color, capsize=3, label=res["kind"] if who == "scorer" else who)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ns, [str(n) for n in ns])
+        ax.set_xlabel("N (candidates the scorer chooses from)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(f"best-of-N, {res['n_prompts']} prompts ({Path(str(res['data'])).name})", fontsize=10)
+    return _save(fig, path)

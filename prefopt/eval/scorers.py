@@ -208,7 +208,7 @@ class DPOPairs:
 
 def load_policy(path: str, *, dtype: str) -> tuple[Any, Any, bool]:
     """``(model, tokenizer, is_lora)``; a LoRA adapter folder is put on its base model."""
-    from prefopt.core.models import load_causal_lm, load_tokenizer
+    from prefopt.core.models import adapter_base, load_causal_lm, load_tokenizer
 
     from prefopt.core.models import refuse_pickled_weights
 
@@ -217,10 +217,7 @@ def load_policy(path: str, *, dtype: str) -> tuple[Any, Any, bool]:
     if (p / "adapter_config.json").is_file():
         import peft
 
-        base = json.loads((p / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        if not base:
-            raise ModelLoadError(f"{p}/adapter_config.json names no base_model_name_or_path")
-        model, tok = load_causal_lm(base, dtype=dtype)
+        model, tok = load_causal_lm(adapter_base(p), dtype=dtype)
         if (p / "tokenizer_config.json").is_file():
             tok = load_tokenizer(str(p))
         return peft.PeftModel.from_pretrained(model, str(p)).eval(), tok, True

@@ -30,10 +30,13 @@ class HFGenerator:
         tokenizer: its tokenizer (pad token required; ``prefopt.core.models`` tokenizers have one).
         batch_size: prompts per ``generate`` call (each expands to ``n`` rows).
         max_prompt_length: keep at most this many trailing prompt tokens (None = all).
+        prefill_once: with ``n > 1`` samples per prompt, encode each prompt once and share its KV cache.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 8, max_prompt_length: int | None = None):
+    def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 8, max_prompt_length: int | None = None,
+                 prefill_once: bool = True):
         self.model, self.tok = model, tokenizer
+        self.prefill_once = prefill_once
         self.batch_size, self.max_prompt_length = batch_size, max_prompt_length
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_id = tokenizer.eos_token_id
@@ -62,10 +65,11 @@ class HFGenerator:
             state = state.state_dict()
         self.model.load_state_dict(dict(state))
 
-    def _config(self, params: SamplingParams) -> Any:
+    def _config(self, params: SamplingParams, n: int | None = None) -> Any:
         from transformers import GenerationConfig
 
-        kw: dict[str, Any] = dict(max_new_tokens=params.max_new_tokens, num_return_sequences=params.n,
+        n = params.n if n is None else n
+        kw: dict[str, Any] = dict(max_new_tokens=params.max_new_tokens, num_return_sequences=n,
                                   pad_token_id=self.pad_id, eos_token_id=self.eos_id,
                                   return_dict_in_generate=True, output_scores=True)
         if params.greedy:
@@ -85,12 +89,26 @@ class HFGenerator:
             mask[i, width - len(r):] = 1
         return ids.to(self.device), mask.to(self.device)
 
+    def _prefill_once(self, ids: torch.Tensor, mask: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """Encode each prompt once (all but its last token) and repeat the KV cache ``n`` times, instead of
+        ``generate`` encoding every prompt ``n`` times (``num_return_sequences``). Same sampled tokens:
+        the cache holds the same keys/values, and generation runs on the same ``[B * n]`` rows."""
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1],
+                         use_cache=True)
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(n)
+        return ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0), cache
+
     @torch.no_grad()
     def _generate_batch(self, prompt_rows: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         ids, mask = self._left_pad(prompt_rows)
-        extra = {"tokenizer": self.tok} if params.stop else {}
-        out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=self._config(params),
-                                  **extra)
+        extra: dict[str, Any] = {"tokenizer": self.tok} if params.stop else {}
+        shared = params.n > 1 and self.prefill_once and ids.shape[1] > 1
+        if shared:
+            ids, mask, extra["past_key_values"] = self._prefill_once(ids, mask, params.n)
+        config = self._config(params, n=1 if shared else params.n)
+        out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config, **extra)
         gen = out.sequences[:, ids.shape[1]:]
         steps = len(out.scores)
         logps = torch.zeros(gen.shape, dtype=torch.float32, device=gen.device)

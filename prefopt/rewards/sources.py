@@ -29,6 +29,10 @@ def _is_gpm(scorer: Any) -> bool:
     return getattr(scorer, "kind", None) == "gpm"
 
 
+def _members_are_polar(scorer: Any) -> bool:
+    return any(getattr(m, "kind", None) == "polar" for m in getattr(scorer, "members", ()))
+
+
 class RewardSource:
     """Rewards and preference oracle behind one interface (see module docstring).
 
@@ -55,9 +59,21 @@ class RewardSource:
     def has_oracle(self) -> bool:
         return True  # the BT adapter over any scalar reward is an oracle
 
-    def _scorer_rewards(self, prompts: Sequence[Any], completions: Sequence[str], groups: Sequence[int]) -> Tensor:
+    def _scorer_rewards(self, prompts: Sequence[Any], completions: Sequence[str], groups: Sequence[int],
+                        answers: Sequence[Any] | None = None) -> Tensor:
         if not _is_gpm(self.scorer):
-            return self.scorer.score(list(prompts), list(completions)).float().cpu()
+            kw = {}
+            if getattr(self.scorer, "kind", None) == "polar" or _members_are_polar(self.scorer):
+                if answers is None or any(a is None for a in answers):
+                    raise ValueError("a POLAR reward model scores an answer against a reference answer: "
+                                     "every prompt needs one (the `answer` column)")
+                kw["references"] = list(answers)
+            if hasattr(self.scorer, "score_members"):  # an ensemble: keep each member's score and the variance
+                agg, var, member = self.scorer.score_members(list(prompts), list(completions), **kw)
+                self.last_components["model_variance"] = var.float().cpu()
+                self.last_components["model_members"] = member.float().cpu().T
+                return agg.float().cpu()
+            return self.scorer.score(list(prompts), list(completions), **kw).float().cpu()
         out = torch.zeros(len(completions))
         for g in dict.fromkeys(groups):
             idx = [i for i, gi in enumerate(groups) if gi == g]
@@ -86,7 +102,8 @@ class RewardSource:
             for name, vals in self.functions.last_components.items():
                 self.last_components[name] = torch.tensor([math.nan if v is None else float(v) for v in vals])
         if self.scorer is not None:
-            add(self._scorer_rewards(prompts, completions, groups), self.scorer_weight, "model")
+            add(self._scorer_rewards(prompts, completions, groups, columns.get("answer")), self.scorer_weight,
+                "model")
         if self.referee is not None:
             add(self.referee.rewards(prompts, completions, groups, columns.get("task")), 1.0, "referee")
         if self.clip:
@@ -129,8 +146,11 @@ class RewardSource:
 
 
 def load_scorer(paths: Sequence[str], tokenizer: Any = None, *, method: str = "mean", lam: float = 0.5,
-                device: Any = None) -> Any:
-    """A ``ModelScorer`` for one reward-model directory, an ``EnsembleScorer`` for several."""
+                device: Any = None, **scorer_kwargs: Any) -> Any:
+    """A ``ModelScorer`` for one reward-model directory, an ``EnsembleScorer`` for several.
+
+    ``scorer_kwargs`` go to every :class:`~reward_models.scorer.ModelScorer` (``batch_size``,
+    ``max_length``, ``layout``, ``bf16``)."""
     from prefopt.core.models import load_tokenizer
     from reward_models.models import RewardModel
     from reward_models.scorer import EnsembleScorer, ModelScorer
@@ -142,7 +162,7 @@ def load_scorer(paths: Sequence[str], tokenizer: Any = None, *, method: str = "m
             tok = load_tokenizer(path)
         except Exception:  # noqa: BLE001 - RM folders without a tokenizer use the policy's
             tok = tokenizer
-        members.append(ModelScorer(model, tok))
+        members.append(ModelScorer(model, tok, **scorer_kwargs))
     if len(members) == 1:
         return members[0]
     return EnsembleScorer(members, method, lam=lam)

@@ -16,6 +16,13 @@ class Judge(Protocol):
         judge-specific extras. ``keys`` (stable per example) seed any per-example randomness."""
 
 
+def flatten_prompt(prompt: Any) -> str:
+    """A prompt as one text: a string as is, chat messages as ``role: content`` lines."""
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
+
+
 def identical(a: str, b: str) -> bool:
     """AlpacaEval treats identical outputs as a tie (preference 1.5) without asking the judge."""
     return a.strip() == b.strip()
@@ -39,7 +46,7 @@ class RMJudge:
                  keys: Sequence[Any] | None = None) -> list[dict[str, Any]]:
         import torch
 
-        prompts = [[{"role": "user", "content": i}] for i in instructions]
+        prompts = [list(i) if isinstance(i, list) else [{"role": "user", "content": i}] for i in instructions]
         kw = {"reference": list(references)} if self.polar else {}
         with torch.no_grad():
             p = self.scorer.preference(prompts, list(outputs), list(references), **kw).float().tolist()

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from prefopt.core.errors import ConfigError
+from prefopt.eval.judges.base import flatten_prompt as _flatten
 from prefopt.eval.judges.base import identical
 
 DEFAULT_CONFIG = "weighted_alpaca_eval_gpt4_turbo"
@@ -138,6 +139,8 @@ class HTTPJudge:
         timeout: seconds per request; max_retries: retries on network errors, dropped connections, 429
             and 5xx (exponential backoff from 1 s, capped at ``max_backoff``; ``Retry-After`` honoured).
         sleep: the wait function (tests pass a recorder).
+        both_orders: ask twice per triple, each answer shown first once, and average (position bias
+            cancels; judge-agreement and head-to-head measure the consistency); default one seeded order.
     """
 
     # Judgements are persisted one at a time: a later failure never loses paid work.
@@ -145,7 +148,7 @@ class HTTPJudge:
 
     def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY",
                  config: str = DEFAULT_CONFIG, seed: int = 0, timeout: float = 60.0, max_retries: int = 6,
-                 max_backoff: float = 60.0, name: str | None = None,
+                 max_backoff: float = 60.0, name: str | None = None, both_orders: bool = False,
                  sleep: Callable[[float], None] = time.sleep, **_: Any):
         if not base_url:
             raise ConfigError("the http judge needs --judge-base-url")
@@ -161,6 +164,7 @@ class HTTPJudge:
         self.model, self.api_key_env, self.config = model, api_key_env, config
         self.seed, self.timeout, self.max_retries = seed, timeout, max_retries
         self.max_backoff, self._sleep = max_backoff, sleep
+        self.both_orders = both_orders
         self.template, kwargs = load_prompt_template(config)
         self.request_kwargs = {k: v for k, v in kwargs.items() if k in ("max_tokens", "temperature", "logprobs",
                                                                           "top_logprobs")}
@@ -210,23 +214,48 @@ class HTTPJudge:
     def _swap(self, key: Any) -> bool:
         return random.Random(f"{self.seed}:{key}").random() < 0.5
 
-    def annotate(self, instructions: Sequence[str], references: Sequence[str], outputs: Sequence[str], *,
+    def _ask(self, instruction: str, o1: str, o2: str) -> tuple[float | None, Any, str]:
+        """``(P(output_2 better), raw message, why unparsable)`` for one request with ``o1`` shown first."""
+        body = {"model": self.model, "messages": render_messages(self.template, instruction, o1, o2),
+                **self.request_kwargs}
+        resp = self._post(body)
+        p2, why = explain_preference(resp)
+        return p2, _message(resp), why
+
+    def _both(self, instruction: str, ref: str, out: str) -> dict[str, Any]:
+        """Both orders (Zheng et al. 2023): ``p_output_first`` = P(out better | out shown first),
+        ``p_reference_first`` = P(ref better | ref shown first); preference averages the two."""
+        p_ref_first_out, raw1, why1 = self._ask(instruction, ref, out)   # P(out better | ref shown first)
+        p_out_first_ref, raw2, why2 = self._ask(instruction, out, ref)   # P(ref better | out shown first)
+        if p_ref_first_out is None or p_out_first_ref is None:
+            pref = None
+        else:
+            pref = 1.0 + (1.0 - p_out_first_ref + p_ref_first_out) / 2
+        row = {"preference": pref, "p_output_first": None if p_out_first_ref is None else 1.0 - p_out_first_ref,
+               "p_reference_first": None if p_ref_first_out is None else 1.0 - p_ref_first_out,
+               "model_shown_as": "both", "raw_completion": [raw1, raw2]}
+        if pref is None:  # a failure a rerun retries
+            row.update(retry=True, error=f"unparsable judge answer: {why1 or why2}")
+        return row
+
+    def annotate(self, instructions: Sequence[Any], references: Sequence[str], outputs: Sequence[str], *,
                  keys: Sequence[Any] | None = None) -> list[dict[str, Any]]:
-        keys = list(keys) if keys is not None else list(instructions)
+        keys = list(keys) if keys is not None else [_flatten(i) for i in instructions]
         rows = []
-        for instr, ref, out, key in zip(instructions, references, outputs, keys):
+        for instr, ref, out, key in zip(instructions, references, outputs, keys, strict=True):
+            instr = _flatten(instr)
             if identical(out, ref):
                 rows.append({"preference": 1.5, "model_shown_as": None, "raw_completion": None})
                 continue
+            if self.both_orders:
+                rows.append(self._both(instr, ref, out))
+                continue
             swap = self._swap(key)  # swap: the model's output is output_1 ("m")
             o1, o2 = (out, ref) if swap else (ref, out)
-            body = {"model": self.model, "messages": render_messages(self.template, instr, o1, o2),
-                    **self.request_kwargs}
-            resp = self._post(body)
-            p2, why = explain_preference(resp)
+            p2, raw, why = self._ask(instr, o1, o2)
             p_model = None if p2 is None else (1.0 - p2 if swap else p2)
             row = {"preference": None if p_model is None else 1.0 + p_model, "model_shown_as": "m" if swap else "M",
-                   "raw_completion": _message(resp)}
+                   "raw_completion": raw}
             if p_model is None:  # a failure a rerun retries, never a finished judgement
                 row.update(retry=True, error=f"unparsable judge answer: {why}")
             rows.append(row)

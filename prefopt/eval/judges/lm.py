@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import torch
 
+from prefopt.eval.judges.base import flatten_prompt as _flatten
 from prefopt.eval.judges.base import identical
 
 JUDGE_PROMPT = (
@@ -20,12 +21,6 @@ JUDGE_PROMPT = (
     "which one is more helpful, correct, harmless and relevant. Do not let the order, length or style of "
     "the responses influence you.\n\n[Question]\n{question}\n\n[Response A]\n{a}\n\n[Response B]\n{b}\n\n"
     "Which response is better? Answer with a single letter: {la} or {lb}.")
-
-
-def _flatten(prompt: Any) -> str:
-    if isinstance(prompt, str):
-        return prompt
-    return "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
 
 
 class LMPairJudge:

@@ -92,3 +92,26 @@ def test_vllm_is_lazy_and_missing_vllm_is_a_clear_error():
         pass
     with pytest.raises(ConfigError, match="needs the vllm package"):
         make_generator("vllm", model="tiny-llama")
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_prefill_once_gives_the_same_samples(tiny_model, tiny_tokenizer, temperature):
+    """K samples per prompt from one shared prompt encoding equal ``num_return_sequences`` sampling:
+    the same token ids and log-probs (to 1e-5), with prompts of different lengths (left padding)."""
+    from prefopt.generation import SamplingParams
+    from prefopt.generation.hf import HFGenerator
+
+    prompts = [[{"role": "user", "content": "Tell me about the sea."}], "Hi", [{"role": "user", "content": "2+2?"}]]
+    params = SamplingParams(temperature=temperature, max_new_tokens=7, n=3, seed=5)
+    fast = HFGenerator(tiny_model, tiny_tokenizer, batch_size=3).generate(prompts, params)
+    if temperature == 0.0:  # transformers refuses greedy num_return_sequences > 1: compare with n=1, repeated
+        one = SamplingParams(temperature=0.0, max_new_tokens=7, n=1)
+        slow = [c * 3 for c in HFGenerator(tiny_model, tiny_tokenizer, batch_size=3).generate(prompts, one)]
+    else:
+        slow = HFGenerator(tiny_model, tiny_tokenizer, batch_size=3, prefill_once=False).generate(prompts, params)
+    for fs, ss in zip(fast, slow):
+        assert [c.token_ids for c in fs] == [c.token_ids for c in ss]
+        for a, b in zip(fs, ss):
+            assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
+    if temperature:
+        assert len({tuple(c.token_ids) for c in fast[0]}) > 1  # the K samples differ
