@@ -124,7 +124,11 @@ def test_a_second_process_fails_at_once_naming_the_holder(tmp_path):
     ["eval", "rewardbench", "--model", "m", "--out", "{out}"],
     ["eval", "alpacaeval", "--model-outputs", "none.json", "--out", "{out}"],
     ["run", "{repo}/configs/quickstart.yaml", "output_dir={out}"],
-], ids=["train", "eval_rewardbench", "eval_alpacaeval", "run"])
+    ["eval", "bon", "--data", "x.jsonl", "--model", "m", "--out", "{out}"],
+    ["eval", "judge-agreement", "--data", "x.jsonl", "--judge", "rm", "--out", "{out}"],
+    ["eval", "head2head", "--prompts", "x.jsonl", "--judge", "rm", "--out", "{out}"],
+], ids=["train", "eval_rewardbench", "eval_alpacaeval", "run", "eval_bon", "eval_judge_agreement",
+        "eval_head2head"])
 def test_every_command_refuses_a_folder_in_use(tmp_path, capsys, argv):
     from prefopt.cli import main
 
