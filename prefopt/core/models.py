@@ -36,6 +36,7 @@ import torch
 
 from prefopt.core.errors import ConfigError, ModelLoadError
 from prefopt.core.lora import LoraSettings, apply_lora, apply_lora_settings
+from prefopt.core.safe_load import pickle_allowed, refuse_pickled_weights  # noqa: F401 (re-exported)
 
 __all__ = ["EMBEDDED_NAME", "SPECIAL_NAMES", "TINY_CONFIGS", "LoraSettings", "ModelConfig", "apply_lora",
            "apply_lora_settings", "cache_root", "cli_prepare", "load_causal_lm", "load_model",
@@ -284,28 +285,6 @@ def make_tiny_model(name: str = "tiny-llama", seed: int = 0, dtype: str = "float
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
     return model.to(torch_dtype(dtype)).eval()
-
-
-ALLOW_PICKLE_ENV = "PREFOPT_ALLOW_PICKLE"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-
-
-def pickle_allowed() -> bool:
-    """Pickled weights load only with the explicit opt-in ``PREFOPT_ALLOW_PICKLE=1`` (they can run code)."""
-    return os.environ.get(ALLOW_PICKLE_ENV) == "1"
-
-
-def refuse_pickled_weights(path: str | os.PathLike) -> None:
-    """Raise :class:`ModelLoadError` naming the file when a local model folder holds weights only as
-    pickles (``pytorch_model.bin``, ``adapter_model.bin``, ...) and no safetensors file."""
-    folder = Path(path)
-    if not folder.is_dir() or pickle_allowed() or any(folder.glob("*.safetensors")):
-        return
-    pickles = sorted(f.name for f in folder.iterdir() if f.suffix in PICKLE_SUFFIXES and f.name != "training_args.bin")
-    if pickles:
-        raise ModelLoadError(f"{folder}: refusing to load pickled weights {pickles[0]} (a pickle can run code "
-                             f"when loaded); convert it to safetensors, or set {ALLOW_PICKLE_ENV}=1 if you trust "
-                             "this folder")
 
 
 def load_causal_lm(name_or_path: str, dtype: str = "float32", trust_remote_code: bool = False,
