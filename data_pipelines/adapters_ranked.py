@@ -178,9 +178,6 @@ def ranked(rec: RawRecord, ctx: AdaptContext) -> RankedExample:
     """Already-built ranked records ``{prompt, responses: [str], scores: [number], id?, meta?}``."""
     prompt = F.prompt(rec, F.require(rec, "prompt"))
     responses, scores = F.responses_and_scores(rec, "responses", "scores")
-    if len(set(scores)) == 1:
-        raise RecordError("no_preference", f"all {len(scores)} scores are equal ({scores[0]:g}): the list "
-                            "states no preference", file=rec.file, line=rec.line, field="scores")
     return RankedExample(prompt=prompt, responses=responses, scores=scores, id=_generic_id(rec, ctx),
                          source=ctx.source_of(rec), meta=_meta(rec))
 

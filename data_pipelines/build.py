@@ -180,7 +180,7 @@ def run_build(cfg: DataBuildConfig) -> dict[str, Any]:
     Nothing is written unless every source was read and built without error.
     """
     train, test, stats = _build_sets(cfg)
-    if not train:
+    if not train and (not test or any(s.split != "test" for s in cfg.sources)):
         read = sum(s["records_read"] for s in stats["sources"].values())
         raise DataError(f"the build has no training records (read {read}; skipped by reason: "
                         f"{stats['skipped'] or 'none'}; builder: {dict(stats['builder'])}; dedup removed "

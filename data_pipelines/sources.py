@@ -204,7 +204,7 @@ def infer_kind(rec: dict[str, Any]) -> str:
 
 
 def load_examples(path: str | Path, kind: str | None = None, issues: Issues | None = None,
-                  limit: int | None = None) -> list:
+                  limit: int | None = None, for_training: bool = False) -> list:
     """Load a built ``train.jsonl``/``test.jsonl`` (or any records given straight to ``train`` / ``rm
     train``) through the same checks ``data build`` makes: the generic adapter of the schema validates
     every field (file, line and field in each error; ``issues`` applies the ``on_error`` policy).
@@ -214,6 +214,8 @@ def load_examples(path: str | Path, kind: str | None = None, issues: Issues | No
         kind: ``pairwise``/``ranked``/``group``/``prompt``; inferred per record when ``None``.
         issues: error policy and skip counter (default: raise on the first bad record).
         limit: stop after this many valid examples.
+        for_training: also drop ranked lists whose scores are all equal (they state no preference and
+            give loss 0), counted under ``no_preference`` in ``issues``.
     """
     from data_pipelines.adapters import adapt
 
@@ -227,6 +229,9 @@ def load_examples(path: str | Path, kind: str | None = None, issues: Issues | No
         stream = adapt(kind, records, issues=issues, source=source, keep_record_source=True)
     out = []
     for ex in stream:
+        if for_training and len(set(getattr(ex, "scores", None) or [0, 1])) == 1:
+            issues.skipped["no_preference"] += 1  # ties teach nothing (loss 0): dropped and counted
+            continue
         out.append(ex)
         if limit is not None and len(out) >= limit:
             break

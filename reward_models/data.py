@@ -103,7 +103,7 @@ def load_checked(path: Path, schema: str, on_error: str = "raise") -> tuple[list
     from data_pipelines.sources import load_examples
 
     issues = Issues(on_error)
-    return load_examples(path, schema, issues), issues.as_dict()
+    return load_examples(path, schema, issues, for_training=True), issues.as_dict()
 
 
 def tokenize_records(records: list, schema: str, tokenizer: Any, policy: Any,

@@ -59,7 +59,7 @@ def tokenize_items(path: Path, schema: str, tokenizer: Any, policy: LengthPolicy
     """Load ``path`` as ``schema`` records (validated like ``data build``: file, line and field in every
     error, ``on_error`` policy) and tokenise them (keeping stage/annotator metadata)."""
     issues = Issues(on_error)
-    records = load_examples(path, schema, issues, limit)
+    records = load_examples(path, schema, issues, limit, for_training=True)
     stats = TokenizeStats()
     items = []
     for rec in records:

@@ -27,8 +27,6 @@ RECORD_CASES = [
      "line 2, field 'rejected': chosen and rejected are identical"),
     ("ranked_list_of_one", "ranked", [{"prompt": "q", "responses": ["a"], "scores": [1.0]}],
      "line 1, field 'responses': a ranked list needs at least 2 responses, got 1"),
-    ("ranked_all_equal", "ranked", [RANKED, {**RANKED, "scores": [3, 3]}],
-     "line 2, field 'scores': all 2 scores are equal (3): the list states no preference"),
     ("score_string_nan", "ranked", [{**RANKED, "scores": ["nan", 1.0]}],
      "line 1, field 'scores[0]': expected a number, got str 'nan'"),
     ("score_nan", "ranked", ['{"prompt": "q", "responses": ["a", "b"], "scores": [NaN, 1]}'],
@@ -72,6 +70,14 @@ def test_skip_policy_counts_by_reason(tmp_path):
     kept = load_examples(path, "pairwise", issues)
     assert [(e.chosen, e.rejected) for e in kept] == [("a", "b")]
     assert issues.as_dict() == {"empty_text": 1, "malformed_json": 1, "same_chosen_rejected": 1}
+
+
+def test_ranked_ties_are_dropped_and_counted_for_training(tmp_path):
+    path = write_jsonl(tmp_path / "given.jsonl", [RANKED, {**RANKED, "scores": [3, 3]}])
+    issues = Issues("raise")
+    kept = load_examples(path, "ranked", issues, for_training=True)
+    assert [e.scores for e in kept] == [[2.0, 1.0]] and issues.as_dict() == {"no_preference": 1}
+    assert len(load_examples(path, "ranked")) == 2  # built data keeps ties (builders may use them)
 
 
 def test_offline_loader_uses_the_same_checks(tmp_path, tiny_tokenizer):
