@@ -214,12 +214,15 @@ def load_examples(path: str | Path, kind: str | None = None, issues: Issues | No
         kind: ``pairwise``/``ranked``/``group``/``prompt``; inferred per record when ``None``.
         issues: error policy and skip counter (default: raise on the first bad record).
         limit: stop after this many valid examples.
-        for_training: also drop ranked lists whose scores are all equal (they state no preference and
-            give loss 0), counted under ``no_preference`` in ``issues``.
+        for_training: also drop ranked lists whose scores are all equal (they state no preference: loss
+            0), counted under ``no_preference``. Pairs whose chosen and rejected are identical are always
+            dropped and counted under ``same_chosen_rejected``, whatever the ``issues`` policy.
     """
     from data_pipelines.adapters import adapt
 
     issues = issues or Issues("raise")
+    # pairs that state no preference (built data can hold some): dropped and counted, never trained on
+    issues.always_skip = issues.always_skip | {"same_chosen_rejected"}
     records = list(read_records(str(path), issues=issues))
     source = Path(path).stem
     if kind is None:  # each record's own schema (a file may mix them)

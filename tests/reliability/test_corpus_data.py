@@ -23,8 +23,6 @@ RANKED = {"prompt": "q", "responses": ["a", "b"], "scores": [2.0, 1.0]}
 
 # (case id, schema, lines of the file, message after "<file>, ")
 RECORD_CASES = [
-    ("chosen_equals_rejected", "pairwise", [PAIR, {**PAIR, "rejected": "a"}],
-     "line 2, field 'rejected': chosen and rejected are identical"),
     ("ranked_list_of_one", "ranked", [{"prompt": "q", "responses": ["a"], "scores": [1.0]}],
      "line 1, field 'responses': a ranked list needs at least 2 responses, got 1"),
     ("score_string_nan", "ranked", [{**RANKED, "scores": ["nan", 1.0]}],
@@ -80,17 +78,26 @@ def test_ranked_ties_are_dropped_and_counted_for_training(tmp_path):
     assert len(load_examples(path, "ranked")) == 2  # built data keeps ties (builders may use them)
 
 
+def test_identical_pairs_are_dropped_and_counted_for_training(tmp_path):
+    path = write_jsonl(tmp_path / "given.jsonl", [PAIR, {**PAIR, "rejected": "a"}])
+    issues = Issues("raise")
+    kept = load_examples(path, "pairwise", issues, for_training=True)
+    assert [(e.chosen, e.rejected) for e in kept] == [("a", "b")]
+    assert issues.as_dict() == {"same_chosen_rejected": 1}
+
+
 def test_offline_loader_uses_the_same_checks(tmp_path, tiny_tokenizer):
     from data_pipelines.tokenize import LengthPolicy
     from prefopt.loops.offline_data import tokenize_items
 
     path = write_jsonl(tmp_path / "given.jsonl", [PAIR, {**PAIR, "rejected": "a"}])
     policy = LengthPolicy(64, 32, "truncate_left")
-    with pytest.raises(DataError, match=r"given.jsonl, line 2, field 'rejected': chosen and rejected are identical"):
+    path = write_jsonl(tmp_path / "given.jsonl", [PAIR, {**PAIR, "rejected": "a"}, {**PAIR, "chosen": ""}])
+    with pytest.raises(DataError, match=r"given.jsonl, line 3, field 'chosen': text is empty or whitespace-only"):
         tokenize_items(path, "pairwise", tiny_tokenizer, policy, None)
     items, stats = tokenize_items(path, "pairwise", tiny_tokenizer, policy, None, on_error="skip")
     assert len(items) == 1 and stats["records"] == 1
-    assert stats["skipped_records"] == {"same_chosen_rejected": 1}
+    assert stats["skipped_records"] == {"empty_text": 1, "same_chosen_rejected": 1}
 
 
 def test_reward_model_loader_uses_the_same_checks(tmp_path, tiny_tokenizer):
