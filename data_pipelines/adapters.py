@@ -39,6 +39,12 @@ class AdaptContext:
     issues: Issues
     source: str
     seen: F.SeenIds = dataclasses.field(default_factory=F.SeenIds)
+    # Loading built records back: keep each record's own ``source`` field (generic adapters).
+    keep_record_source: bool = False
+
+    def source_of(self, rec: RawRecord) -> str:
+        own = rec.data.get("source")
+        return own if self.keep_record_source and isinstance(own, str) else self.source
 
 
 @dataclass(frozen=True)
@@ -79,7 +85,7 @@ def per_record(fn: Callable[[RawRecord, AdaptContext], Any]) -> Callable:
 
 
 def adapt(name: str, records: Iterable[RawRecord], options: dict | None = None,
-          issues: Issues | None = None, source: str = "") -> Iterator[Any]:
+          issues: Issues | None = None, source: str = "", keep_record_source: bool = False) -> Iterator[Any]:
     """Run adapter ``name`` over ``records``.
 
     Args:
@@ -88,13 +94,14 @@ def adapt(name: str, records: Iterable[RawRecord], options: dict | None = None,
         options: adapter options (unknown keys raise ``ConfigError``).
         issues: error policy and skip counter (default: raise on the first bad record).
         source: label stored in each example's ``source`` (and default ids ``<source>:<line>``).
+        keep_record_source: generic adapters keep a record's own ``source`` field (loading built data).
     """
     spec = get_adapter(name)
     try:
         opts = from_dict(spec.options, options or {}, where="options")
     except ConfigError as exc:
         raise ConfigError(f"adapter '{name}': {exc}") from None
-    ctx = AdaptContext(opts, issues or Issues("raise"), source or name)
+    ctx = AdaptContext(opts, issues or Issues("raise"), source or name, keep_record_source=keep_record_source)
     return spec.fn(records, ctx)
 
 
@@ -278,7 +285,7 @@ def pairwise(rec: RawRecord, ctx: AdaptContext) -> PairwiseExample:
     """Already-built pairs ``{prompt (str|messages), chosen, rejected, margin?, id?, meta?}``."""
     ex = _checked_pair(rec, ctx, F.prompt(rec, F.require(rec, "prompt")), F.require(rec, "chosen"),
                        F.require(rec, "rejected"))
-    return dataclasses.replace(ex, meta=_meta(rec))
+    return dataclasses.replace(ex, meta=_meta(rec), source=ctx.source_of(rec))
 
 
 @register_adapter("prompt", output="prompt")
@@ -290,7 +297,7 @@ def prompt_only(rec: RawRecord, ctx: AdaptContext) -> PromptExample:
     rid = F.record_id(rec, ctx.source)
     if "id" in rec.data:
         ctx.seen.check(rec, rid)
-    return PromptExample(prompt=prompt, id=rid, source=ctx.source, answer=answer, meta=_meta(rec))
+    return PromptExample(prompt=prompt, id=rid, source=ctx.source_of(rec), answer=answer, meta=_meta(rec))
 
 
 def _meta(rec: RawRecord) -> dict:

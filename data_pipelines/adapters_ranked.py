@@ -179,7 +179,7 @@ def ranked(rec: RawRecord, ctx: AdaptContext) -> RankedExample:
     prompt = F.prompt(rec, F.require(rec, "prompt"))
     responses, scores = F.responses_and_scores(rec, "responses", "scores")
     return RankedExample(prompt=prompt, responses=responses, scores=scores, id=_generic_id(rec, ctx),
-                         source=ctx.source, meta=_meta(rec))
+                         source=ctx.source_of(rec), meta=_meta(rec))
 
 
 @register_adapter("group", output="group")
@@ -189,4 +189,4 @@ def group(rec: RawRecord, ctx: AdaptContext) -> GroupExample:
     prompt = F.prompt(rec, F.require(rec, "prompt"))
     responses, rewards = F.responses_and_scores(rec, "responses", "rewards")
     return GroupExample(prompt=prompt, responses=responses, rewards=rewards, id=_generic_id(rec, ctx),
-                        source=ctx.source, meta=_meta(rec))
+                        source=ctx.source_of(rec), meta=_meta(rec))

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from prefopt.core.config import save_resolved
-from prefopt.core.errors import ConfigError
+from prefopt.core.errors import ConfigError, DataError
 from prefopt.core.io import atomic_write_json, atomic_write_text
 
 from data_pipelines.adapters import adapt, get_adapter
@@ -180,6 +180,13 @@ def run_build(cfg: DataBuildConfig) -> dict[str, Any]:
     Nothing is written unless every source was read and built without error.
     """
     train, test, stats = _build_sets(cfg)
+    if not train and (not test or any(s.split != "test" for s in cfg.sources)):
+        read = sum(s["records_read"] for s in stats["sources"].values())
+        raise DataError(f"the build has no training records (read {read}; skipped by reason: "
+                        f"{stats['skipped'] or 'none'}; builder: {dict(stats['builder'])}; dedup removed "
+                        f"{stats['dedup_removed']}; test {stats['test']}); nothing was written to "
+                        f"{cfg.output_dir}. Check the sources' paths and adapters, or use on_error: raise to "
+                        "see the first bad record", file=", ".join(s.path for s in cfg.sources))
     stats.update(_summary(train, test, cfg))
     out = Path(cfg.output_dir)
     atomic_write_text(out / "train.jsonl", _jsonl(train))

@@ -28,6 +28,7 @@ REASONS = {
     "prompt_mismatch": "chosen and rejected transcripts do not share the same prompt turns",
     "bad_transcript": "a dialogue that cannot be split into prompt + final assistant reply",
     "bad_value": "a value outside its allowed range",
+    "no_preference": "a ranked list whose scores are all equal (states no preference)",
 }
 
 
@@ -47,15 +48,16 @@ class Issues:
         on_error: ``"raise"`` re-raises every :class:`RecordError`; ``"skip"`` counts it and goes on.
     """
 
-    def __init__(self, on_error: OnError = "raise"):
+    def __init__(self, on_error: OnError = "raise", always_skip: frozenset[str] = frozenset()):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.on_error = on_error
+        self.always_skip = always_skip  # reasons counted and dropped whatever the policy
         self.skipped: Counter[str] = Counter()
 
     def handle(self, err: RecordError) -> None:
         """Raise ``err`` (policy ``raise``) or count it under ``err.code`` (policy ``skip``)."""
-        if self.on_error == "raise":
+        if self.on_error == "raise" and err.code not in self.always_skip:
             raise err
         self.skipped[err.code] += 1
 

@@ -203,29 +203,47 @@ def infer_kind(rec: dict[str, Any]) -> str:
     return "prompt"
 
 
-def load_examples(path: str | Path, kind: str | None = None) -> list:
-    """Load a built ``train.jsonl``/``test.jsonl`` back into schema records.
+def load_examples(path: str | Path, kind: str | None = None, issues: Issues | None = None,
+                  limit: int | None = None, for_training: bool = False) -> list:
+    """Load a built ``train.jsonl``/``test.jsonl`` (or any records given straight to ``train`` / ``rm
+    train``) through the same checks ``data build`` makes: the generic adapter of the schema validates
+    every field (file, line and field in each error; ``issues`` applies the ``on_error`` policy).
 
     Args:
-        path: a file written by :func:`data_pipelines.build.run_build`, or TRL standard / conversational
-            preference rows (converted and validated by :mod:`data_pipelines.trl_formats`).
+        path: a ``.jsonl`` / ``.json`` / ``.parquet`` file (e.g. written by :func:`data_pipelines.build.run_build`),
+            or TRL standard / conversational preference rows (converted by :mod:`data_pipelines.trl_formats`).
         kind: ``pairwise``/``ranked``/``group``/``prompt``; inferred per record when ``None``.
+        issues: error policy and skip counter (default: raise on the first bad record).
+        limit: stop after this many valid examples.
+        for_training: also drop ranked lists whose scores are all equal (they state no preference: loss
+            0), counted under ``no_preference``. Pairs whose chosen and rejected are identical are always
+            dropped and counted under ``same_chosen_rejected``, whatever the ``issues`` policy.
     """
-    from data_pipelines.schemas import SCHEMAS
-    from data_pipelines.trl_formats import from_trl
+    from data_pipelines.adapters import adapt
+    from data_pipelines.trl_formats import detect_trl
 
-    raws = list(iter_jsonl(path))
-    trl = from_trl(raws)
-    if trl is not None:
+    issues = issues or Issues("raise")
+    # pairs that state no preference (built data can hold some): dropped and counted, never trained on
+    issues.always_skip = issues.always_skip | {"same_chosen_rejected"}
+    records = list(read_records(str(path), issues=issues))
+    source = Path(path).stem
+    trl = detect_trl(records[0].data) if records else None
+    if trl is not None:  # TRL preference rows: the data build adapter of that format validates them
         if kind not in (None, "pairwise"):
             raise DataError(f"TRL preference rows give pairwise records, but {kind} records are needed",
                             file=str(path))
-        return trl
+        stream = adapt(trl, records, issues=issues, source=trl)
+    elif kind is None:  # each record's own schema (a file may mix them)
+        stream = (ex for rec in records for ex in adapt(infer_kind(rec.data), [rec], issues=issues,
+                                                        source=source, keep_record_source=True))
+    else:
+        stream = adapt(kind, records, issues=issues, source=source, keep_record_source=True)
     out = []
-    for rec in raws:
-        cls = SCHEMAS[kind or infer_kind(rec.data)]
-        try:
-            out.append(cls.from_record(rec.data))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DataError(f"not a {cls.__name__} record: {exc!r}", file=rec.file, line=rec.line) from None
+    for ex in stream:
+        if for_training and len(set(getattr(ex, "scores", None) or [0, 1])) == 1:
+            issues.skipped["no_preference"] += 1  # ties teach nothing (loss 0): dropped and counted
+            continue
+        out.append(ex)
+        if limit is not None and len(out) >= limit:
+            break
     return out

@@ -265,3 +265,23 @@ def tokenize_examples(examples: Iterable[PairwiseExample | RankedExample | Group
         if item is not None:
             out.append(item)
     return out, stats
+
+
+def print_data_summary(name: str, counts: dict[str, Any], n_items: int) -> None:
+    """One console line per data file: what was kept, skipped and dropped (and why)."""
+    import sys
+
+    print(f"data {name}: {n_items} item(s) from {describe_counts(counts)}", file=sys.stderr, flush=True)
+
+
+def describe_counts(counts: dict[str, Any]) -> str:
+    """``records=32, skipped: same_chosen_rejected=2, dropped at tokenisation: too_long=6`` style text."""
+    skipped = counts.get("skipped_records") or {}
+    dropped = {k: v for k, v in counts.items() if k not in ("records", "skipped_records", "kept")
+               and isinstance(v, int) and v}
+    parts = [f"{counts.get('records', 0)} valid record(s)"]
+    if skipped:
+        parts.append("skipped as invalid: " + ", ".join(f"{k}={v}" for k, v in skipped.items()))
+    if dropped:
+        parts.append("tokenisation: " + ", ".join(f"{k}={v}" for k, v in dropped.items()))
+    return "; ".join(parts)

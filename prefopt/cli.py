@@ -47,6 +47,16 @@ CONFIG_COMMANDS: dict[tuple[str, ...], tuple[str | None, str]] = {
     ("run",): ("run", "prefopt.pipeline:run_pipeline"),
 }
 
+# Where each config-driven command writes (a dotted key of its config); that folder is locked for the
+# whole command and, except for `run` (whose stages keep their own), holds the run's fingerprint.
+OUTPUT_FOLDER_KEY: dict[tuple[str, ...], tuple[str, bool]] = {
+    ("data", "build"): ("output_dir", True),
+    ("data", "label"): ("output_dir", True),
+    ("train",): ("run.output_dir", True),
+    ("rm", "train"): ("run.output_dir", True),
+    ("run",): ("output_dir", False),
+}
+
 # Commands with their own argument parsers: (words) -> "module:function" taking argv.
 ARGV_COMMANDS: dict[tuple[str, ...], str] = {
     ("eval", "rewardbench"): "prefopt.eval.rewardbench:cli_main",
@@ -64,6 +74,8 @@ ARGV_COMMANDS: dict[tuple[str, ...], str] = {
 # What each config-driven command does (its `--help`).
 CONFIG_HELP = {
     ("data", "build"): "Build train.jsonl/test.jsonl from raw sources (adapters, builders, validation).",
+    ("data", "label"): "Sample K answers per prompt from a policy, score them with a reward model, GPM, "
+                       "ensemble, rule or judge, and write preference pairs / ranked sets (on-policy data).",
     ("train",): "Train a policy (offline DPO family or online GRPO family); data.path takes built data or "
                 "TRL standard/conversational preference .jsonl directly.",
     ("rm", "train"): "Train a reward model (BT, GPM, POLAR, ensembles); data.path as for train.",
@@ -123,19 +135,36 @@ def _cmd_validate(args: Sequence[str]) -> int:
     return 0
 
 
+def _dotted(cfg: object, key: str) -> object:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
 def _run_config_command(words: tuple[str, ...], args: Sequence[str]) -> int:
-    from prefopt.core.config import load_config
+    from prefopt.core.config import load_config, to_dict
+    from prefopt.core.rundir import config_fingerprint, guarded_folder
 
     expect, target = CONFIG_COMMANDS[words]
-    usage = f"usage: prefopt {' '.join(words)} CONFIG.yaml [key=value ...]"
+    usage = f"usage: prefopt {' '.join(words)} CONFIG.yaml [key=value ...] [--overwrite]"
     if args and args[0] in ("-h", "--help"):
         print(f"{usage}\n\n{CONFIG_HELP[words]}\nOverrides are dotted keys, e.g. optim.lr=1e-5 "
-              "run.report_to=[tensorboard,wandb]. Check a config with `prefopt validate CONFIG`.")
+              "run.report_to=[tensorboard,wandb]. --overwrite moves an earlier, different run in the output "
+              "folder aside. Check a config with `prefopt validate CONFIG`.")
         return 0
+    overwrite = "--overwrite" in args
+    args = [a for a in args if a != "--overwrite"]
     if not args or args[0].startswith("-"):
         raise PrefoptError(usage)
     cfg = load_config(args[0], list(args[1:]), expect=expect)
-    result = _resolve(target)(cfg)
+    validate = getattr(cfg, "validate", None)
+    if callable(validate):
+        validate()
+    key, fingerprinted = OUTPUT_FOLDER_KEY[words]
+    fp = config_fingerprint(to_dict(cfg)) if fingerprinted else None
+    with guarded_folder(str(_dotted(cfg, key)), fp, overwrite=overwrite, command=f"prefopt {' '.join(words)}",
+                        what=f"'{' '.join(words)}' run"):
+        result = _resolve(target)(cfg)
     print(_done_line(words, cfg, result), flush=True)
     return int(result) if isinstance(result, int) else 0
 
@@ -177,7 +206,7 @@ def _version() -> str:
 def _usage() -> str:
     cmds = ["--version", "ls [losses|algorithms|datasets|judges|reward_models|reward_fns|...]",
             "validate CONFIG [k=v ...]"]
-    cmds += [f"{' '.join(w)} CONFIG [k=v ...]" for w in CONFIG_COMMANDS]
+    cmds += [f"{' '.join(w)} CONFIG [k=v ...] [--overwrite]" for w in CONFIG_COMMANDS]
     cmds += [f"{' '.join(w)} ..." for w in ARGV_COMMANDS]
     return "usage: prefopt COMMAND\n\ncommands:\n" + "\n".join(f"  prefopt {c}" for c in cmds)
 

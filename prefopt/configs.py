@@ -62,6 +62,9 @@ class TrainDataConfig:
     # Batch layout for pairwise losses: padded rows, padding-free packed rows, or shared_prompt (the
     # prompt once per pair; fastest on long prompts, see benchmarks/README.md). Same log-probs to 1e-5.
     layout: Literal["padded", "packed", "shared_prompt"] = "padded"
+    # A bad record (checked exactly as `prefopt data build` checks it): "raise" names file, line and
+    # field; "skip" drops it and counts it by reason in data_stats.json and on the console.
+    on_error: Literal["raise", "skip"] = "raise"
 
     def __post_init__(self) -> None:
         if self.max_prompt_length >= self.max_length:

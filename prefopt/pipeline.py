@@ -2,9 +2,12 @@
 
 Each stage runs one ``prefopt`` command into its own folder ``<output_dir>/<stage name>``. A stage
 that finished writes ``.stage-done.json`` holding a fingerprint of its command, config file,
-overrides, arguments and the fingerprints of the stages before it; a rerun skips every stage whose
-fingerprint still matches, so a second invocation repeats nothing, and an interrupted run restarts at
-the first unfinished stage (training stages also resume from their own checkpoints).
+overrides, arguments, the content hashes of its input files and the fingerprints of the stages before
+it; a rerun skips every stage whose fingerprint still matches, so a second invocation repeats nothing,
+and an interrupted run restarts at the first unfinished stage (training stages also resume from their
+own checkpoints, but only when ``.stage-started.json`` shows the same fingerprint: a stage whose inputs
+changed restarts clean, its old outputs moved aside to ``<stage>.replaced-<time>``). Every stage's
+config and arguments are checked before the first stage starts.
 
 In overrides and arguments, ``{out}`` is the pipeline folder, ``{stage:NAME}`` the folder of an
 earlier stage, e.g. ``data.path={stage:data}``, and ``{var:NAME}`` a value from the config's ``vars``
@@ -34,6 +37,7 @@ OUTPUT_KEY = {"data build": "output_dir", "data label": "output_dir", "train": "
               "rm train": "run.output_dir"}
 CONFIG_KIND = {"data build": "data", "data label": "label", "train": "train", "rm train": "rm"}
 DONE = ".stage-done.json"
+STARTED = ".stage-started.json"
 
 
 @dataclass(frozen=True)
@@ -51,8 +55,9 @@ class StageConfig:
     enabled: bool = True
 
     def __post_init__(self) -> None:
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
-            raise ValueError(f"stage name {self.name!r} may only hold letters, digits, '_', '.', '-'")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name) or set(self.name) == {"."}:
+            raise ValueError(f"stage name {self.name!r} may only hold letters, digits, '_', '.', '-' "
+                             "(and not only dots: it names a folder inside the pipeline folder)")
         if self.command in OUTPUT_KEY and not self.config:
             raise ValueError(f"stage '{self.name}': command '{self.command}' needs a config file")
 
@@ -83,13 +88,22 @@ class RunConfig:
                                      f"(known: {', '.join(sorted(self.vars)) or 'none'})")
 
     def validate(self) -> None:
-        """Load and validate every stage config with its overrides (used by `prefopt validate`)."""
+        """Check every stage before any starts: configs with their overrides, CLI arguments of the others
+        (used by `prefopt validate` and at the start of `prefopt run`)."""
         from prefopt.core.config import load_config
 
         for stage in self.stages:
+            if not stage.enabled:
+                continue
             if stage.config:
-                load_config(stage.config, _substitute(stage.overrides, self, stage),
-                            expect=CONFIG_KIND[stage.command])
+                try:
+                    # schema and values only: a stage's own validate() may look for files earlier stages make
+                    load_config(stage.config, _substitute(stage.overrides, self, stage),
+                                expect=CONFIG_KIND[stage.command])
+                except ConfigError as exc:
+                    raise ConfigError(f"stage '{stage.name}': {exc}") from None
+            else:
+                check_stage_args(stage.name, _argv(self, stage))
 
 
 CONFIG_KINDS.register("run", RunConfig)
@@ -116,23 +130,73 @@ def _argv(cfg: RunConfig, stage: StageConfig) -> list[str]:
     return words + _substitute(stage.args, cfg, stage) + ["--out", out]
 
 
+def check_stage_args(name: str, argv: list[str]) -> None:
+    """Parse an argument-driven stage's arguments with its command's parser; ConfigError on a bad one."""
+    import contextlib
+    import importlib
+    import io
+
+    from prefopt.cli import ARGV_COMMANDS
+
+    words = next((w for w in ARGV_COMMANDS if tuple(argv[:len(w)]) == w), None)
+    if words is None:
+        return
+    module = importlib.import_module(ARGV_COMMANDS[words].split(":")[0])
+    parser = getattr(module, "build_parser", None)
+    if parser is None:
+        return
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            parser().parse_args(argv[len(words):])
+    except SystemExit:
+        lines = [ln for ln in err.getvalue().splitlines() if ln.strip()]
+        raise ConfigError(f"stage '{name}': {lines[-1] if lines else 'invalid arguments'}") from None
+
+
+def _input_digests(cfg: RunConfig, stage: StageConfig) -> dict:
+    """Content hashes of what the stage reads (config-driven: data and model paths; others: file args)."""
+    from prefopt.core.rundir import config_fingerprint, path_digest
+
+    if stage.config:
+        from prefopt.core.config import load_config, to_dict
+
+        loaded = load_config(stage.config, _substitute(stage.overrides, cfg, stage))
+        return config_fingerprint(to_dict(loaded))["inputs"]
+    return {a: path_digest(a) for a in _substitute(stage.args, cfg, stage) if Path(a).is_file()}
+
+
 def fingerprint(cfg: RunConfig, stage: StageConfig, upstream: list[str]) -> str:
+    """Hash of the stage's command line, config file, input contents and the stages before it."""
     h = hashlib.sha256(json.dumps(_argv(cfg, stage)).encode())
     if stage.config and Path(stage.config).is_file():
         h.update(Path(stage.config).read_bytes())
+    h.update(json.dumps(_input_digests(cfg, stage), sort_keys=True).encode())
     for fp in upstream:
         h.update(fp.encode())
     return h.hexdigest()[:24]
 
 
-def _is_done(folder: Path, fp: str) -> bool:
-    marker = folder / DONE
-    if not marker.exists():
-        return False
+def _marker(folder: Path, name: str) -> str | None:
     try:
-        return json.loads(marker.read_text()).get("fingerprint") == fp
-    except json.JSONDecodeError:
-        return False
+        return json.loads((folder / name).read_text()).get("fingerprint")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+
+
+def _is_done(folder: Path, fp: str) -> bool:
+    return _marker(folder, DONE) == fp
+
+
+def _prepare_stage(folder: Path, fp: str) -> None:
+    """Resume an interrupted stage with the same fingerprint; otherwise move old outputs aside."""
+    from prefopt.core.rundir import LOCK_NAME, move_aside, run_lock
+
+    if _marker(folder, STARTED) != fp and folder.is_dir() and any(e.name != LOCK_NAME for e in folder.iterdir()):
+        with run_lock(folder, "prefopt run (restarting a changed stage)"):
+            print(f"stage {folder.name}: its inputs changed; restarting it clean", file=sys.stderr, flush=True)
+            move_aside(folder)
+    atomic_write_json(folder / STARTED, {"fingerprint": fp})
 
 
 def run_pipeline(cfg: RunConfig) -> int:
@@ -152,6 +216,7 @@ def run_pipeline(cfg: RunConfig) -> int:
             report.append((stage.name, "skipped (done)", 0.0))
             continue
         print(f"== stage {stage.name}: prefopt {' '.join(_argv(cfg, stage))}", file=sys.stderr, flush=True)
+        _prepare_stage(folder, fp)
         t0 = time.time()
         code = dispatch(_argv(cfg, stage))
         if code:

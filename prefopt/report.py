@@ -260,12 +260,16 @@ def to_html(md: str, figures: list[Path], out_dir: Path) -> str:
             f"<style>{STYLE}</style></head><body>\n{body}\n</body></html>")
 
 
-def cli_main(argv: list[str]) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prefopt report", description=__doc__.split("\n")[0])
     parser.add_argument("--run", required=True, help="pipeline output folder (from `prefopt run`) or one "
                         "training / evaluation / data folder")
     parser.add_argument("--out", default=None, help="where report.md/html go (default: <run>/report)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def cli_main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
     run_dir = Path(args.run)
     md, page = build_report(run_dir, Path(args.out) if args.out else run_dir / "report")
     print(f"report: {md} and {page}")

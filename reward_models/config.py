@@ -68,6 +68,9 @@ class RMDataConfig:
     # "shared_prompt" (each item's prompt encoded once, its responses after it under a block mask;
     # fastest for pairs and ranked lists; sdpa/eager attention only). Same rewards and loss in all three.
     layout: Literal["padded", "packed", "shared_prompt"] = "padded"
+    # A bad record (checked exactly as `prefopt data build` checks it): "raise" names file, line and
+    # field; "skip" drops it and counts it by reason in data_stats.json and on the console.
+    on_error: Literal["raise", "skip"] = "raise"
 
     def __post_init__(self) -> None:
         if self.max_prompt_length >= self.max_length:

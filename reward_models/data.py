@@ -81,6 +81,14 @@ def read_records(path: Path) -> list[dict]:
     return [r.data for r in raws] if trl is None else [ex.to_record() for ex in trl]
 
 
+def read_records_head(path: Path) -> dict | None:
+    """The first raw record of ``path`` (to tell its schema), or None when it has none."""
+    from data_pipelines.errors import Issues
+    from data_pipelines.sources import iter_jsonl
+
+    return next((r.data for r in iter_jsonl(path, Issues("skip"))), None)
+
+
 def subset(records: list, limit: int | None, seed: int | None) -> list:
     """The first ``limit`` records, or (``seed`` given) a seeded random subset in file order."""
     if limit is None or limit >= len(records):
@@ -91,20 +99,26 @@ def subset(records: list, limit: int | None, seed: int | None) -> list:
     return [records[i] for i in keep]
 
 
-def tokenize_records(records: list[dict], schema: str, tokenizer: Any, policy: Any,
+def load_checked(path: Path, schema: str, on_error: str = "raise") -> tuple[list, dict[str, int]]:
+    """``pairwise``/``ranked`` examples of ``path`` checked exactly as ``prefopt data build`` checks them
+    (file, line and field in every error); returns ``(examples, skipped counts by reason)``."""
+    from data_pipelines.errors import Issues
+    from data_pipelines.sources import load_examples
+
+    issues = Issues(on_error)
+    return load_examples(path, schema, issues, for_training=True), issues.as_dict()
+
+
+def tokenize_records(records: list, schema: str, tokenizer: Any, policy: Any,
                      where: str = "") -> tuple[list[RMItem], dict[str, int]]:
-    """Tokenise ``pairwise`` or ``ranked`` records into RM items (over-length rows follow ``policy``)."""
-    from data_pipelines.schemas import PairwiseExample, RankedExample
+    """Tokenise validated ``pairwise`` or ``ranked`` examples (see :func:`load_checked`) into RM items
+    (over-length rows follow ``policy``)."""
     from data_pipelines.tokenize import TokenizeStats, tokenize_pairwise, tokenize_ranked
 
     stats = TokenizeStats()
     items: list[RMItem] = []
     bad = 0
-    for line, rec in enumerate(records, 1):
-        try:
-            ex = (PairwiseExample if schema == "pairwise" else RankedExample).from_record(rec)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DataError(f"not a {schema} record: {exc!r}", file=where, line=line) from None
+    for ex in records:
         try:
             tok = (tokenize_pairwise if schema == "pairwise" else tokenize_ranked)(ex, tokenizer, policy, stats)
         except DataError:  # e.g. an empty message inside the prompt: skipped and counted

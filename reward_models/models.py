@@ -430,6 +430,10 @@ def _load(cls: type[RewardModel], path: Path, *, backbone: nn.Module | None, tor
         cfg = None  # plain HF sequence-classification checkpoint: BT
     else:
         raise ModelLoadError(f"{path}: neither {REWARD_CONFIG} nor config.json found")
+    from prefopt.core.models import pickle_allowed, refuse_pickled_weights
+
+    refuse_pickled_weights(path)
+    kw = {**kw, "use_safetensors": not pickle_allowed()}
     try:
         if (path / "adapter_config.json").is_file():
             return _load_lora(cls, path, cfg, backbone, kw)

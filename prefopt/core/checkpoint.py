@@ -28,8 +28,8 @@ from typing import Any
 
 import torch
 
-from prefopt.core.errors import PrefoptError
-from prefopt.core.io import atomic_write_json
+from prefopt.core.errors import OutputError, PrefoptError
+from prefopt.core.io import atomic_write_json, output_errors
 
 PREFIX = "step-"
 EXTRA_FILE = "extra.safetensors"
@@ -86,6 +86,19 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, back
     covered by the manifest; read them back with :func:`load_extra_tensors`.
     """
     final = _folder(Path(run_dir), step)
+    try:
+        with output_errors(final):
+            return _save(final, step, model, backend, state, keep_last, tensors)
+    except RuntimeError as exc:  # torch.save / safetensors report a failed write (disk full) this way
+        if "writ" not in str(exc).lower():
+            raise
+        shutil.rmtree(final.parent / f".tmp-{final.name}", ignore_errors=True)
+        raise OutputError(f"cannot write checkpoint {final}: {str(exc).splitlines()[0][:160]}; earlier "
+                          "checkpoints are kept unchanged") from None
+
+
+def _save(final: Path, step: int, model: torch.nn.Module, backend: Any, state: dict[str, Any], keep_last: int,
+          tensors: dict[str, torch.Tensor] | None) -> Path:
     tmp = final.parent / f".tmp-{final.name}"
     if backend.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -134,18 +147,27 @@ def verify(folder: Path) -> None:
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """Newest complete checkpoint under ``run_dir`` (verified), or None. Partial ones are reported."""
+    """Newest complete, verified checkpoint under ``run_dir``, or None. Partial ones are reported; a
+    corrupt one is moved aside to ``checkpoints/.corrupt-step-N`` with a warning and the next newer
+    complete one is used."""
     folder = Path(run_dir) / "checkpoints"
     if not folder.exists():
         return None
     for tmp in folder.glob(".tmp-*"):
         warnings.warn(f"ignoring partial checkpoint {tmp} (the run was interrupted while saving)",
                       stacklevel=2)
-    done = sorted(folder.glob(f"{PREFIX}*"))
-    if not done:
-        return None
-    verify(done[-1])
-    return done[-1]
+    for candidate in sorted(folder.glob(f"{PREFIX}*"), reverse=True):
+        try:
+            verify(candidate)
+        except CheckpointError as exc:
+            aside = folder / f".corrupt-{candidate.name}"
+            shutil.rmtree(aside, ignore_errors=True)
+            candidate.rename(aside)
+            warnings.warn(f"{exc}; moved it aside to {aside} and falling back to the previous complete "
+                          "checkpoint", stacklevel=2)
+            continue
+        return candidate
+    return None
 
 
 def load_checkpoint(folder: str | Path, model: torch.nn.Module, backend: Any) -> dict[str, Any]:
@@ -156,9 +178,21 @@ def load_checkpoint(folder: str | Path, model: torch.nn.Module, backend: Any) ->
         backend.load_engine_state(str(folder / "engine"))
     else:
         _copy_trainable(folder, model)
-        backend.load_state_dict(torch.load(folder / "optim.pt", weights_only=True))
-    set_rng_state(torch.load(folder / "rng.pt", weights_only=True))
+        backend.load_state_dict(_load_tensors_file(folder / "optim.pt"))
+    set_rng_state(_load_tensors_file(folder / "rng.pt"))
     return json.loads((folder / "state.json").read_text())
+
+
+def _load_tensors_file(path: Path) -> Any:
+    """``torch.load(weights_only=True)``; a file holding anything but tensors and plain containers (e.g. a
+    pickle that would run code) is refused with a :class:`CheckpointError` naming it."""
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as exc:  # UnpicklingError (torch's weights-only unpickler), RuntimeError, EOFError
+        if type(exc).__name__ not in ("UnpicklingError", "RuntimeError", "EOFError"):
+            raise
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"refusing to load {path}: not a plain tensor file ({first})") from None
 
 
 def load_extra_tensors(folder: str | Path) -> dict[str, torch.Tensor]:

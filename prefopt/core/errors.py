@@ -34,5 +34,9 @@ class ModelLoadError(PrefoptError):
     """A model, tokenizer or checkpoint could not be loaded (wrong path, missing head, corrupt file)."""
 
 
+class OutputError(PrefoptError):
+    """An output cannot be written (disk full, read-only or unwritable folder); the message names the path."""
+
+
 class NumericError(PrefoptError):
     """A loss or gradient became NaN/inf during training."""

@@ -92,9 +92,12 @@ class MetricLogger:
         if not self.enabled:
             return values
         row = {"step": step, "time_s": round(time.time() - self._start, 3), **values}
-        self._fh.write(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                                   for k, v in row.items()}) + "\n")
-        self._fh.flush()
+        from prefopt.core.io import output_errors
+
+        with output_errors(self._fh.name):
+            self._fh.write(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                                       for k, v in row.items()}) + "\n")
+            self._fh.flush()
         renamed = {self._rename(k): v for k, v in values.items()}
         for sink in self._sinks:
             sink.log(renamed, step)
@@ -111,6 +114,29 @@ class MetricLogger:
 
             atomic_write_json(self.run_dir / METRIC_NAMES_FILE, dict(sorted(self._used.items())))
         return self._used[key]
+
+    def rewind(self, step: int) -> int:
+        """Drop logged rows after ``step`` (call on resume with the checkpoint's step, or -1 for a fresh
+        start) so the file never repeats steps; returns the number of rows dropped."""
+        if not self.enabled or self._fh is None:
+            return 0
+        from prefopt.core.io import atomic_write_text
+
+        self._fh.close()
+        path = Path(self._fh.name)
+        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        kept = []
+        for ln in lines:
+            try:
+                row_step = json.loads(ln).get("step", 0)
+            except json.JSONDecodeError:  # a torn last line from a killed run
+                continue
+            if isinstance(row_step, (int, float)) and row_step <= step:
+                kept.append(ln)
+        if len(kept) != len(lines):
+            atomic_write_text(path, "".join(ln + "\n" for ln in kept))
+        self._fh = open(path, "a", encoding="utf-8")
+        return len(lines) - len(kept)
 
     def close(self) -> None:
         if self._fh is not None:

@@ -36,6 +36,7 @@ import torch
 
 from prefopt.core.errors import ConfigError, ModelLoadError
 from prefopt.core.lora import LoraSettings, apply_lora, apply_lora_settings
+from prefopt.core.safe_load import pickle_allowed, refuse_pickled_weights  # noqa: F401 (re-exported)
 
 __all__ = ["EMBEDDED_HUB_ID", "EMBEDDED_NAME", "public_model_name", "SPECIAL_NAMES", "TINY_CONFIGS", "LoraSettings", "ModelConfig", "apply_lora",
            "apply_lora_settings", "cache_root", "cli_prepare", "load_causal_lm", "load_model",
@@ -327,9 +328,11 @@ def load_causal_lm(name_or_path: str, dtype: str = "float32", trust_remote_code:
         source, hub_kwargs = str(prepare_embedded_model()), {}
     else:
         source, hub_kwargs = _resolve_source(name_or_path), {"revision": revision}
+    refuse_pickled_weights(source)
     if (Path(source) / "adapter_config.json").is_file():
         return load_merged_adapter(Path(source), dtype=dtype, trust_remote_code=trust_remote_code)
-    kwargs: dict[str, Any] = {"dtype": torch_dt, "trust_remote_code": trust_remote_code, **hub_kwargs}
+    kwargs: dict[str, Any] = {"dtype": torch_dt, "trust_remote_code": trust_remote_code,
+                              "use_safetensors": not pickle_allowed(), **hub_kwargs}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     try:

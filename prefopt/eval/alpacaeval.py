@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -97,6 +98,7 @@ def build_judge(args: argparse.Namespace) -> Any:
     if args.judge == "http":
         return make_judge("http", base_url=args.judge_base_url, model=(args.judge_model or [""])[0],
                           api_key_env=args.judge_api_key_env, config=args.judge_config, seed=args.seed,
+                          timeout=args.judge_timeout, max_retries=args.judge_max_retries,
                           both_orders=getattr(args, "judge_both_orders", False))
     if not args.judge_model:
         raise ConfigError(f"--judge {args.judge} needs --judge-model")
@@ -118,9 +120,28 @@ def build_judge(args: argparse.Namespace) -> Any:
     return make_judge("rm", scorer=scorer, name=f"rm:{kind}:{names}", batch_size=args.judge_batch_size)
 
 
+def _annotate_into(store: ResultStore, judge: Any, todo: list[dict], outputs: list[dict]) -> None:
+    """Judge ``todo`` and append the annotations (judges with ``persist_every`` are asked in pieces of
+    that size, so a failure keeps every judgement already made)."""
+    step = max(1, int(getattr(judge, "persist_every", len(todo)) or len(todo)))
+    for s in range(0, len(todo), step):
+        part = todo[s:s + step]
+        outs = [outputs[r["index"]]["output"] for r in part]
+        ann = judge.annotate([r["instruction"] for r in part], [r["reference"] for r in part], outs,
+                             keys=[r["index"] for r in part])
+        store.append({"index": r["index"], "instruction": r["instruction"], "dataset": r["dataset"],
+                      "output_1": r["reference"], "generator_1": r["reference_generator"], "output_2": o,
+                      "generator_2": outputs[r["index"]]["generator"], "annotator": judge.name, **a}
+                     for r, o, a in zip(part, outs, ann, strict=True))
+
+
 def judge_outputs(args: argparse.Namespace, rows: list[dict], outputs: list[dict], out: Path) -> list[dict]:
-    """Annotate missing examples in fixed chunks; return all annotations in eval-set order."""
-    store = ResultStore(out / "annotations.jsonl", key_fields=("index",))
+    """Annotate missing examples in fixed chunks; return all annotations in eval-set order.
+
+    Rows a judge marks ``retry`` (an unparsable answer) are kept in ``annotations.jsonl`` as failures
+    and asked again by the next run; while any remain, no results are written.
+    """
+    store = ResultStore(out / "annotations.jsonl", key_fields=("index",), retry_field="retry")
     if store.pending(rows):
         judge = build_judge(args)
         bar = progress(total=len(rows), desc="judge")
@@ -129,17 +150,16 @@ def judge_outputs(args: argparse.Namespace, rows: list[dict], outputs: list[dict
             todo = store.pending(chunk)
             if not todo:
                 continue
-            outs = [outputs[r["index"]]["output"] for r in todo]
-            ann = judge.annotate([r["instruction"] for r in todo], [r["reference"] for r in todo], outs,
-                                 keys=[r["index"] for r in todo])
-            store.append({"index": r["index"], "instruction": r["instruction"], "dataset": r["dataset"],
-                          "output_1": r["reference"], "generator_1": r["reference_generator"], "output_2": o,
-                          "generator_2": outputs[r["index"]]["generator"], "annotator": judge.name, **a}
-                         for r, o, a in zip(todo, outs, ann))
+            _annotate_into(store, judge, todo, outputs)
             bar.update(len(todo))
             _delay()
         bar.close()
     done = {r["index"]: r for r in store.rows()}
+    failed = [done[r["index"]] for r in rows if store.is_retry(done[r["index"]])]
+    if failed:
+        raise DataError(f"{len(failed)} of {len(rows)} judgements failed (first: {failed[0].get('error')}); "
+                        "they are recorded as failures and a rerun of the same command asks the judge again",
+                        file=str(store.path), field="preference")
     return [done[r["index"]] for r in rows]
 
 
@@ -227,6 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge-config", default="weighted_alpaca_eval_gpt4_turbo",
                    help="alpaca_eval annotator config whose prompt the http judge uses")
     p.add_argument("--judge-labels", default="A,B")
+    p.add_argument("--judge-timeout", type=float, default=60.0, help="http judge: seconds per request")
+    p.add_argument("--judge-max-retries", type=int, default=6,
+                   help="http judge: retries on network errors, 429 and 5xx (backoff honours Retry-After)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="move results made with different settings aside instead of refusing")
     p.add_argument("--judge-batch-size", type=int, default=4)
     p.add_argument("--judge-agreement", default=None,
                    help="results.json of prefopt eval judge-agreement: stored and shown beside the win rates")
@@ -249,11 +274,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse values that would silently evaluate something else than asked."""
+    for name in ("limit", "gen_batch_size", "judge_batch_size", "max_new_tokens", "max_length"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    for name in ("temperature", "top_p", "judge_timeout"):
+        value = getattr(args, name)
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
+
+
 def cli_main(argv: Sequence[str]) -> int:
     """Entry point of ``prefopt eval alpacaeval``."""
+    from prefopt.core.rundir import guarded_folder
+
     args = build_parser().parse_args(list(argv))
+    check_args(args)
     if args.leaderboard:
         leaderboard(args.leaderboard, args.out)
         return 0
-    run(args)
+    name = args.generator_name or (Path(args.policy).name if args.policy else None)
+    args.out = str(args.out or Path("runs") / "eval" / "alpacaeval" / (name or "outputs"))
+    with guarded_folder(args.out, None, overwrite=args.overwrite, command="prefopt eval alpacaeval"):
+        run(args)
     return 0

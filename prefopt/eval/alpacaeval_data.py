@@ -150,6 +150,6 @@ def config_check(path: Path, config: dict[str, Any], what: str) -> None:
         diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
         if diff:
             raise ConfigError(f"{path.parent} holds {what} made with different settings ({', '.join(diff)}); "
-                              "use another --out or delete the folder")
+                              "use another --out, or pass --overwrite to move the old results aside")
         return
     atomic_write_json(path, config)

@@ -204,5 +204,8 @@ def cli_main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(list(argv))
     if args.batch_size < 1 or args.draws < 1:
         raise ConfigError("--batch-size and --draws must be >= 1")
-    run(args)
+    from prefopt.core.rundir import run_lock
+
+    with run_lock(args.out, "prefopt eval bon"):  # one writer per folder (docs/reliability.md)
+        run(args)
     return 0

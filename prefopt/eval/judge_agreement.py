@@ -210,5 +210,8 @@ def cli_main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(list(argv))
     if args.judge_batch_size < 1:
         raise ConfigError("--judge-batch-size must be >= 1")
-    run(args)
+    from prefopt.core.rundir import run_lock
+
+    with run_lock(args.out, "prefopt eval judge-agreement"):  # one writer per folder (docs/reliability.md)
+        run(args)
     return 0

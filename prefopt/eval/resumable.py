@@ -34,16 +34,26 @@ class ResultStore:
         key_fields: fields whose values identify an example; values must be JSON scalars.
 
     One writer per file: the store keeps the set of keys on disk in memory, loaded when it is created.
+    ``retry_field`` (optional): a row whose value there is true records a failed attempt (e.g. an
+    unparsable judge answer); it is kept in the file but its key stays pending, so a rerun retries it,
+    and :meth:`rows` prefers a later successful row for the same key.
     """
 
-    def __init__(self, path: str | os.PathLike, key_fields: Sequence[str]):
+    def __init__(self, path: str | os.PathLike, key_fields: Sequence[str], retry_field: str | None = None):
         if isinstance(key_fields, str) or not key_fields:
             raise ValueError("key_fields must be a non-empty sequence of field names")
         self.path = Path(path)
         self.key_fields = tuple(key_fields)
+        self.retry_field = retry_field
         self._keys: set[tuple[Hashable, ...]] = set()
         for line, row in enumerate(self._read(), start=1):
-            self._keys.add(self.key_of(row, line=line))
+            key = self.key_of(row, line=line)
+            if not self.is_retry(row):
+                self._keys.add(key)
+
+    def is_retry(self, row: Mapping[str, Any]) -> bool:
+        """True for a row recording a failed attempt (see ``retry_field``)."""
+        return bool(self.retry_field and row.get(self.retry_field))
 
     def key_of(self, row: Mapping[str, Any], *, line: int | None = None) -> tuple[Hashable, ...]:
         """The key tuple of ``row``.
@@ -105,7 +115,8 @@ class ResultStore:
             if k in self._keys or k in keys:
                 continue
             new.append(dict(row))
-            keys.add(k)
+            if not self.is_retry(row):
+                keys.add(k)
         if not new:
             return 0
         repair_jsonl_tail(self.path)
@@ -114,11 +125,12 @@ class ResultStore:
         return len(new)
 
     def rows(self) -> list[dict]:
-        """Stored rows in file order, one per key (first occurrence), torn tail ignored."""
-        out, seen = [], set()
+        """Stored rows, one per key in order of first appearance, torn tail ignored: the first successful
+        row of a key, else its latest failed attempt (``retry_field``)."""
+        best: dict[tuple[Hashable, ...], dict] = {}
         for line, row in enumerate(self._read(), start=1):
             k = self.key_of(row, line=line)
-            if k not in seen:
-                seen.add(k)
-                out.append(row)
-        return out
+            if k in best and not self.is_retry(best[k]):
+                continue  # a key's first successful row wins
+            best[k] = row
+        return list(best.values())

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -41,16 +42,32 @@ DEFAULT_DATA = "hf:allenai/reward-bench@filtered"
 DELAY_ENV = "PREFOPT_EVAL_BATCH_DELAY"  # debug/tests: seconds to sleep after each batch
 
 
+def _read_hub_or_file(data: str) -> list:
+    from data_pipelines.sources import read_records
+
+    if not data.startswith("hf:"):
+        return list(read_records(data))
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
+    try:
+        return list(read_records(data))
+    except Exception as exc:  # datasets/hub raise many types (ConnectionError, OfflineModeIsEnabled, ...)
+        where = "offline (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set)" if offline else "from the hub"
+        raise DataError(f"cannot load {data} {where}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}. "
+                        "Offline options: pass --data FILE (a local .jsonl/.json/.parquet copy of RewardBench, "
+                        "e.g. ../shared/data/reward-bench/reward_bench_filtered.dev10per_subset.jsonl), or "
+                        "download it once online so the HF cache holds it") from None
+
+
 def load_rows(data: str, limit_per_subset: int | None = None) -> list[dict]:
     """Validated rows ``{id, subset, prompt (messages), chosen, rejected, raw}`` from a file or ``hf:`` spec.
 
     Raises:
-        DataError: a missing/empty field, unknown subset or duplicate (id, subset), naming file and line.
+        DataError: a missing/empty field, unknown subset or duplicate (id, subset), naming file and line;
+            a hub spec that cannot be loaded (the message names the offline options).
     """
     from data_pipelines.adapters import adapt
-    from data_pipelines.sources import read_records
 
-    records = list(read_records(data))
+    records = _read_hub_or_file(data)
     rows, per_subset = [], {}
     for rec, ex in zip(records, adapt("rewardbench", records, source=data)):
         subset = ex.meta["subset"]
@@ -76,11 +93,7 @@ def polar_references(spec: str | None, rows: list[dict], out: Path, *, max_new_t
     if spec is None:
         return None
     if spec.startswith("field:"):
-        name = spec[len("field:"):]
-        for r in rows:
-            if not isinstance(r["raw"].get(name), str) or not r["raw"][name].strip():
-                raise DataError("missing or empty reference text", line=r["line"], field=name)
-        return lambda r: r["raw"][name]
+        return _field_references(spec[len("field:"):], rows)
     if spec.startswith("generate:"):
         return _generated_references(spec[len("generate:"):], rows, out, max_new_tokens, batch_size)
     path = Path(spec)
@@ -98,6 +111,19 @@ def polar_references(spec: str | None, rows: list[dict], out: Path, *, max_new_t
         if (r["id"], r["subset"]) not in refs:
             raise DataError(f"no reference for id={r['id']!r} subset={r['subset']!r}", file=str(path), field="id")
     return lambda r: refs[(r["id"], r["subset"])]
+
+
+def _field_references(name: str, rows: list[dict]) -> Callable[[dict], str]:
+    """``field:NAME``: a field of each data row; the pair's own answers are refused (spec
+    reward_models.md section 3: the reference must not leak the label)."""
+    if name in ("chosen", "rejected"):
+        raise ConfigError(f"--polar-reference field:{name} would score each answer against the {name} "
+                          "answer itself (the label leaks into the reference); give a reference that is "
+                          "neither answer: FILE.jsonl, field:OTHER_FIELD or generate:MODEL")
+    for r in rows:
+        if not isinstance(r["raw"].get(name), str) or not r["raw"][name].strip():
+            raise DataError("missing or empty reference text", line=r["line"], field=name)
+    return lambda r: r["raw"][name]
 
 
 def _generated_references(model: str, rows: list[dict], out: Path, max_new_tokens: int,
@@ -125,7 +151,7 @@ def check_run_config(out: Path, config: dict) -> None:
         diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
         if diff:
             raise ConfigError(f"{out} holds results of a different run (differs in: {', '.join(diff)}); "
-                              "use another --out or delete the folder")
+                              "use another --out, or pass --overwrite to move the old results aside")
         return
     atomic_write_json(path, config)
 
@@ -206,13 +232,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit-per-subset", type=int, default=None)
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true",
+                   help="move results of a different run in --out aside instead of refusing")
     return p
 
 
 def cli_main(argv: Sequence[str]) -> int:
     """Entry point of ``prefopt eval rewardbench``."""
+    from prefopt.core.rundir import guarded_folder
+
     args = build_parser().parse_args(list(argv))
     if args.batch_size < 1 or args.max_length < 16:
         raise ConfigError("--batch-size must be >= 1 and --max-length >= 16")
-    run(args)
+    if args.limit_per_subset is not None and args.limit_per_subset < 1:
+        raise ConfigError(f"--limit-per-subset must be >= 1, got {args.limit_per_subset}")
+    if not math.isfinite(args.beta) or args.beta <= 0:
+        raise ConfigError(f"--beta must be a finite number > 0, got {args.beta}")
+    args.out = str(args.out or Path("runs") / "eval" / "rewardbench" / Path(args.model[0]).name)
+    with guarded_folder(args.out, None, overwrite=args.overwrite, command="prefopt eval rewardbench"):
+        run(args)
     return 0

@@ -210,7 +210,10 @@ def load_policy(path: str, *, dtype: str) -> tuple[Any, Any, bool]:
     """``(model, tokenizer, is_lora)``; a LoRA adapter folder is put on its base model."""
     from prefopt.core.models import adapter_base, load_causal_lm, load_tokenizer
 
+    from prefopt.core.models import refuse_pickled_weights
+
     p = Path(path)
+    refuse_pickled_weights(p)
     if (p / "adapter_config.json").is_file():
         import peft
 

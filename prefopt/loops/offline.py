@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from data_pipelines.tokenize import LengthPolicy
+from data_pipelines.tokenize import LengthPolicy, print_data_summary
 from prefopt.algorithms import get_algorithm
 from prefopt.core.backend import make_backend
 from prefopt.core.checkpoint import (
@@ -34,7 +34,12 @@ from prefopt.core.io import atomic_write_json
 from prefopt.core.logging import progress, short_postfix
 from prefopt.core.models import load_model
 from prefopt.loops.common import MetricAccumulator, NonFiniteGuard, seed_everything, start_run
-from prefopt.loops.offline_data import epoch_order, micro_batches, tokenize_items, train_eval_paths
+from prefopt.loops.offline_data import (
+    epoch_order,
+    micro_batches,
+    tokenize_items,
+    train_eval_paths,
+)
 from prefopt.loops.offline_step import StepContext, implicit_reward_margins, pairwise_loss, ranked_loss
 from prefopt.loops.ref_cache import precompute_reference
 from prefopt.loops.reference import Reference, is_peft, refresh_reference, resolve_mode
@@ -275,9 +280,15 @@ def run_offline(cfg: Any) -> dict[str, Any]:  # noqa: C901, PLR0915 - the loop, 
     policy = LengthPolicy(cfg.data.max_length, cfg.data.max_prompt_length, cfg.data.overlong)
     train_path, eval_path = train_eval_paths(cfg.data.path, cfg.data.eval_path)
     model, tok = load_model(cfg.model, seed=cfg.run.seed)
-    items, data_stats = tokenize_items(train_path, spec.schema, tok, policy, cfg.data.max_train_examples)
-    eval_items = (tokenize_items(eval_path, spec.schema, tok, policy, cfg.data.max_eval_examples)[0]
-                  if eval_path and eval_path.stat().st_size > 0 else [])  # an empty test split: no eval
+    items, data_stats = tokenize_items(train_path, spec.schema, tok, policy, cfg.data.max_train_examples,
+                                       cfg.data.on_error)
+    eval_items, eval_stats = (tokenize_items(eval_path, spec.schema, tok, policy, cfg.data.max_eval_examples,
+                                             cfg.data.on_error)
+                              if eval_path and eval_path.stat().st_size > 0 else ([], {}))  # empty test: no eval
+    if backend.is_main:
+        print_data_summary(str(train_path), data_stats, len(items))
+        if eval_stats:
+            print_data_summary(str(eval_path), eval_stats, len(eval_items))
     plan = make_plan(cfg, items, spec, backend.rank, backend.world_size)
     iterative = spec.curriculum and cfg.curriculum == "iterative" and len(plan.stages) > 1
     model.train()
@@ -292,6 +303,7 @@ def run_offline(cfg: Any) -> dict[str, Any]:  # noqa: C901, PLR0915 - the loop, 
     if cfg.reference.mode == "precompute" and ctx.reference is not None:
         _prepare_reference_cache(ctx, model, items, eval_items, cfg, run_dir, backend)
     ckpt, step, stage_i, pos = _restore(cfg, spec, ctx, model, backend, run_dir)
+    logger.rewind(step if ckpt is not None else -1)  # never repeat steps a resumed run logs again
     if backend.is_main:
         atomic_write_json(run_dir / "data_stats.json", {"train": data_stats, "eval_items": len(eval_items),
                                                         "stage_steps": plan.stage_steps})

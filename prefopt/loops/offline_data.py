@@ -11,9 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from data_pipelines.schemas import PairwiseExample, RankedExample
+from data_pipelines.errors import Issues
 from data_pipelines.sources import load_examples
-from data_pipelines.tokenize import LengthPolicy, TokenizeStats, tokenize_pairwise, tokenize_ranked
+from data_pipelines.tokenize import (
+    LengthPolicy,
+    TokenizeStats,
+    describe_counts,
+    tokenize_pairwise,
+    tokenize_ranked,
+)
 from prefopt.core.errors import DataError
 
 
@@ -49,26 +55,25 @@ def train_eval_paths(path: str, eval_path: str | None) -> tuple[Path, Path | Non
 
 
 def tokenize_items(path: Path, schema: str, tokenizer: Any, policy: LengthPolicy,
-                   limit: int | None) -> tuple[list[Item], dict[str, int]]:
-    """Load ``path`` as ``schema`` records and tokenise them (keeping stage/annotator metadata)."""
-    records = load_examples(path, schema)[:limit]
+                   limit: int | None, on_error: str = "raise") -> tuple[list[Item], dict[str, Any]]:
+    """Load ``path`` as ``schema`` records (validated like ``data build``: file, line and field in every
+    error, ``on_error`` policy) and tokenise them (keeping stage/annotator metadata)."""
+    issues = Issues(on_error)
+    records = load_examples(path, schema, issues, limit, for_training=True)
     stats = TokenizeStats()
     items = []
     for rec in records:
         if schema == "pairwise":
-            if not isinstance(rec, PairwiseExample):
-                raise DataError(f"expected pairwise records, got {type(rec).__name__}", file=str(path))
             tok = tokenize_pairwise(rec, tokenizer, policy, stats)
         else:
-            if not isinstance(rec, RankedExample):
-                raise DataError(f"expected ranked records, got {type(rec).__name__}", file=str(path))
             tok = tokenize_ranked(rec, tokenizer, policy, stats)
         if tok is not None:
             items.append(Item(tok, len(items), int(rec.meta.get("stage", 1)),
                               int(rec.meta.get("annotator_id", 0))))
+    counts = {"records": len(records), "skipped_records": issues.as_dict(), **stats.as_dict()}
     if not items:
-        raise DataError(f"no usable examples left after tokenisation ({stats.as_dict()})", file=str(path))
-    return items, {"records": len(records), **stats.as_dict()}
+        raise DataError(f"no usable examples left ({describe_counts(counts)})", file=str(path))
+    return items, counts
 
 
 def epoch_order(items: list[Item], epoch: int, seed: int, shuffle: bool) -> list[Item]:

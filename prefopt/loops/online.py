@@ -324,6 +324,7 @@ def run_online(cfg: Any, *, scorer: Any = None) -> dict[str, Any]:  # noqa: C901
         state = load_checkpoint(ckpt, ctx.model, backend)
         step, start_round, ref_texts = state["step"], state["round"], state.get("ref_texts")
         sync_rollout_weights(ctx)  # the engine (vLLM) started from the initial weights
+    logger.rewind(step if ckpt is not None else -1)  # never repeat steps a resumed run logs again
     wr = oc.win_rate_every
     first: dict[str, float] = {}
     if wr >= 0 and held_out and ckpt is None:

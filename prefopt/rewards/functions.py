@@ -96,6 +96,19 @@ def length_penalty(prompts: Sequence[Any], completions: Sequence[str], *, max_to
     return [-coef * max(0, n - max_tokens) for n in _lengths(completions, completion_ids)]
 
 
+@REWARD_FNS.register("char_fraction")
+def char_fraction(prompts: Sequence[Any], completions: Sequence[str], *, chars: str = "0123456789",
+                  **_: Any) -> list[float]:
+    """Fraction of the completion's non-space characters that are in ``chars`` (default: digits), 0.0
+    for an empty completion. A graded reward (almost every sample differs), so even a random policy gets
+    group-relative advantages to learn from. Example: "7 apples" → 1/7 ≈ 0.143."""
+    out = []
+    for text in completions:
+        visible = [c for c in (text or "") if not c.isspace()]
+        out.append(sum(c in chars for c in visible) / len(visible) if visible else 0.0)
+    return out
+
+
 @REWARD_FNS.register("contains")
 def contains(prompts: Sequence[Any], completions: Sequence[str], *, text: str = "",
              ignore_case: bool = True, **_: Any) -> list[float]:

@@ -56,9 +56,13 @@ def test_keep_last_and_partial_and_corrupt(tmp_path):
     with pytest.warns(UserWarning, match="ignoring partial checkpoint"):
         assert latest_checkpoint(tmp_path).name == "step-000003"
     (tmp_path / "checkpoints" / "step-000003" / "trainable.safetensors").write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match="trainable.safetensors does not match its checksum"), \
-            pytest.warns(UserWarning):
-        latest_checkpoint(tmp_path)
+    with pytest.warns(UserWarning, match=r"step-000003 is corrupt: trainable.safetensors does not match its "
+                      r"checksum; moved it aside to .*\.corrupt-step-000003 and falling back"):
+        assert latest_checkpoint(tmp_path).name == "step-000002"
+    assert (tmp_path / "checkpoints" / ".corrupt-step-000003" / "trainable.safetensors").read_bytes() == b"garbage"
+    (tmp_path / "checkpoints" / "step-000002" / "rng.pt").unlink()
+    with pytest.warns(UserWarning, match="rng.pt is missing"):
+        assert latest_checkpoint(tmp_path) is None
 
 
 def test_checkpoint_for_another_model_raises(tmp_path):

@@ -109,7 +109,7 @@ def test_load_examples_round_trip(tmp_path):
     p.write_text(_jsonl([pair.to_record(), ranked.to_record()]))
     assert load_examples(p) == [pair, ranked]
     assert infer_kind(pair.to_record()) == "pairwise" and infer_kind(ranked.to_record()) == "ranked"
-    with pytest.raises(DataError, match=r"train.jsonl, line 2: not a PairwiseExample record"):
+    with pytest.raises(DataError, match=r"train.jsonl, line 2, field 'chosen': required field is missing"):
         load_examples(p, kind="pairwise")
 
 

@@ -174,13 +174,21 @@ def test_http_judge_unparsable_reply_is_missing(tmp_path, shared_data, monkeypat
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     outputs = _outputs_file(tmp_path, shared_data, 2)
     out = tmp_path / "h2"
+    args = ["--model-outputs", str(outputs), "--judge", "http", "--judge-model", "x", "--limit", "2",
+            "--reference", str(_ref(shared_data))]
     with _Server(reply={"choices": [{"message": {"role": "assistant", "content": "both"}}]}) as srv:
-        with pytest.raises(DataError, match="no usable preference"):
-            _run(out, "--model-outputs", str(outputs), "--judge", "http", "--judge-base-url", srv.url,
-                 "--judge-model", "x", "--limit", "2", "--reference", str(_ref(shared_data)))
-    assert "Authorization" not in srv.requests[0][0] and len(srv.requests) == 2
-    rows = [json.loads(x) for x in (out / "annotations.jsonl").read_text().splitlines()]
-    assert [r["preference"] for r in rows] == [None, None]
+        with pytest.raises(DataError, match=r"annotations.jsonl, field 'preference': 2 of 2 judgements failed "
+                           r"\(first: unparsable judge answer: answer 'both' is neither 'm' nor 'M'.*a rerun"):
+            _run(out, "--judge-base-url", srv.url, *args)
+        assert "Authorization" not in srv.requests[0][0] and len(srv.requests) == 2
+        rows = [json.loads(x) for x in (out / "annotations.jsonl").read_text().splitlines()]
+        assert [(r["preference"], r["retry"]) for r in rows] == [(None, True), (None, True)]
+        assert not (out / "results.json").exists()
+        srv.reply = None  # the server is healthy again: the failures are retried, not cached as finished
+        res = _run(out, "--judge-base-url", srv.url, *args)
+    assert len(srv.requests) == 4 and res["n_total"] == 2
+    ann = json.loads((out / "annotations.json").read_text())
+    assert all(a["preference"] == pytest.approx(1.8 if a["model_shown_as"] == "M" else 1.2) for a in ann)
 
 
 def test_lm_judge_and_identical_outputs(tmp_path, shared_data, tiny_model_dir):
