@@ -60,7 +60,7 @@ def run(argv: list[str]) -> dict[str, Any]:
     med = {m: statistics.median(t) for m, t in times.items()}
     payload = {"command": "python -m benchmarks.ablate_lm_head " + " ".join(argv), "s_per_step": med,
                "s_per_step_all": times, "losses": losses, "speedup_completion_head": med["full"] / med["completion"],
-               "max_loss_abs_diff": max(abs(a - b) for a, b in zip(losses["completion"], losses["full"]))}
+               "max_loss_abs_diff": max(abs(a - b) for a, b in zip(losses["completion"], losses["full"], strict=False))}
     print(json.dumps({k: payload[k] for k in ("s_per_step", "speedup_completion_head", "max_loss_abs_diff")}))
     write_json(out, payload)
     return payload

@@ -196,10 +196,10 @@ def summarize(sides: list[Side], raw: dict, tokens: list[int], warmup: int, peak
     for s in sides:
         times = raw[s.name]["times"]
         med = statistics.median(times)
-        tps = statistics.median([t / dt for t, dt in zip(measured_tokens, times)])
+        tps = statistics.median([t / dt for t, dt in zip(measured_tokens, times, strict=False)])
         # MFU counts the tokens this side really runs through the model (a shared prompt once)
         run_tokens = s.info.get("model_tokens", tokens)[warmup:warmup + n_measured]
-        flops = statistics.median([s.flops_per_token * t / dt for t, dt in zip(run_tokens, times)])
+        flops = statistics.median([s.flops_per_token * t / dt for t, dt in zip(run_tokens, times, strict=False)])
         out[s.name] = {"s_per_step": med, "s_per_step_all": times, "tokens_per_s": tps,
                        "model_gflops_per_s": flops / 1e9, "mfu": flops / 1e9 / peak_gflops,
                        "first_batch_loss": raw[s.name]["first_loss"], "losses": raw[s.name]["losses"],
@@ -210,7 +210,7 @@ def summarize(sides: list[Side], raw: dict, tokens: list[int], warmup: int, peak
             continue
         mine = raw[s.name]["times"]
         out[s.name]["speedup_vs_" + baseline] = statistics.median(base) / statistics.median(mine)
-        out[s.name]["speedup_per_round_median"] = statistics.median([b / m for b, m in zip(base, mine)])
+        out[s.name]["speedup_per_round_median"] = statistics.median([b / m for b, m in zip(base, mine, strict=False)])
         out[s.name]["first_loss_abs_diff"] = abs(raw[s.name]["first_loss"] - raw[baseline]["first_loss"])
     return out
 

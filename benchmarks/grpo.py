@@ -177,7 +177,7 @@ def trl_side(env: dict[str, Any], args: Any) -> Side:
                           processing_class=env["tok"])
     model = trainer.model
     pad = env["tok"].pad_token_id
-    batches = [trl_batch(b, a, pad) for b, a in zip(env["batches"], env["advantages"])]
+    batches = [trl_batch(b, a, pad) for b, a in zip(env["batches"], env["advantages"], strict=False)]
     trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train(), which we do not call
     trainer.create_optimizer()
     opt = trainer.optimizer
@@ -212,7 +212,7 @@ def _logp_diff(trainer: Any, model: Any, env: dict[str, Any], batch: dict, args:
             ours = forward_token_logps(env["proto"], _collate("padded", env["batches"][0],
                                                               env["tok"].pad_token_id)).token_logps
     diff = 0.0
-    for n, (it, c) in enumerate((it, c) for it in env["batches"][0] for c in it.completion_ids):
+    for n, (it, c) in enumerate((row, c) for row in env["batches"][0] for c in row.completion_ids):
         p = len(it.prompt_ids)
         a = ours[n, p:p + len(c)].float()
         b = theirs[n, :len(c)].float()

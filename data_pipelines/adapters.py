@@ -16,14 +16,13 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
-from prefopt.core.config import from_dict
-from prefopt.core.errors import ConfigError
-from prefopt.core.registry import DATASETS
-
 from data_pipelines import fields as F
 from data_pipelines.errors import Issues, RecordError
 from data_pipelines.schemas import Message, PairwiseExample, PromptExample
 from data_pipelines.sources import RawRecord
+from prefopt.core.config import from_dict
+from prefopt.core.errors import ConfigError
+from prefopt.core.registry import DATASETS
 
 
 @dataclass(frozen=True)
@@ -158,7 +157,7 @@ def hh_rlhf(rec: RawRecord, ctx: AdaptContext) -> PairwiseExample:
     p_r, rejected = split_final_reply(rec, parse_transcript(rec, F.require(rec, "rejected"), "rejected"),
                                       "rejected")
     if p_c != p_r:
-        turn = next((i for i, (a, b) in enumerate(zip(p_c, p_r)) if a != b), min(len(p_c), len(p_r)))
+        turn = next((i for i, (a, b) in enumerate(zip(p_c, p_r, strict=False)) if a != b), min(len(p_c), len(p_r)))
         raise F.RecordError("prompt_mismatch", f"chosen and rejected differ before the final reply "
                             f"(turn {turn + 1})", file=rec.file, line=rec.line, field="rejected")
     if p_c[-1]["role"] != "user":

@@ -13,10 +13,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from prefopt.core.config import save_resolved
-from prefopt.core.errors import ConfigError, DataError
-from prefopt.core.io import atomic_write_json, atomic_write_text
-
 from data_pipelines.adapters import adapt, get_adapter
 from data_pipelines.builders import get_builder
 from data_pipelines.config import BuilderConfig, DataBuildConfig, SourceConfig
@@ -24,6 +20,9 @@ from data_pipelines.errors import Issues
 from data_pipelines.schemas import PairwiseExample, PromptExample, prompt_text
 from data_pipelines.sources import RawRecord, read_records
 from data_pipelines.splits import dedup, split_by_prompt
+from prefopt.core.config import save_resolved
+from prefopt.core.errors import ConfigError, DataError
+from prefopt.core.io import atomic_write_json, atomic_write_text
 
 
 class _Counted:

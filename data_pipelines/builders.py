@@ -15,10 +15,9 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
+from data_pipelines.schemas import GroupExample, PairwiseExample, RankedExample
 from prefopt.core.errors import ConfigError
 from prefopt.core.registry import DATASETS
-
-from data_pipelines.schemas import GroupExample, PairwiseExample, RankedExample
 
 STRATEGIES = ("all_pairs", "best_vs_worst", "adjacent", "best_vs_rest")
 
@@ -154,7 +153,7 @@ def check_thresholds(thresholds: Sequence[float] | None) -> None:
     if not thresholds:
         return
     if any(not math.isfinite(t) or t <= 0 for t in thresholds) or any(
-            a <= b for a, b in zip(thresholds, thresholds[1:])):
+            a <= b for a, b in zip(thresholds, thresholds[1:], strict=False)):
         raise ConfigError(f"curriculum thresholds must be positive and strictly descending, got {list(thresholds)}")
 
 

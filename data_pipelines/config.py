@@ -56,7 +56,7 @@ class BuilderConfig:
     def __post_init__(self):
         if self.stages < 0:
             raise ValueError(f"stages must be >= 0, got {self.stages}")
-        if self.thresholds is not None and any(a <= b for a, b in zip(self.thresholds, self.thresholds[1:])):
+        if self.thresholds is not None and any(a <= b for a, b in zip(self.thresholds, self.thresholds[1:], strict=False)):
             raise ValueError(f"thresholds must be strictly descending, got {self.thresholds}")
 
 

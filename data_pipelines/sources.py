@@ -22,9 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from prefopt.core.errors import DataError
-
 from data_pipelines.errors import Issues, RecordError
+from prefopt.core.errors import DataError
 
 
 @dataclass(frozen=True)

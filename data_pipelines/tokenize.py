@@ -199,7 +199,7 @@ def _encode_all(tokenizer: Any, prompt: list[dict[str, str]], texts: Sequence[st
                 stats: TokenizeStats) -> tuple[list[int], list[list[int]]]:
     prompt_ids = encode_prompt(tokenizer, prompt)
     comps = []
-    for text, name in zip(texts, fields):
+    for text, name in zip(texts, fields, strict=False):
         ids, fallback = encode_completion(tokenizer, prompt, text, prompt_ids, field_name=name)
         stats.template_fallbacks += int(fallback)
         comps.append(ids)

@@ -120,5 +120,5 @@ def head_logps(hidden: Tensor, head: nn.Module, labels: Tensor, chunk_size: int 
     for s in range(0, hidden.shape[0], chunk_size):
         args = (hidden[s:s + chunk_size], labels[s:s + chunk_size])
         parts.append(checkpoint(fn, *args, use_reentrant=False) if grad else fn(*args))
-    cols = [torch.cat(c) for c in zip(*parts)]
+    cols = [torch.cat(c) for c in zip(*parts, strict=False)]
     return HeadOutput(*cols) if with_stats else HeadOutput(cols[0])

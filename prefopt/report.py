@@ -49,7 +49,7 @@ def plot_curves(metrics: list[dict], out: Path, title: str) -> Path | None:
         return None
     fig = Figure(figsize=(4 * len(names), 3.2))
     axes = fig.subplots(1, len(names), squeeze=False)[0]
-    for ax, name in zip(axes, names):
+    for ax, name in zip(axes, names, strict=False):
         pts = [(r["step"], r[name]) for r in metrics if r.get(name) is not None]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) < 30 else None)
         ax.set_title(name)

@@ -87,13 +87,13 @@ def _padded(seqs: Sequence[Sequence[int]], plens: Sequence[int], pad: int) -> RM
 def _split(seqs: Sequence[Sequence[int]], plens: Sequence[int]) -> tuple[list[list[int]], list[list[int]]]:
     """``(prompts, completions)``; a prompt keeps at least one token (the GPM gate reads its end)."""
     cut = [max(p, 1) for p in plens]
-    return [list(s[:c]) for s, c in zip(seqs, cut)], [list(s[c:]) for s, c in zip(seqs, cut)]
+    return [list(s[:c]) for s, c in zip(seqs, cut, strict=False)], [list(s[c:]) for s, c in zip(seqs, cut, strict=False)]
 
 
 def _packed(seqs: Sequence[Sequence[int]], plens: Sequence[int]) -> RMRows:
     """``collate_packed`` rows; each sequence is read at its last token, the gate at its prompt end."""
     prompts, comps = _split(seqs, plens)
-    b = collate_packed([TokenizedList(p, (c,), (0.0,)) for p, c in zip(prompts, comps)])
+    b = collate_packed([TokenizedList(p, (c,), (0.0,)) for p, c in zip(prompts, comps, strict=False)])
     starts = b.cu_seqlens[:-1].long()
     prompt = starts + torch.tensor([len(p) for p in prompts]) - 1
     return RMRows("packed", b.input_ids, b.position_ids, None, None, b.cu_seqlens[1:].long() - 1, prompt)

@@ -144,7 +144,7 @@ class ModelScorer:
             raise ValueError("ModelScorer needs a tokenizer or an encode_fn to score text")
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-        enc = [self.encode(p, r) for p, r in zip(prompts, responses)]
+        enc = [self.encode(p, r) for p, r in zip(prompts, responses, strict=False)]
         return [e[0] for e in enc], [e[1] for e in enc]
 
     def _polar_rows(self, prompts: Sequence[Prompt], responses: Sequence[str], references: Sequence[str]) -> list:
@@ -152,7 +152,7 @@ class ModelScorer:
         return [encode_polar(self.tok, p, ref, r, wrapper=c.wrapper, split_token=c.split_token or DEFAULT_SPLIT,
                              reward_token=c.reward_token or DEFAULT_REWARD, max_len=self.polar_max_len,
                              max_response_len=self.max_response_len)
-                for p, r, ref in zip(prompts, responses, references)]
+                for p, r, ref in zip(prompts, responses, references, strict=False)]
 
     def embed(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> RewardOutput:
         """GPM embeddings ``[N, 2k]`` and gates ``[N, k]`` (one forward per response)."""

@@ -3,7 +3,6 @@ real command and their config files must load and validate; `bash scripts/...` l
 existing script that bash can parse; `python -m MODULE` lines must name an importable module; `prefopt ls`/`validate` lines are actually run."""
 from __future__ import annotations
 
-import re
 import shlex
 import subprocess
 from pathlib import Path

@@ -48,7 +48,7 @@ def test_no_unsafe_yaml_pickle_or_shell():
 def test_trust_remote_code_never_defaults_on():
     bad = []
     for path in FILES:
-        for node, name in _calls(path):
+        for node, _name in _calls(path):
             for k in node.keywords:
                 if k.arg == "trust_remote_code" and isinstance(k.value, ast.Constant) and k.value.value is True:
                     bad.append(f"{path.relative_to(ROOT)}:{node.lineno}")

@@ -33,7 +33,7 @@ def _hint(key: str, known: list[str]) -> str:
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
-def _convert(value: Any, tp: Any, where: str) -> Any:  # noqa: C901, PLR0911, PLR0912 - a type switch
+def _convert(value: Any, tp: Any, where: str) -> Any:  # noqa: C901, PLR0911, PLR0912, PLR0915 - a type switch
     """Convert a YAML value to type ``tp``; raise :class:`ConfigError` naming ``where``."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)

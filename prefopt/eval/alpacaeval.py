@@ -83,7 +83,7 @@ def generate_outputs(args: argparse.Namespace, rows: list[dict], out: Path, name
             comps = gen.generate(prompts, sampling_params(args, args.seed + k))
             store.append({"index": r["index"], "instruction": r["instruction"], "output": c[0].text,
                           "generator": name, "dataset": r["dataset"], "finish_reason": c[0].finish_reason,
-                          "n_tokens": len(c[0].token_ids)} for r, c in zip(todo, comps))
+                          "n_tokens": len(c[0].token_ids)} for r, c in zip(todo, comps, strict=False))
             bar.update(len(todo))
             _delay()
         bar.close()

@@ -120,7 +120,7 @@ def validate_model_outputs(path: str, rows: Sequence[dict]) -> list[dict]:
     if len(recs) != len(rows):
         raise DataError(f"{len(recs)} outputs for {len(rows)} instructions", file=path)
     out = []
-    for (line, rec), row in zip(recs, rows):
+    for (line, rec), row in zip(recs, rows, strict=False):
         instr = _text(rec, "instruction", path, line)
         text = _text(rec, "output", path, line)
         if instr != row["instruction"]:

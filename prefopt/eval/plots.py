@@ -38,7 +38,7 @@ def plot_rewardbench(result: RewardBenchResult, path: str | os.PathLike, *, titl
     sli = [100 * (result.sections_slice_weighted[s] or 0.0) for s in SECTIONS]
     ax1.bar([x - 0.2 for x in xs], off, 0.4, color=_COLORS[:4], label="official weights")
     ax1.bar([x + 0.2 for x in xs], sli, 0.4, color=_COLORS[:4], alpha=0.45, hatch="//", label="slice weights")
-    for x, v in zip(xs, off):
+    for x, v in zip(xs, off, strict=False):
         ax1.text(x - 0.2, v + 1, f"{v:.1f}", ha="center", fontsize=7)
     ax1.set_xticks(list(xs), [s.replace(" ", "\n") for s in SECTIONS], fontsize=8)
     ax1.set_ylim(0, 105)
@@ -85,14 +85,14 @@ def plot_alpacaeval_leaderboard(results: Mapping[str, Mapping[str, Any]], path: 
         lc_se = [results[n].get("lc_standard_error") or 0.0 for n in names]
         ax.bar([x + 0.2 for x in xs], [v or 0.0 for v in lc], 0.4, yerr=lc_se, capsize=3, color=_COLORS[1],
                label="length-controlled")
-        for x, v in zip(xs, lc):
+        for x, v in zip(xs, lc, strict=False):
             if v is None:
                 ax.text(x + 0.2, 1, "n/a", ha="center", fontsize=7)
     style = [results[n].get("benchmark", "AlpacaEval-style") == "AlpacaEval-style" for n in names]
-    ax.set_xticks(list(xs), [f"{n} *" if st else n for n, st in zip(names, style)], rotation=30, ha="right",
+    ax.set_xticks(list(xs), [f"{n} *" if st else n for n, st in zip(names, style, strict=False)], rotation=30, ha="right",
                   fontsize=8)
     ax.set_ylabel("win rate vs baseline (%)")
-    top = max([10.0] + [w + s + 5 for w, s in zip(wr, se)] + [(v or 0.0) + 5 for v in lc])
+    top = max([10.0] + [w + s + 5 for w, s in zip(wr, se, strict=False)] + [(v or 0.0) + 5 for v in lc])
     ax.set_ylim(0, min(105.0, top))
     ax.axhline(50, color="grey", lw=0.8, ls="--")
     labels = sorted({str(results[n].get("benchmark", "AlpacaEval-style")) for n in names})

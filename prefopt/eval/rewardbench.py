@@ -69,7 +69,7 @@ def load_rows(data: str, limit_per_subset: int | None = None) -> list[dict]:
 
     records = _read_hub_or_file(data)
     rows, per_subset = [], {}
-    for rec, ex in zip(records, adapt("rewardbench", records, source=data)):
+    for rec, ex in zip(records, adapt("rewardbench", records, source=data), strict=False):
         subset = ex.meta["subset"]
         if subset not in M.SUBSET_TO_SECTION and subset not in M.PRIOR_SETS:
             raise DataError(f"unknown RewardBench subset {subset!r}", file=rec.file, line=rec.line, field="subset")
@@ -138,7 +138,7 @@ def _generated_references(model: str, rows: list[dict], out: Path, max_new_token
         for s in progress(range(0, len(todo), batch_size), desc="polar references"):
             chunk = todo[s:s + batch_size]
             outs = gen.generate([r["prompt"] for r in chunk], params)
-            store.append({"id": r["id"], "subset": r["subset"], "reference": o[0].text} for r, o in zip(chunk, outs))
+            store.append({"id": r["id"], "subset": r["subset"], "reference": o[0].text} for r, o in zip(chunk, outs, strict=False))
     refs = {(r["id"], r["subset"]): r["reference"] for r in store.rows()}
     return lambda r: refs[(r["id"], r["subset"])]
 
@@ -169,7 +169,7 @@ def score_rows(pair_scorer: Any, rows: list[dict], store: ResultStore, batch_siz
             continue
         fields = pair_scorer([r["prompt"] for r in todo], [r["chosen"] for r in todo],
                              [r["rejected"] for r in todo], todo)
-        store.append({"id": r["id"], "subset": r["subset"], **f} for r, f in zip(todo, fields))
+        store.append({"id": r["id"], "subset": r["subset"], **f} for r, f in zip(todo, fields, strict=False))
         bar.update(len(todo))
         if delay:
             time.sleep(delay)

@@ -190,7 +190,7 @@ def legacy_leaderboard_score(sections: Mapping[str, float | None],
     if any(v is None for v in vals) or any(p not in subset_accuracy for p in PRIOR_SETS):
         return None
     prior = sum(subset_accuracy[p] for p in PRIOR_SETS) / len(PRIOR_SETS)
-    return sum(w * v for w, v in zip(LEGACY_WEIGHTS, [*vals, prior])) / sum(LEGACY_WEIGHTS)
+    return sum(w * v for w, v in zip(LEGACY_WEIGHTS, [*vals, prior], strict=False)) / sum(LEGACY_WEIGHTS)
 
 
 @dataclass(frozen=True)

@@ -137,7 +137,7 @@ class JudgePairs:
     def __call__(self, prompts: list, chosen: list[str], rejected: list[str], rows: list[dict]) -> list[dict]:
         pc, pr = self.judge.both_orders(prompts, chosen, rejected)
         out = []
-        for a, b in zip(pc.tolist(), pr.tolist()):
+        for a, b in zip(pc.tolist(), pr.tolist(), strict=False):
             p = (a + 1.0 - b) / 2
             out.append({"pref_prob": a, "pref_prob_swapped": b, "correct": 1.0 if p > 0.5 else 0.0 if p < 0.5 else 0.5})
         return out
@@ -181,7 +181,7 @@ class DPOPairs:
         return (token_logps(logits.float(), ids.to(device)) * comp.to(device)).sum(-1).cpu()
 
     def rewards(self, prompts: list, responses: list[str]) -> torch.Tensor:
-        enc = [self._rows(p, r) for p, r in zip(prompts, responses)]
+        enc = [self._rows(p, r) for p, r in zip(prompts, responses, strict=False)]
         width = max(len(e[0]) for e in enc)
         pad = self.tok.pad_token_id or 0
         ids = torch.full((len(enc), width), pad, dtype=torch.long)
@@ -208,9 +208,7 @@ class DPOPairs:
 
 def load_policy(path: str, *, dtype: str) -> tuple[Any, Any, bool]:
     """``(model, tokenizer, is_lora)``; a LoRA adapter folder is put on its base model."""
-    from prefopt.core.models import adapter_base, load_causal_lm, load_tokenizer
-
-    from prefopt.core.models import refuse_pickled_weights
+    from prefopt.core.models import adapter_base, load_causal_lm, load_tokenizer, refuse_pickled_weights
 
     p = Path(path)
     refuse_pickled_weights(p)

@@ -75,7 +75,7 @@ class VLLMGenerator:
             samples = []
             for c in o.outputs:
                 ids = list(c.token_ids)
-                lps = [float(step[t].logprob) for step, t in zip(c.logprobs or [], ids)]
+                lps = [float(step[t].logprob) for step, t in zip(c.logprobs or [], ids, strict=False)]
                 reason = "length" if c.finish_reason == "length" else "stop"
                 samples.append(Completion(ids, c.text, lps, reason, list(o.prompt_token_ids)))
             result.append(samples)

@@ -14,9 +14,9 @@ from torch import Tensor
 
 from data_pipelines.collate import collate_list, collate_packed, collate_pairwise, collate_shared_prompt
 from prefopt.logprobs import forward_token_logps
+from prefopt.loops.common import autocast
 from prefopt.losses.base import LossOutput, pair_inputs, seq_logps, seq_mean_logps
 from prefopt.losses.irpo import irpo_from_margins
-from prefopt.loops.common import autocast
 
 
 @dataclass
@@ -176,7 +176,7 @@ def ranked_loss(ctx: StepContext, policy: Any, items: list) -> LossOutput:
     rel, rank = torch.zeros(len(items), k), torch.ones(len(items), k)
     valid = torch.zeros(len(items), k, dtype=torch.bool)
     start = 0
-    for b, (it, n) in enumerate(zip(items, sizes)):
+    for b, (it, n) in enumerate(zip(items, sizes, strict=False)):
         h[b, :n] = h_flat[start:start + n]
         r, p = relevance_and_rank(list(it.tok.scores))
         rel[b, :n], rank[b, :n], valid[b, :n] = torch.tensor(r), torch.tensor(p), True

@@ -61,19 +61,19 @@ class RolloutBatch:
         ids, lens = self.input_ids.tolist(), self.attention_mask.sum(-1).tolist()
         plens = self.prompt_lengths.tolist()
         keep = self.completion_mask.any(-1).tolist()
-        return shared_prompt_from_rows([r[:p] for r, p in zip(ids, plens)],
-                                       [r[p:n] for r, p, n in zip(ids, plens, lens)], pad_id, keep)
+        return shared_prompt_from_rows([r[:p] for r, p in zip(ids, plens, strict=False)],
+                                       [r[p:n] for r, p, n in zip(ids, plens, lens, strict=False)], pad_id, keep)
 
 
 def make_batch(prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]], pad_id: int,
                drop: Sequence[bool] | None = None) -> RolloutBatch:
     """Rows ``prompt + completion``; ``completion_mask`` is 1 on completion tokens (0 on ``drop`` rows)."""
-    lens = [len(p) + len(c) for p, c in zip(prompt_ids, completion_ids)]
+    lens = [len(p) + len(c) for p, c in zip(prompt_ids, completion_ids, strict=False)]
     width = max(lens)
     ids = torch.full((len(lens), width), pad_id, dtype=torch.long)
     att = torch.zeros((len(lens), width), dtype=torch.long)
     comp = torch.zeros((len(lens), width), dtype=torch.long)
-    for i, (p, c) in enumerate(zip(prompt_ids, completion_ids)):
+    for i, (p, c) in enumerate(zip(prompt_ids, completion_ids, strict=False)):
         ids[i, :lens[i]] = torch.as_tensor(list(p) + list(c), dtype=torch.long)
         att[i, :lens[i]] = 1
         if not (drop is not None and drop[i]):
@@ -173,7 +173,7 @@ def _rollout_metrics(ctx: Any, rewards: Tensor, group: Sequence[int], comps: Seq
 
 def _flatten(examples: Sequence[Any], outs: list[list[Completion]]):
     rows_ex, comps, group = [], [], []
-    for g, (ex, cs) in enumerate(zip(examples, outs)):
+    for g, (ex, cs) in enumerate(zip(examples, outs, strict=False)):
         for c in cs:
             rows_ex.append(ex)
             comps.append(c)
@@ -262,13 +262,13 @@ def _dno_prompt_pairs(ctx: Any, ex: Any, cands: list[Completion]) -> tuple[list,
     ids = [f"s{j}" for j in range(len(cands))]
     if d.use_gold and ex.answer is not None:
         ids[-1] = "gold"
-    scores = dict(zip(ids, dno_scores(ctx, ex, [c.text for c in cands], cands)))
-    bad = [i for i, c in zip(ids, cands) if i != "gold" and repeats_ngrams(c.token_ids)]
+    scores = dict(zip(ids, dno_scores(ctx, ex, [c.text for c in cands], cands), strict=False))
+    bad = [i for i, c in zip(ids, cands, strict=False) if i != "gold" and repeats_ngrams(c.token_ids)]
     pairs = dno_pairs(scores, ("gold",), min_positive=d.min_positive, teacher_margin=d.teacher_margin,
                       student_margin=d.student_margin, bad_ids=bad)
     if d.max_pairs_per_prompt:
         pairs = pairs[:d.max_pairs_per_prompt]
-    index = dict(zip(ids, range(len(ids))))
+    index = dict(zip(ids, range(len(ids)), strict=False))
     return [(cands[index[p]], cands[index[q]]) for p, q in pairs], scores
 
 
@@ -276,7 +276,7 @@ def collect_dno(ctx: Any, examples: Sequence[Any], seed: int) -> Buffer:
     """DNO-Prct iteration data: K samples from π_t per prompt, margin-rule pairs, π_t log-probs."""
     outs = rollout(ctx, [ex.prompt for ex in examples], ctx.oc.num_generations, seed)
     pos, neg, all_scores = [], [], []
-    for ex, cs in zip(examples, outs):
+    for ex, cs in zip(examples, outs, strict=False):
         cands = list(cs) + ([_gold_completion(ctx, ex, cs[0].prompt_ids)]
                             if ctx.oc.dno.use_gold and ex.answer is not None else [])
         pairs, scores = _dno_prompt_pairs(ctx, ex, cands)

@@ -57,7 +57,7 @@ def mixture_generate(ctx: Any, prompts: Sequence[Any], n: int, *, coef: float, t
     ctx.model.eval()
     for _ in range(ctx.oc.max_new_tokens):
         z = geometric_mixture_logits(_last_logits(ctx.model, ids, mask),
-                                     ctx.reference.run(ctx.model, lambda m: _last_logits(m, ids, mask)), coef)
+                                     ctx.reference.run(ctx.model, lambda m, ids=ids, mask=mask: _last_logits(m, ids, mask)), coef)
         tok = sample_tokens(z.cpu(), temperature=temperature, top_k=top_k, generator=gen).to(dev)
         zt = z / temperature
         if top_k:

@@ -14,8 +14,8 @@ import torch
 
 from prefopt.core.logging import progress
 from prefopt.logprobs import forward_token_logps
-from prefopt.losses.base import seq_logps
 from prefopt.loops.common import autocast
+from prefopt.losses.base import seq_logps
 
 
 def fingerprint(items: list, model_name: str) -> str:
@@ -55,7 +55,7 @@ def precompute_reference(ctx: Any, model: Any, items: list, cfg: Any, run_dir: P
             chunk = items[i:i + bs]
             batch = collate(chunk, ctx)
             with autocast(ctx.precision, ctx.device):
-                out = ctx.reference.run(model, lambda m: forward_token_logps(m, batch))
+                out = ctx.reference.run(model, lambda m, batch=batch: forward_token_logps(m, batch))
             s = seq_logps(out.token_logps.float(), out.completion_mask)
             c, r = s.chunk(2)
             for j, it in enumerate(chunk):

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import importlib
 
-from prefopt.losses.base import (LossOutput, LossSpec, pair_inputs, seq_lengths, seq_logps,
-                                 seq_mean_logps)
 from prefopt.losses import irpo, kl, lcpo, pairwise, sparsepo  # noqa: F401  (registration)
+from prefopt.losses.base import LossOutput, LossSpec, pair_inputs, seq_lengths, seq_logps, seq_mean_logps
 
 _OPTIONAL = ("group", "advantages", "aggregate", "p3o", "dno", "egpo")
 for _name in _OPTIONAL:

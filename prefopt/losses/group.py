@@ -19,8 +19,14 @@ from dataclasses import dataclass
 import torch
 
 from prefopt.core.registry import GROUP_LOSSES
-from prefopt.losses.aggregate import (LOSS_TYPE_TO_MODE, LossOutput, LossSpec, aggregate,
-                                      masked_mean, to_mean_contract)
+from prefopt.losses.aggregate import (
+    LOSS_TYPE_TO_MODE,
+    LossOutput,
+    LossSpec,
+    aggregate,
+    masked_mean,
+    to_mean_contract,
+)
 from prefopt.losses.kl_estimators import kl_estimate
 
 __all__ = ["GRPOParams", "GSPOParams", "grpo_loss"]

@@ -166,7 +166,7 @@ class LearnedMaskHead(nn.Module):
         if len(hidden_states) != len(self.layer_heads):
             raise ValueError(f"expected {len(self.layer_heads)} hidden states, got {len(hidden_states)}")
         per_layer = [self.dropout(F.relu(head(self.norm(h.float().detach())))).squeeze(-1)
-                     for head, h in zip(self.layer_heads, hidden_states)]
+                     for head, h in zip(self.layer_heads, hidden_states, strict=False)]
         m = self.dropout(F.relu(self.mixer(torch.stack(per_layer, dim=-1)))).squeeze(-1)
         return m if completion_mask is None else m * completion_mask.float()
 

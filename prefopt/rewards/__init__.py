@@ -6,8 +6,15 @@ Importing this package registers the rule-based reward functions in ``REWARD_FNS
 """
 from __future__ import annotations
 
-from prefopt.rewards.functions import (CombinedReward, contains, extract_number, format_regex,
-                                       length_penalty, math_exact, max_length)
+from prefopt.rewards.functions import (
+                                       CombinedReward,
+                                       contains,
+                                       extract_number,
+                                       format_regex,
+                                       length_penalty,
+                                       math_exact,
+                                       max_length,
+)
 from prefopt.rewards.referee import PolicyReferee, urpo_referee, urpo_verifiable
 from prefopt.rewards.sources import RewardSource, build_reward_source, load_scorer
 

@@ -55,7 +55,7 @@ def math_exact(prompts: Sequence[Any], completions: Sequence[str], *, answer: Se
     """1.0 when the extracted final answer equals ``answer`` numerically/textually, else 0.0;
     None when the prompt has no answer. Example: answer "7", "The sum is 7." → 1.0."""
     out: list[float | None] = []
-    for text, gold in zip(completions, answer):
+    for text, gold in zip(completions, answer, strict=False):
         if gold is None:
             out.append(None)
             continue
@@ -148,4 +148,4 @@ class CombinedReward:
                 if v is not None and not (isinstance(v, float) and math.isnan(v)):
                     totals[i] += weight * float(v)
                     seen[i] = True
-        return [t if s else float("nan") for t, s in zip(totals, seen)]
+        return [t if s else float("nan") for t, s in zip(totals, seen, strict=False)]

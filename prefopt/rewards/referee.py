@@ -17,8 +17,15 @@ from typing import Any, Sequence
 import torch
 
 from prefopt.core.registry import REWARD_FNS
-from prefopt.losses.urpo import (chunk_indices, format_referee_prompt, parse_ranking, referee_reward,
-                                 self_rank_rewards, unshuffle, verifiable_reward)
+from prefopt.losses.urpo import (
+    chunk_indices,
+    format_referee_prompt,
+    parse_ranking,
+    referee_reward,
+    self_rank_rewards,
+    unshuffle,
+    verifiable_reward,
+)
 
 __all__ = ["PolicyReferee", "urpo_verifiable", "urpo_referee", "instruction_of"]
 
@@ -41,7 +48,7 @@ def urpo_verifiable(prompts: Sequence[Any], completions: Sequence[str], *, answe
                     **_: Any) -> list[float | None]:
     """URPO player reward on verifiable problems (None for other tasks or without an answer)."""
     out: list[float | None] = []
-    for text, gold, t in zip(completions, answer, _tasks(task, len(completions))):
+    for text, gold, t in zip(completions, answer, _tasks(task, len(completions)), strict=False):
         ok = gold is not None and t in (None, "verifiable")
         out.append(verifiable_reward(text, gold, format_bonus=format_bonus) if ok else None)
     return out
@@ -53,7 +60,7 @@ def urpo_referee(prompts: Sequence[Any], completions: Sequence[str], *, meta: Se
     """URPO referee reward: pairwise order agreement with ``meta["gold_order"]`` (labels shown in
     ``meta["shown"]`` order); None for rows that are not ``pref_rank``."""
     out: list[float | None] = []
-    for text, m, t in zip(completions, meta, _tasks(task, len(completions))):
+    for text, m, t in zip(completions, meta, _tasks(task, len(completions)), strict=False):
         if t != "pref_rank" or not m or "gold_order" not in m:
             out.append(None)
         else:
@@ -91,7 +98,7 @@ class PolicyReferee:
             shown_all.append(shown)
         outs = self.generator.generate(prompts, SamplingParams(temperature=0.0, max_new_tokens=self.max_new_tokens))
         orders = []
-        for out, shown in zip(outs, shown_all):
+        for out, shown in zip(outs, shown_all, strict=False):
             ranking = parse_ranking(out[0].text, len(cands))
             self.calls_made += 1
             self.parse_failures += ranking is None
@@ -110,7 +117,7 @@ class PolicyReferee:
             for chunk in chunk_indices(len(idx), self.max_chunk):
                 rows = [idx[c] for c in chunk]
                 orders = self._rank(instruction_of(prompts[rows[0]]), [completions[r] for r in rows])
-                for r, value in zip(rows, self_rank_rewards(orders, len(rows))):
+                for r, value in zip(rows, self_rank_rewards(orders, len(rows)), strict=False):
                     out[r] = value
         return out
 

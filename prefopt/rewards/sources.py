@@ -136,7 +136,7 @@ class RewardSource:
                 s = self.scorer.score_matrix(prompt, list(texts)).float().cpu()
             p = torch.sigmoid(s / self.scorer.model.config.beta / self.temperature)
         else:
-            ii, jj = zip(*[(i, j) for i in range(k) for j in range(k) if i != j])
+            ii, jj = zip(*[(i, j) for i in range(k) for j in range(k) if i != j], strict=False)
             rep = {name: [v] * len(ii) for name, v in columns.items()}
             vals = self.preference([prompt] * len(ii), [texts[i] for i in ii], [texts[j] for j in jj], **rep)
             p = torch.zeros(k, k)

@@ -5,8 +5,7 @@ import pytest
 import torch
 
 from prefopt.core.backend import OptimConfig, SingleBackend
-from prefopt.core.checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint,
-                                     save_checkpoint)
+from prefopt.core.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 
 
 def _setup(seed=0):

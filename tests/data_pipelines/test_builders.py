@@ -8,8 +8,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from data_pipelines.builders import (STRATEGIES, curriculum, global_stage, local_stage, pair_positions,
-                                     ranked_to_pairs, to_group)
+from data_pipelines.builders import (
+    STRATEGIES,
+    curriculum,
+    global_stage,
+    local_stage,
+    pair_positions,
+    ranked_to_pairs,
+    to_group,
+)
 from data_pipelines.schemas import GroupExample, PairwiseExample, RankedExample
 from prefopt.core.errors import ConfigError
 
@@ -72,7 +79,7 @@ def test_property_pair_counts_and_margins(scores, strategy):
                            "best_vs_rest": k - 1}[strategy]
     assert len(pair_positions(k, strategy)) == expected_candidates
     assert len(pairs) + counts["tie_pairs_dropped"] == expected_candidates
-    score_of = dict(zip(ex.responses, ex.scores))
+    score_of = dict(zip(ex.responses, ex.scores, strict=False))
     for p in pairs:
         assert p.margin > 0 and p.margin == score_of[p.chosen] - score_of[p.rejected]
         assert score_of[p.chosen] > score_of[p.rejected]

@@ -4,8 +4,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from data_pipelines.collate import (ListBatch, PackedBatch, PairwiseBatch, SharedPromptBatch, collate_list,
-                                    collate_packed, collate_padded, collate_pairwise, collate_shared_prompt)
+from data_pipelines.collate import (
+    ListBatch,
+    PackedBatch,
+    PairwiseBatch,
+    SharedPromptBatch,
+    collate_list,
+    collate_packed,
+    collate_padded,
+    collate_pairwise,
+    collate_shared_prompt,
+)
 from data_pipelines.tokenize import TokenizedList, TokenizedPair
 
 PAD = 0

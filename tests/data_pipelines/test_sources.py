@@ -9,7 +9,7 @@ import types
 import pytest
 
 from data_pipelines.schemas import PairwiseExample, RankedExample
-from data_pipelines.sources import (detect_format, infer_kind, load_examples, parse_hf_spec, read_records)
+from data_pipelines.sources import detect_format, infer_kind, load_examples, parse_hf_spec, read_records
 from prefopt.core.errors import DataError
 
 ROWS = [{"prompt": "a", "chosen": "x", "rejected": "y"}, {"prompt": "b", "chosen": "z", "rejected": "w"}]

@@ -7,9 +7,19 @@ import re
 import pytest
 
 from data_pipelines.schemas import GroupExample, PairwiseExample, RankedExample
-from data_pipelines.tokenize import (LengthPolicy, TokenizedList, TokenizedPair, TokenizeStats, apply_length_policy,
-                                     encode_completion, encode_prompt, tokenize_examples, tokenize_group,
-                                     tokenize_pairwise, tokenize_ranked)
+from data_pipelines.tokenize import (
+    LengthPolicy,
+    TokenizedList,
+    TokenizedPair,
+    TokenizeStats,
+    apply_length_policy,
+    encode_completion,
+    encode_prompt,
+    tokenize_examples,
+    tokenize_group,
+    tokenize_pairwise,
+    tokenize_ranked,
+)
 from prefopt.core.errors import DataError
 
 MSGS = [{"role": "user", "content": "What is 2+2?"}]

@@ -4,8 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prefopt.toy.games import (P_CYC, bt_matrix, duality_gap, max_abs_to_uniform,
-                               policy_space_run, spi_run)
+from prefopt.toy.games import P_CYC, bt_matrix, duality_gap, max_abs_to_uniform, policy_space_run, spi_run
 
 UNIFORM = torch.full((3,), 1 / 3, dtype=torch.float64)
 

@@ -4,8 +4,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reward_models.ensemble import (EnsembleRewardModel, SharedBackboneEnsemble, aggregate, best_of_n,
-                                    member_variance, zscore_members)
+from reward_models.ensemble import (
+    EnsembleRewardModel,
+    SharedBackboneEnsemble,
+    aggregate,
+    best_of_n,
+    member_variance,
+    zscore_members,
+)
 from reward_models.models import RewardModel
 
 

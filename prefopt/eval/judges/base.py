@@ -51,4 +51,4 @@ class RMJudge:
         with torch.no_grad():
             p = self.scorer.preference(prompts, list(outputs), list(references), **kw).float().tolist()
         return [{"preference": 1.5 if identical(o, r) else 1.0 + float(x)}
-                for x, o, r in zip(p, outputs, references)]
+                for x, o, r in zip(p, outputs, references, strict=False)]

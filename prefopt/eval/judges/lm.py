@@ -88,7 +88,7 @@ class LMPairJudge:
 
     def prob_first(self, questions: Sequence[Any], first: Sequence[str], second: Sequence[str]) -> torch.Tensor:
         """``[N]`` P(label of ``first``) with ``first`` shown as A and ``second`` as B."""
-        rows = [self._encode(q, a, b) for q, a, b in zip(questions, first, second)]
+        rows = [self._encode(q, a, b) for q, a, b in zip(questions, first, second, strict=False)]
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
         out = torch.empty(len(rows))
         for s in range(0, len(order), self.batch_size):
@@ -125,7 +125,7 @@ class LMJudge:
                  keys: Sequence[Any] | None = None) -> list[dict[str, Any]]:
         p_out, p_ref = self.pair.both_orders(list(instructions), list(outputs), list(references))
         rows = []
-        for po, pr, o, r in zip(p_out.tolist(), p_ref.tolist(), outputs, references):
+        for po, pr, o, r in zip(p_out.tolist(), p_ref.tolist(), outputs, references, strict=False):
             pref = 1.5 if identical(o, r) else 1.0 + (po + 1.0 - pr) / 2
             rows.append({"preference": pref, "p_output_first": po, "p_reference_first": pr})
         return rows

@@ -153,7 +153,7 @@ def test_http_judge_local_server(tmp_path, shared_data, monkeypatch):
     assert len(srv.requests) == 3
     refs = [json.loads(x) for x in _ref(shared_data).read_text().splitlines()[:3]]
     ann = json.loads((out / "annotations.json").read_text())
-    for (headers, body), a, r in zip(srv.requests, ann, refs):
+    for (headers, body), a, r in zip(srv.requests, ann, refs, strict=False):
         assert headers["Authorization"] == f"Bearer {secret}"
         assert body["model"] == "gpt-test" and body["max_tokens"] == 1 and body["logprobs"] is True
         assert [m["role"] for m in body["messages"]] == ["system", "user"]

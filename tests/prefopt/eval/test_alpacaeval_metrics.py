@@ -135,7 +135,7 @@ def _annotations(pref, len_model, len_base, model="policy"):
     return [{"instruction": f"q{i}", "output_1": "b" * int(lb), "generator_1": "gpt4_1106_preview",
              "output_2": "m" * int(lm), "generator_2": model, "preference": float(p),
              "annotator": "weighted_alpaca_eval_gpt4_turbo"}
-            for i, (p, lm, lb) in enumerate(zip(pref, len_model, len_base))]
+            for i, (p, lm, lb) in enumerate(zip(pref, len_model, len_base, strict=False))]
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,12 @@ import pytest
 
 from prefopt.core.registry import JUDGES
 from prefopt.eval.judges import make_judge
-from prefopt.eval.judges.http import alpaca_eval_config_dir, load_prompt_template, parse_preference, render_messages
+from prefopt.eval.judges.http import (
+    alpaca_eval_config_dir,
+    load_prompt_template,
+    parse_preference,
+    render_messages,
+)
 
 
 def test_registry_names():

@@ -37,7 +37,7 @@ def test_batched_left_padding_matches_single_prompt(gen):
     p = SamplingParams(temperature=0.0, max_new_tokens=8)
     batched = gen.generate(PROMPTS, p)
     single = [gen.generate([q], p)[0] for q in PROMPTS]
-    for b, s in zip(batched, single):
+    for b, s in zip(batched, single, strict=False):
         assert b[0].token_ids == s[0].token_ids
         assert b[0].logprobs == pytest.approx(s[0].logprobs, abs=1e-4)
 
@@ -109,9 +109,9 @@ def test_prefill_once_gives_the_same_samples(tiny_model, tiny_tokenizer, tempera
         slow = [c * 3 for c in HFGenerator(tiny_model, tiny_tokenizer, batch_size=3).generate(prompts, one)]
     else:
         slow = HFGenerator(tiny_model, tiny_tokenizer, batch_size=3, prefill_once=False).generate(prompts, params)
-    for fs, ss in zip(fast, slow):
+    for fs, ss in zip(fast, slow, strict=False):
         assert [c.token_ids for c in fs] == [c.token_ids for c in ss]
-        for a, b in zip(fs, ss):
+        for a, b in zip(fs, ss, strict=False):
             assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
     if temperature:
         assert len({tuple(c.token_ids) for c in fast[0]}) > 1  # the K samples differ

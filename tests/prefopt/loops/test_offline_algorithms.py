@@ -11,7 +11,6 @@ import math
 
 import pytest
 import torch
-
 from offline_helpers import make_cfg, pair_records, ranked_records, train_rows, write_set
 
 ALGOS = ["dpo", "ipo", "hinge", "cdpo", "robust", "sigmoid_norm", "simpo", "cpo", "orpo", "sparsepo",

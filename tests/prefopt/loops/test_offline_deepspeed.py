@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from offline_helpers import make_cfg, pair_records, train_rows, write_set
 
 

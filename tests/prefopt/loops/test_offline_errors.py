@@ -4,8 +4,8 @@ precompute, Curry iterative under ZeRO-3)."""
 from __future__ import annotations
 
 import pytest
-
 from offline_helpers import make_cfg, pair_records, ranked_records, write_set
+
 from prefopt.core.errors import ConfigError, DataError
 
 

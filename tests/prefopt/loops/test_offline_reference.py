@@ -13,7 +13,6 @@ import math
 
 import pytest
 import torch
-
 from offline_helpers import make_cfg, pair_records, train_rows, write_set
 
 
@@ -53,7 +52,7 @@ def test_precompute_cache_written_once_reused_and_equal_to_live(tmp_path, monkey
     assert {p: p.stat().st_mtime_ns for p in cache.iterdir()} == mtimes
     live, pre = train_rows(tmp_path / "live"), train_rows(tmp_path / "pre2")
     assert len(live) == len(pre) == 2
-    for a, b in zip(live, pre):
+    for a, b in zip(live, pre, strict=False):
         for key in ("loss", "rewards/margins", "kl"):
             assert b[key] == pytest.approx(a[key], abs=1e-5)
 

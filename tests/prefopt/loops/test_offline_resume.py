@@ -42,7 +42,7 @@ def test_sigkill_resume_matches_uninterrupted_run(tmp_path):
     assert summary["steps"] == 12
     resumed = train_rows(tmp_path / "killed")
     assert [r["step"] for r in resumed] == list(range(1, 13))
-    for a, b in zip(full[resumed_from:], resumed[resumed_from:]):
+    for a, b in zip(full[resumed_from:], resumed[resumed_from:], strict=False):
         for k in KEYS:
             assert b[k] == pytest.approx(a[k], abs=1e-6, rel=1e-6), (a["step"], k)
     assert summary["lcpo_eta"] == pytest.approx([full[-1]["lcpo/eta_0"]], abs=1e-7)

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from online_helpers import make_cfg
 
 from prefopt.core.logging import read_metrics
-
-from online_helpers import make_cfg
 
 ALGOS = {
     "grpo": ({"beta": 0.04}, {"num_iterations": 2}),

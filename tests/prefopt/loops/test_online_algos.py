@@ -6,14 +6,12 @@ import copy
 
 import pytest
 import torch
+from online_helpers import make_cfg
 
 from prefopt.configs import TrainConfig
 from prefopt.core.backend import SingleBackend
 from prefopt.core.config import from_dict
 from prefopt.core.logging import read_metrics
-
-from online_helpers import make_cfg
-
 
 
 def make_ctx(eos_model_dir, algorithm, loss=None, **online):
@@ -51,7 +49,7 @@ def test_dno_pairs_follow_margin_rule_in_loop(eos_model_dir):
     outs = rollout(ctx, [e.prompt for e in ex], 6, 11)  # the same seeded draw collect_dno makes
     buf = collect_dno(ctx, ex, 11)
     expected = []
-    for e, cs in zip(ex, outs):
+    for e, cs in zip(ex, outs, strict=False):
         gold = tuple(ctx.tok(e.answer, add_special_tokens=False)["input_ids"] + [ctx.tok.eos_token_id])
         assert len(gold) <= 4
         short = [tuple(c.token_ids) for c in cs if len(c.token_ids) <= 4]

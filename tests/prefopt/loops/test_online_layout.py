@@ -6,13 +6,12 @@ import math
 
 import pytest
 import torch
+from online_helpers import make_cfg
 
 from prefopt.core.logging import read_metrics
 from prefopt.core.models import make_tiny_model
 from prefopt.logprobs import forward_token_logps
 from prefopt.loops.online_algos import make_batch
-
-from online_helpers import make_cfg
 
 PROMPTS = [[1, 5, 6, 7], [1, 5, 6, 7], [1, 9, 10], [1, 5, 6, 7], [1, 9, 10]]
 COMPS = [[11, 12, 13], [14], [15, 16], [17, 18, 19, 20], [21]]

@@ -211,12 +211,12 @@ def test_incompatible_settings_are_config_errors(tmp_path):
 
 def test_online_loop_rejects_sync(eos_model_dir, tmp_path):
     """The online loop has its own reference rules: TR-DPO's sync is refused, not silently ignored."""
+    from online_helpers import make_cfg as make_online_cfg
+
     from prefopt.configs import TrainConfig
     from prefopt.core.config import from_dict, to_dict
     from prefopt.core.errors import ConfigError
     from prefopt.loops.online import run_online
-
-    from online_helpers import make_cfg as make_online_cfg
 
     c = to_dict(make_online_cfg(eos_model_dir, tmp_path / "run", "grpo", {"beta": 0.04}))
     c["reference"] = {"mode": "copy", "sync_every": 2}

@@ -5,10 +5,23 @@ import pytest
 import torch
 
 from prefopt.core.registry import GROUP_LOSSES
-from prefopt.losses.egpo import (EGPOParams, extragradient_step, geometric_mixture_logits,
-                                 restore_snapshot, sample_tokens, save_snapshot)
-from prefopt.toy.games import (P_CYC, loss_space_run, max_abs_to_uniform, mirror_step,
-                               policy_space_run, sampled_egpo_run, tabular_online_ipo_loss)
+from prefopt.losses.egpo import (
+    EGPOParams,
+    extragradient_step,
+    geometric_mixture_logits,
+    restore_snapshot,
+    sample_tokens,
+    save_snapshot,
+)
+from prefopt.toy.games import (
+    P_CYC,
+    loss_space_run,
+    max_abs_to_uniform,
+    mirror_step,
+    policy_space_run,
+    sampled_egpo_run,
+    tabular_online_ipo_loss,
+)
 
 PI0 = [0.6, 0.3, 0.1]
 
@@ -95,10 +108,10 @@ def test_a_e4_restore_gives_step_from_theta_t_with_half_opponent():
     extragradient_step(model, opt, half_loss=lambda: loss(torch.zeros(1, 2, dtype=torch.float64)),
                        sample_opponent=sample, full_loss=loss)
     ref = _quad_model()
-    for p, t in zip(ref.parameters(), theta_t):
+    for p, t in zip(ref.parameters(), theta_t, strict=False):
         assert torch.equal(p.detach(), t)
     grads = torch.autograd.grad(((ref(x) - half_out["opp"]) ** 2).sum(), list(ref.parameters()))
-    for p, t, g in zip(model.parameters(), theta_t, grads):
+    for p, t, g in zip(model.parameters(), theta_t, grads, strict=False):
         torch.testing.assert_close(p.detach(), t - 0.1 * g, atol=1e-7, rtol=0)
 
 
@@ -114,7 +127,7 @@ def test_snapshot_restores_adam_state():
     model(torch.ones(1, 3, dtype=torch.float64)).pow(2).sum().backward()
     opt.step()
     restore_snapshot(model, opt, snap)
-    for p, b in zip(model.parameters(), before):
+    for p, b in zip(model.parameters(), before, strict=False):
         assert torch.equal(p.detach(), b)
     for k, v in opt.state[model[0].weight].items():
         assert torch.equal(v, state[k])

@@ -15,7 +15,7 @@ import prefopt.losses  # noqa: F401
 from prefopt.core.config import from_dict
 from prefopt.core.errors import ConfigError
 from prefopt.core.registry import LOSSES
-from prefopt.losses.lcpo import LCPOHParams, LCPOState, lcpo, lcpo_delta, lcpo_weights
+from prefopt.losses.lcpo import LCPOHParams, LCPOState, lcpo_delta, lcpo_weights
 
 T = torch.tensor
 

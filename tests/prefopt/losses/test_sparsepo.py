@@ -16,8 +16,14 @@ import prefopt.losses  # noqa: F401
 from prefopt.core.registry import LOSSES
 from prefopt.losses.base import pair_inputs
 from prefopt.losses.kl import token_kl
-from prefopt.losses.sparsepo import (MASK_PROVIDERS, LearnedMaskHead, SparsePOHParams, _rescale,
-                                     activation_mask, sparsepo)
+from prefopt.losses.sparsepo import (
+    MASK_PROVIDERS,
+    LearnedMaskHead,
+    SparsePOHParams,
+    _rescale,
+    activation_mask,
+    sparsepo,
+)
 
 T = torch.tensor
 LN2 = math.log(2.0)

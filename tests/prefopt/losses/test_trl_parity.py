@@ -86,7 +86,7 @@ def _batch(prompt_lens, comp_lens, L=8, seed=0):
     ids = torch.randint(1, V, (n, L), generator=g)
     attn = torch.zeros(n, L, dtype=torch.long)
     cmask = torch.zeros(n, L, dtype=torch.long)
-    for i, (p, c) in enumerate(zip(prompt_lens, comp_lens)):
+    for i, (p, c) in enumerate(zip(prompt_lens, comp_lens, strict=False)):
         attn[i, : p + c] = 1
         cmask[i, p: p + c] = 1
     ids = ids * attn  # pad id 0

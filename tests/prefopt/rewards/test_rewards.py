@@ -7,9 +7,19 @@ import pytest
 import torch
 
 from prefopt.core.registry import REWARD_FNS
-from prefopt.rewards import (CombinedReward, PolicyReferee, RewardSource, contains, extract_number,
-                             format_regex, length_penalty, math_exact, max_length, urpo_referee,
-                             urpo_verifiable)
+from prefopt.rewards import (
+    CombinedReward,
+    PolicyReferee,
+    RewardSource,
+    contains,
+    extract_number,
+    format_regex,
+    length_penalty,
+    math_exact,
+    max_length,
+    urpo_referee,
+    urpo_verifiable,
+)
 
 
 def test_reward_functions_are_registered():
@@ -121,7 +131,7 @@ class _GPMStub:
         return s.sum(1) / (len(responses) - 1)
 
     def preference(self, prompts, a, b):
-        return torch.sigmoid(torch.tensor([self.u[x] - self.u[y] for x, y in zip(a, b)]))
+        return torch.sigmoid(torch.tensor([self.u[x] - self.u[y] for x, y in zip(a, b, strict=False)]))
 
 
 def test_reward_source_gpm_group_scores_and_native_preference():
