@@ -1,7 +1,7 @@
 """TRL preference files straight into ``prefopt train`` / ``prefopt rm train`` (``data.path=file.jsonl``).
 
-A small adapter in front of the training loaders: a file whose rows are not prefopt's built records
-(those carry ``source``, written by ``prefopt data build``) but TRL preference rows is converted to
+A small adapter in front of the training loaders: a file whose rows are not prefopt's records
+(those carry ``source``, ``id``, ``meta``, ``margin`` or a POLAR ``reference``) but TRL preference rows is converted to
 prefopt's pairwise schema by the same registered adapters ``data build`` uses, so it gets the same
 validation and the same messages (file, line, field):
 
@@ -21,11 +21,14 @@ log = logging.getLogger(__name__)
 
 __all__ = ["detect_trl", "from_trl"]
 
+# Keys only prefopt's own records carry: a row with any of them is never read as a TRL row.
+PREFOPT_KEYS = frozenset({"source", "id", "meta", "margin", "reference", "responses", "scores", "rewards"})
+
 
 def detect_trl(row: dict[str, Any]) -> str | None:
     """The adapter for a raw row: ``trl_conversational``, ``trl_standard`` or None (prefopt's own rows)."""
-    if "source" in row or "chosen" not in row:
-        return None  # a built prefopt record (or not a preference row at all)
+    if "chosen" not in row or PREFOPT_KEYS & set(row):
+        return None  # a prefopt record (built, POLAR, ranked, with meta ...) or not a preference row at all
     return "trl_conversational" if isinstance(row.get("chosen"), list) else "trl_standard"
 
 

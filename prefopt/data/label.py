@@ -29,7 +29,7 @@ from prefopt.core.io import atomic_write_json, atomic_write_text
 from prefopt.core.logging import progress
 from prefopt.data.label_build import build_outputs
 from prefopt.data.label_config import LabelConfig
-from prefopt.data.label_scorers import get_label_scorer
+from prefopt.data.label_scorers import get_label_scorer, require_folders
 from prefopt.data.prompts import read_prompt_file
 from prefopt.eval.resumable import ResultStore
 
@@ -180,6 +180,7 @@ def ranked_records(cfg: LabelConfig, prompts: list[PromptExample], samples: dict
 def run_label(cfg: LabelConfig) -> int:
     """Sample, score, build; print a one-line summary with the output paths."""
     cfg.validate()
+    require_folders(cfg.scorer)  # before any answer is sampled
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     prompts = select_prompts(cfg)

@@ -73,6 +73,10 @@ def _check_reward(cfg: Any) -> None:
     if not cfg.reward.models and not cfg.reward.functions:
         raise ConfigError("scorer.kind=reward needs scorer.reward.models (reward-model folders) or "
                           "scorer.reward.functions (rule rewards)")
+
+
+def require_folders(cfg: Any) -> None:
+    """Checked when the scorer is built (not by `prefopt validate`, which runs before earlier stages)."""
     for path in cfg.reward.models:
         if not Path(path).exists():
             raise ConfigError(f"scorer.reward.models: reward model folder not found: {path}")
@@ -81,6 +85,7 @@ def _check_reward(cfg: Any) -> None:
 def _build_reward(cfg: Any, out_dir: Path) -> Callable[[PromptExample, list[str]], GroupScores]:
     from prefopt.rewards.sources import build_reward_source, load_scorer
 
+    require_folders(cfg)
     scorer = None
     if cfg.reward.models:
         scorer = load_scorer(cfg.reward.models, method=cfg.reward.ensemble_method, lam=cfg.reward.ensemble_lam,
@@ -127,6 +132,7 @@ def _check_gpm(cfg: Any) -> None:
 def _build_gpm(cfg: Any, out_dir: Path) -> Callable[[PromptExample, list[str]], GroupScores]:
     from prefopt.rewards.sources import RewardSource, load_scorer
 
+    require_folders(cfg)
     scorer = load_scorer(cfg.reward.models, batch_size=cfg.batch_size, max_length=cfg.max_length)
     if getattr(scorer, "kind", None) != "gpm":
         raise ConfigError(f"{cfg.reward.models[0]} is a '{getattr(scorer, 'kind', '?')}' reward model, not a GPM; "

@@ -31,10 +31,12 @@ RECORD_CASES = [
      "line 1, field 'scores[0]': score must be finite, got nan"),
     ("score_infinity", "ranked", ['{"prompt": "q", "responses": ["a", "b"], "scores": [1, Infinity]}'],
      "line 1, field 'scores[1]': score must be finite, got inf"),
-    ("trl_conversational_row", "pairwise",
-     [{"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": "a"}],
+    # TRL conversational rows are a supported input (data_pipelines/trl_formats.py): a malformed one is
+    # refused by the trl_conversational adapter with its own message.
+    ("trl_conversational_bad_role", "pairwise",
+     [{"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "robot", "content": "a"}],
        "rejected": [{"role": "assistant", "content": "b"}]}],
-     "line 1, field 'chosen': expected a string, got list [{'role': 'assistant', 'content': 'a'}]"),
+     "line 1, field 'chosen[0].role': unknown role 'robot'; expected one of ('system', 'user', 'assistant')"),
     ("prompt_wrong_type", "pairwise", [{**PAIR, "prompt": 7}],
      "line 1, field 'prompt': expected a list of messages, got int"),
     ("missing_rejected", "pairwise", [PAIR, {"prompt": "q", "chosen": "a"}],
@@ -116,7 +118,7 @@ def _rm_yaml(tmp_path: Path, data: Path) -> Path:
     p = tmp_path / "rm.yaml"
     p.write_text(yaml.safe_dump({"kind": "rm", "rm": {"kind": "bt"}, "model": {"name": "tiny-llama"},
                                  "data": {"path": str(data), "max_length": 64, "max_prompt_length": 32},
-                                 "run": {"output_dir": str(tmp_path / "rm_out"), "tensorboard": False}}))
+                                 "run": {"output_dir": str(tmp_path / "rm_out"), "report_to": []}}))
     return p
 
 

@@ -190,10 +190,10 @@ def test_atomic_writes_are_readable_like_other_files(tmp_path):
 
 
 def test_metrics_do_not_repeat_steps_after_a_resume(tmp_path):
-    with MetricLogger(tmp_path, tensorboard=False, print_every=0) as log:
+    with MetricLogger(tmp_path, report_to=(), print_every=0) as log:
         for step in range(1, 7):
             log.log({"loss": float(step)}, step)
-    with MetricLogger(tmp_path, tensorboard=False, print_every=0) as log:  # resumed from step 4
+    with MetricLogger(tmp_path, report_to=(), print_every=0) as log:  # resumed from step 4
         assert log.rewind(4) == 2
         for step in (5, 6):
             log.log({"loss": 10.0 + step}, step)

@@ -318,3 +318,12 @@ def test_prompt_files_counts_and_answers(shared_data):
     assert len(ae) == 50 and ae[0].id == "ae-0" and ae[0].answer.startswith("Some cool music from the 1920s")
     with pytest.raises(ConfigError, match="prompt file not found"):
         read_prompt_file("jsonl", "nope.jsonl")
+
+
+def test_missing_reward_model_named_when_run(tmp_path, shared_data):
+    from prefopt.data.label import run_label
+
+    cfg = _config(tmp_path, shared_data, TINY_POLICY + "scorer: {kind: reward, reward: {models: [nope/rm]}}\n")
+    cfg.validate()  # validation runs before earlier pipeline stages have written the folder
+    with pytest.raises(ConfigError, match="reward model folder not found: nope/rm"):
+        run_label(cfg)

@@ -31,7 +31,7 @@ def test_empty_after_tokenisation(tmp_path):
 
     data = write_set(tmp_path / "data", pair_records(4))
     cfg = make_cfg(data, tmp_path / "run", data={"max_length": 12, "max_prompt_length": 8, "overlong": "drop"})
-    with pytest.raises(DataError, match=r"no usable examples left after tokenisation \(\{'kept': 0, 'dropped': 4"):
+    with pytest.raises(DataError, match=r"no usable examples left \(4 valid record\(s\); tokenisation: dropped=4\)"):
         run_offline(cfg)
 
 
