@@ -116,10 +116,12 @@ def cli_main(argv: Sequence[str]) -> int:
     h = build_headline(_results(args.h2h, "head-to-head"), _results(args.judge_agreement, "judge-agreement"),
                        _results(args.rewardbench, "RewardBench"), _results(args.bon, "best-of-N"), args.trained,
                        _results(args.judge_agreement_in_domain, "judge-agreement (in-domain)"))
+    from prefopt.core.rundir import run_lock
+
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     paths = [out / "headline.json"] + ([Path(args.write)] if args.write else [])
-    for path in paths:
-        atomic_write_json(path, h)
+    with run_lock(out, "prefopt eval headline"):
+        for path in paths:
+            atomic_write_json(path, h)
     print(f"headline: {headline_text(h)} -> {', '.join(map(str, paths))}", file=sys.stdout, flush=True)
     return 0
