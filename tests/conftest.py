@@ -62,3 +62,14 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
     make_tiny_model("tiny-llama", seed=0).save_pretrained(out, safe_serialization=True)
     tiny_tokenizer.save_pretrained(out)
     return out
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run faster on one torch thread (and much faster on cores shared with other jobs)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

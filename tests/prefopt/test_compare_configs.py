@@ -7,7 +7,6 @@ import math
 import re
 
 import pytest
-import torch
 import yaml
 
 from prefopt.cli import main
@@ -15,14 +14,6 @@ from prefopt.cli import main
 OFFLINE = ["dpo", "ipo", "simpo", "sparsepo", "lcpo", "irpo", "curry_dpo"]
 ONLINE = ["grpo", "urpo", "dno", "egpo", "p3o"]
 
-
-@pytest.fixture
-def one_thread():
-    """The tiny model is faster on one thread (and much faster on cores shared with other jobs)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _run(cfg, out, monkeypatch, repo_root, tiny_vars):

@@ -15,13 +15,6 @@ TINY = ["vars.model=tiny-llama", "vars.prompts=3", "vars.samples=3", "vars.token
         "vars.lr=1.0e-2"]
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _logits(model, ids):
     with torch.no_grad():

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 import yaml
 
 from prefopt.cli import main
@@ -15,13 +14,6 @@ TINY = ["vars.model=tiny-llama", "vars.rm_pairs=8", "vars.rm_max_length=128", "v
         "vars.agree_limit=4", "vars.agree_max_length=64", "vars.label_prompts=4", "vars.samples=3", "vars.tokens=4",
         "vars.prompt_tokens=32", "vars.dpo_batch=2", "vars.epochs=1", "vars.h2h_prompts=5", "vars.ae_limit=1"]
 
-
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _json(path):
