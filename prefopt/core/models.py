@@ -330,6 +330,8 @@ def load_causal_lm(name_or_path: str, dtype: str = "float32", trust_remote_code:
         source, hub_kwargs = _resolve_source(name_or_path), {"revision": revision}
     refuse_pickled_weights(source)
     if (Path(source) / "adapter_config.json").is_file():
+        from prefopt.core.adapters import load_merged_adapter
+
         return load_merged_adapter(Path(source), dtype=dtype, trust_remote_code=trust_remote_code)
     kwargs: dict[str, Any] = {"dtype": torch_dt, "trust_remote_code": trust_remote_code,
                               "use_safetensors": not pickle_allowed(), **hub_kwargs}
@@ -343,33 +345,6 @@ def load_causal_lm(name_or_path: str, dtype: str = "float32", trust_remote_code:
                          trust_remote_code=trust_remote_code)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
-    return model.eval(), tok
-
-
-def adapter_base(folder: Path) -> str:
-    """The base model of a LoRA adapter folder: prefopt's own record first, else PEFT's."""
-    meta = folder / "prefopt.json"
-    if meta.is_file():
-        base = json.loads(meta.read_text(encoding="utf-8")).get("base_model")
-        if base:
-            return str(base)
-    base = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
-    if not base:
-        raise ModelLoadError(f"{folder}/adapter_config.json names no base_model_name_or_path")
-    return str(base)
-
-
-def load_merged_adapter(folder: Path, dtype: str = "float32", trust_remote_code: bool = False) -> tuple[Any, Any]:
-    """``(model, tokenizer)``: a LoRA adapter folder merged into its base weights (the base may itself be
-    an adapter folder, e.g. the policy of an earlier round of iterative DPO). The merged model records
-    ``folder`` as its name, so adapters trained on top of it name this folder as their base."""
-    import peft
-
-    base, tok = load_causal_lm(adapter_base(folder), dtype=dtype, trust_remote_code=trust_remote_code)
-    model = peft.PeftModel.from_pretrained(base, str(folder)).merge_and_unload()
-    model.config._name_or_path = str(folder)
-    if (folder / "tokenizer_config.json").is_file():
-        tok = load_tokenizer(str(folder))
     return model.eval(), tok
 
 

@@ -208,7 +208,8 @@ class DPOPairs:
 
 def load_policy(path: str, *, dtype: str) -> tuple[Any, Any, bool]:
     """``(model, tokenizer, is_lora)``; a LoRA adapter folder is put on its base model."""
-    from prefopt.core.models import adapter_base, load_causal_lm, load_tokenizer, refuse_pickled_weights
+    from prefopt.core.adapters import adapter_base
+    from prefopt.core.models import load_causal_lm, load_tokenizer, refuse_pickled_weights
 
     p = Path(path)
     refuse_pickled_weights(p)
