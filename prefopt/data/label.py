@@ -126,13 +126,13 @@ def score_answers(cfg: LabelConfig, prompts: list[PromptExample], samples: dict[
     """Stage 2: scores of every prompt's kept answers into ``scores.jsonl``; returns rows by prompt id."""
     store = ResultStore(out / "scores.jsonl", key_fields=("id",))
     todo = [p for p in prompts if (p.id,) not in store]
-    for p in prompts:  # drop counts are recomputed on every run (they are not stored per row)
-        clean_answers(samples[p.id]["answers"], cfg.output.drop_identical, counts)
+    # drop counts are recomputed on every run (they are not stored per row)
+    keeps = {p.id: clean_answers(samples[p.id]["answers"], cfg.output.drop_identical, counts) for p in prompts}
     if todo:
         scorer, t0 = get_label_scorer(cfg.scorer.kind).build(cfg.scorer, out), time.perf_counter()
         for p in progress(todo, desc="label: score", unit="prompt"):
             answers = samples[p.id]["answers"]
-            keep = clean_answers(answers, cfg.output.drop_identical, Counter())
+            keep = keeps[p.id]
             row: dict[str, Any] = {"id": p.id, "keep": keep, "scores": []}
             if len(keep) >= 2:
                 g = scorer(p, [answers[i] for i in keep])
