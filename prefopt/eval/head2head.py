@@ -90,8 +90,11 @@ def answers(args: argparse.Namespace, rows: list[dict], out: Path, side: str) ->
 
 
 def judge_all(args: argparse.Namespace, rows: list[dict], a: list[dict], b: list[dict], out: Path) -> list[dict]:
-    """P(B beats A) per prompt, judged in batches (each appended when done); all rows in prompt order."""
-    store = ResultStore(out / "judgements.jsonl", key_fields=("index",))
+    """P(B beats A) per prompt, judged in batches (each appended when done); all rows in prompt order.
+
+    An unparsable judge answer (``retry``) is kept as a failed attempt and asked again by the next run.
+    """
+    store = ResultStore(out / "judgements.jsonl", key_fields=("index",), retry_field="retry")
     todo = store.pending(rows)
     if todo:
         judge = make_cli_judge(args)
@@ -103,7 +106,8 @@ def judge_all(args: argparse.Namespace, rows: list[dict], a: list[dict], b: list
                                  [b[r["index"]]["output"] for r in batch], keys=[r["index"] for r in batch])
             store.append({"index": r["index"], "judge": judge.name,
                           "p_b": None if x.get("preference") is None else x["preference"] - 1.0,
-                          "p_b_first": x.get("p_output_first"), "p_a_first": x.get("p_reference_first")}
+                          "p_b_first": x.get("p_output_first"), "p_a_first": x.get("p_reference_first"),
+                          "retry": bool(x.get("retry")), "error": x.get("error")}
                          for r, x in zip(batch, ann, strict=True))
             bar.update(len(batch))
         bar.close()

@@ -110,7 +110,8 @@ def load_pairs(data: str, limit: int | None, seed: int) -> tuple[list[dict], int
 
 
 def judge_pairs(args: argparse.Namespace, pairs: list[dict], store: ResultStore) -> None:
-    """Judge the pending pairs in batches (each batch appended when done)."""
+    """Judge the pending pairs in batches (each batch appended when done); an unparsable answer (``retry``)
+    is kept as a failed attempt and asked again by the next run."""
     todo = store.pending(pairs)
     if not todo:
         return
@@ -124,7 +125,8 @@ def judge_pairs(args: argparse.Namespace, pairs: list[dict], store: ResultStore)
         store.append({"file": b["file"], "row": b["row"], "label_second": b["label_second"],
                       "len_first": len(b["first"]), "len_second": len(b["second"]), "judge": judge.name,
                       "p_second": None if a.get("preference") is None else a["preference"] - 1.0,
-                      "p_second_first": a.get("p_output_first"), "p_first_first": a.get("p_reference_first")}
+                      "p_second_first": a.get("p_output_first"), "p_first_first": a.get("p_reference_first"),
+                      "retry": bool(a.get("retry")), "error": a.get("error")}
                      for b, a in zip(batch, ann, strict=True))
         bar.update(len(batch))
     bar.close()
@@ -167,7 +169,7 @@ def run(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     config_check(out / "judge_config.json", {**judge_settings(args), "seed": args.seed}, "judgements")
-    store = ResultStore(out / "pairs.jsonl", key_fields=("file", "row"))
+    store = ResultStore(out / "pairs.jsonl", key_fields=("file", "row"), retry_field="retry")
     judge_pairs(args, pairs, store)
     keys = {(p["file"], p["row"]) for p in pairs}
     res = summarize([r for r in store.rows() if (r["file"], r["row"]) in keys], ties)

@@ -174,3 +174,42 @@ def test_alpacaeval_stores_and_shows_judge_agreement(tmp_path, shared_data, bt_d
     assert "agreement not measured" in capsys.readouterr().out
     table = leaderboard_table({"x": res, "y": {**res, "judge_agreement": None}})
     assert table.splitlines()[0].endswith("judge agreement |") and "agreement not measured" in table
+
+
+class _GarbledFirstJudge:
+    """Prefers the longer answer; on its first call the first answer is unparsable (http judge style)."""
+
+    name = "scripted"
+
+    def __init__(self):
+        self.calls, self.asked = 0, 0
+
+    def annotate(self, instructions, references, outputs, *, keys=None):
+        self.calls += 1
+        self.asked += len(outputs)
+        rows = [{"preference": 2.0 if len(o) > len(r) else 1.0} for r, o in zip(references, outputs, strict=True)]
+        if self.calls == 1:
+            rows[0] = {"preference": None, "retry": True, "error": "unparsable judge answer"}
+        return rows
+
+
+def test_unparsable_judgement_is_asked_again(tmp_path, shared_data, monkeypatch):
+    import prefopt.eval.head2head as H2H
+
+    instr = _instructions(shared_data, 3)
+    a = _outputs(tmp_path / "a.json", instr, ["Short.", "A medium answer here.", "x"], "pol-a")
+    b = _outputs(tmp_path / "b.json", instr, ["A much longer answer.", "No.", "yy"], "pol-b")
+    out = tmp_path / "h2h"
+    args = ["--outputs-a", str(a), "--outputs-b", str(b), "--prompts", str(shared_data / REF), "--limit", "3",
+            "--judge", "http", "--judge-model", "scripted", "--out", str(out)]
+    first = _GarbledFirstJudge()
+    monkeypatch.setattr(H2H, "make_cli_judge", lambda a: first)
+    assert cli_main(args) == 0
+    assert json.loads((out / "results.json").read_text())["n_unparsable"] == 1
+    second = _GarbledFirstJudge()
+    second.calls = 1  # answers everything this time
+    monkeypatch.setattr(H2H, "make_cli_judge", lambda a: second)
+    assert cli_main(args) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert second.asked == 1 and res["n_unparsable"] == 0 and res["n"] == 3
+    assert res["wins"] == 2 and res["win_rate"] == pytest.approx(2 / 3)  # B longer on prompts 1 and 3

@@ -163,3 +163,34 @@ def test_judge_failing_mid_run_resumes_without_duplicates(tmp_path, monkeypatch)
     # always-longer judge: agrees with the labels on pairs 2 and 3 (chosen longer), not on pair 1
     assert res["agreement"] == pytest.approx(2 / 3) and res["longer_pref_judge"] == 1.0
     assert res["position_consistency"]["value"] == 1.0 and res["longer_baseline_agreement"] == pytest.approx(2 / 3)
+
+
+class _GarbledOnceJudge(_ScriptedJudge):
+    """Like ``_ScriptedJudge`` but its first answer is unparsable (what the http judge returns then)."""
+
+    def annotate(self, instructions, references, outputs, *, keys=None):
+        rows = super().annotate(instructions, references, outputs, keys=keys)
+        if self.calls == 1:
+            rows[0] = {"preference": None, "retry": True, "error": "unparsable judge answer: 'Output (c)'"}
+        return rows
+
+
+def test_unparsable_answer_is_retried_by_the_next_run(tmp_path, monkeypatch):
+    import prefopt.eval.judge_agreement as JA
+
+    data = _pairs_file(tmp_path / "pairs.jsonl")
+    out = tmp_path / "garbled"
+    args = ["--judge", "http", "--judge-model", "scripted", "--data", str(data), "--judge-batch-size", "1",
+            "--out", str(out)]
+    garbled = _GarbledOnceJudge()
+    monkeypatch.setattr(JA, "make_cli_judge", lambda a: garbled)
+    assert cli_main(args) == 0
+    first = json.loads((out / "results.json").read_text())
+    assert first["n_unparsable"] == 1 and first["n"] == 2
+    again = _ScriptedJudge()
+    monkeypatch.setattr(JA, "make_cli_judge", lambda a: again)
+    assert cli_main(args) == 0
+    assert again.calls == 1  # only the failed pair was asked again
+    res = json.loads((out / "results.json").read_text())
+    assert res["n_unparsable"] == 0 and res["n"] == 3 and res["agreement"] == pytest.approx(2 / 3)
+    assert [r["retry"] for r in _stored(out)] == [True, False, False, False]  # the failure stays on record
