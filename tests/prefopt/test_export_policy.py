@@ -88,3 +88,27 @@ def test_policy_export_loads_elsewhere_with_prefopt_outputs(dpo_run, tmp_path, m
     with prefopt_policy.disable_adapter():  # the adapter is not a no-op: trained LoRA moved the logits
         base_logits, _ = _logits_and_greedy(prefopt_policy, ids, mask, out)
     assert (base_logits - want_logits).abs().max() > 1e-3
+
+
+def test_policy_adapter_export_names_the_public_base(dpo_run, tmp_path):
+    """A policy adapter trained on the embedded model records its cache folder (as peft does); the export
+    names the hub id instead, and the model card's base_model follows."""
+    import shutil
+
+    from prefopt.core.models import EMBEDDED_HUB_ID, EMBEDDED_NAME, cache_root
+
+    run = tmp_path / "run"
+    shutil.copytree(dpo_run, run)
+    cfg_file = run / "final" / "adapter_config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg["base_model_name_or_path"] = str(cache_root() / "models" / EMBEDDED_NAME)
+    cfg_file.write_text(json.dumps(cfg))
+    (run / "final" / "prefopt.json").write_text(json.dumps({"lora": True, "base_model": EMBEDDED_NAME}))
+    out = tmp_path / "export"
+    assert cli_main([str(run), "--out", str(out)]) == 0
+    exported = json.loads((out / "adapter_config.json").read_text())
+    assert exported["base_model_name_or_path"] == EMBEDDED_HUB_ID
+    assert {k: v for k, v in exported.items() if k != "base_model_name_or_path"} == \
+        {k: v for k, v in cfg.items() if k != "base_model_name_or_path"}
+    assert f"base_model: {EMBEDDED_HUB_ID}" in (out / "README.md").read_text()
+    assert json.loads(cfg_file.read_text())["base_model_name_or_path"].startswith(str(cache_root()))
