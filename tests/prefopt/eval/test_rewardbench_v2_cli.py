@@ -180,3 +180,16 @@ def test_limit_keeps_ties_pairs_and_hub_name_offline(tmp_path, rb2_file, bt_dir,
     _run(tmp_path, rb2_file, "--model", str(bt_dir), name="cfg")
     with pytest.raises(ConfigError, match="different run"):
         _run(tmp_path, rb2_file, "--model", str(bt_dir), "--limit-per-subset", "1", name="cfg")
+
+
+def test_parquet_in_the_official_schema_reads_like_jsonl(tmp_path, rb2_file):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from prefopt.eval.rewardbench_v2 import load_rows
+
+    f = tmp_path / "rb2.parquet"
+    pq.write_table(pa.Table.from_pylist(rb2_rows()), f)
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("raw",)} for r in rows]  # noqa: E731
+    assert strip(load_rows(str(f))) == strip(load_rows(str(rb2_file)))
+    assert [len(r["answers"]) for r in load_rows(str(f))] == [4, 4, 4, 4, 4, 4, 3, 5, 3, 5]
