@@ -46,8 +46,9 @@ from prefopt.core.errors import DataError
 
 SUBSETS: tuple[str, ...] = ("Factuality", "Precise IF", "Math", "Safety", "Focus", "Ties")
 TIES = "Ties"
-#: Rows in the official ``allenai/reward-bench-2`` test split (its dataset card).
-FULL_SET_ROWS = 1865
+#: Prompts per subset in the official ``allenai/reward-bench-2`` test split (1,865 in all, its dataset card).
+FULL_COUNTS: dict[str, int] = {"Factuality": 475, "Precise IF": 160, "Math": 183, "Safety": 450, "Focus": 495,
+                               "Ties": 102}
 TIES_ID = re.compile(r"(ref|tied):(.+)")
 #: Official weights of the Ties score: tied accuracy, ref accuracy, correctness preferred,
 #: correctness preferred (hard), margin term.
@@ -217,7 +218,7 @@ def score_rewardbench2(rows: Sequence[Mapping[str, Any]], *,
     overall = None if any(v is None for v in scores) else sum(scores) / len(scores)
     n = sum(v["n"] for v in subsets.values())
     return RewardBench2Result(subsets=subsets, ties=ties, score=overall, n_examples=n,
-                              is_full_set=n == FULL_SET_ROWS and len(subsets) == len(SUBSETS),
+                              is_full_set=all(subsets.get(k, {}).get("n") == c for k, c in FULL_COUNTS.items()),
                               metadata=dict(metadata or {}))
 
 

@@ -114,3 +114,13 @@ def test_bad_rows_name_the_problem():
     with pytest.raises(DataError, match="id='x'.*compared with 1 of 3"):
         M2.score_rewardbench2([{"id": "x", "subset": "Math", "num_correct": 1, "n": 4,
                                 "pair_logits": [[0, 1, 1.0]]}])
+
+
+def test_full_set_needs_every_official_count():
+    assert sum(M2.FULL_COUNTS.values()) == 1865 and tuple(M2.FULL_COUNTS) == M2.SUBSETS
+    rows = [_row(s, f"{s}{i}", [1, 0, 0, 0]) for s in M2.SUBSETS[:5] for i in range(M2.FULL_COUNTS[s])]
+    ties = [{"id": f"{v}:{q}", "subset": "Ties", "num_correct": 2, "n": 3, "scores": [2, 1, 0]}
+            for q in range(51) for v in ("ref", "tied")]
+    full = M2.score_rewardbench2(rows + ties)
+    assert full.is_full_set and full.n_examples == 1865
+    assert not M2.score_rewardbench2(rows + ties[:-1]).is_full_set
