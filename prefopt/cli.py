@@ -247,6 +247,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None)  # deepspeed launcher
     known, rest = parser.parse_known_args(argv)
+    from prefopt.core.logging import quiet_unused_deepspeed
+
+    quiet_unused_deepspeed()
     try:
         return dispatch(rest)
     except PrefoptError as exc:

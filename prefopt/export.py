@@ -89,6 +89,19 @@ def _tokenizer_and_generation(final: Path, out: Path, base: str) -> None:
                          bos_token_id=tok.bos_token_id).save_pretrained(str(out))
 
 
+def _public_adapter_base(final: Path, out: Path) -> None:
+    """Name a policy adapter's base by its public name in ``out/adapter_config.json`` (the embedded model's
+    hub id instead of the training machine's cache folder; hub ids and user paths unchanged). The run
+    folder's ``prefopt.json`` keeps the local name for prefopt's own loading."""
+    from prefopt.core.adapters import adapter_base
+    from prefopt.core.models import public_model_name
+
+    cfg = out / "adapter_config.json"
+    data = json.loads(cfg.read_text(encoding="utf-8"))
+    data["base_model_name_or_path"] = public_model_name(adapter_base(final))
+    cfg.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def base_model_name(final: Path) -> str:
     """The public base model name (adapter config) or the checkpoint's own ``_name_or_path``."""
     for name in ("adapter_config.json", "config.json"):
@@ -116,6 +129,8 @@ def export_run(run_dir: Path, out: Path, *, merge: bool = False) -> Path:
                 shutil.copy2(f, out / f.name)
     else:
         _copy_files(final, out)
+        if (out / "adapter_config.json").is_file() and not info["reward_model"]:
+            _public_adapter_base(final, out)
     if info["reward_model"]:
         info["reward_config"] = json.loads((final / "reward_config.json").read_text(encoding="utf-8"))
     _tokenizer_and_generation(final, out, base)

@@ -158,9 +158,10 @@ def _train_section(name: str, folder: Path, figures: list[Path]) -> list[str]:
 def _eval_section(name: str, folder: Path, figures: list[Path]) -> list[str]:
     lines = [f"## {name}: evaluation", ""]
     results = _read_json(folder / "results.json")
-    if isinstance(results, dict) and "sections" in results:
+    rows = _rewardbench_rows(results) if isinstance(results, dict) else []
+    if rows:
         lines += ["| section | score |", "|---|---|"]
-        lines += [f"| {k} | {'n/a' if v is None else f'{100 * v:.1f}'} |" for k, v in results["sections"].items()]
+        lines += [f"| {k} | {'n/a' if v is None else f'{100 * v:.1f}'} |" for k, v in rows]
         if results.get("score") is not None:
             lines.append(f"| **overall** | **{100 * results['score']:.1f}** |")
     if isinstance(results, dict) and "win_rate" in results:
@@ -177,6 +178,15 @@ def _eval_section(name: str, folder: Path, figures: list[Path]) -> list[str]:
         lines.append(f"\n![{name} {png.stem}]({png})")
     lines += _samples(folder)
     return lines + [""]
+
+
+def _rewardbench_rows(results: dict) -> list[tuple[str, Any]]:
+    """``(name, score)`` rows of a RewardBench ``results.json``: v1 sections, or RewardBench 2 subsets."""
+    if "sections" in results:
+        return list(results["sections"].items())
+    if results.get("benchmark") == "rewardbench-v2":
+        return [(k, v.get("score")) for k, v in (results.get("subsets") or {}).items()]
+    return []
 
 
 def _samples(folder: Path, n: int = 3) -> list[str]:

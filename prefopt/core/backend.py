@@ -179,6 +179,9 @@ class DeepSpeedBackend(Backend):
     """DeepSpeed ZeRO-2/3 (gloo on CPU, nccl on GPU); the engine handles accumulation and clipping."""
 
     def __init__(self, device: torch.device, optim: OptimConfig, zero_stage: int, micro_batch: int):
+        from prefopt.core.logging import quiet_unused_deepspeed
+
+        quiet_unused_deepspeed(False)  # DeepSpeed is used: keep all of its messages
         import deepspeed
 
         self.rank, _, self.world_size = world_info()

@@ -8,12 +8,36 @@ bars come from :func:`progress` (silent on ranks other than 0) and carry :func:`
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
+
+
+class _UnusedDeepSpeedFilter(logging.Filter):
+    """Drops DeepSpeed's "Setting accelerator to CPU" auto-detect warning (see :func:`quiet_unused_deepspeed`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Setting accelerator to CPU" not in record.getMessage()
+
+
+_DS_FILTER = _UnusedDeepSpeedFilter()
+
+
+def quiet_unused_deepspeed(quiet: bool = True) -> None:
+    """Silence (``quiet``) or restore DeepSpeed's accelerator auto-detect warning.
+
+    With ``deepspeed`` installed, ``transformers``' ``save_pretrained`` imports it (through accelerate's
+    ``extract_model_from_parallel``) even in a run that never uses it, and the import logs "Setting
+    accelerator to CPU" on a machine without a GPU. The CLI installs this filter on the ``DeepSpeed``
+    logger at start; :class:`prefopt.core.backend.DeepSpeedBackend` (``prefopt train`` with DeepSpeed)
+    removes it before it imports DeepSpeed for real. The filter drops only that one message.
+    """
+    ds_logger = logging.getLogger("DeepSpeed")
+    (ds_logger.addFilter if quiet else ds_logger.removeFilter)(_DS_FILTER)
 
 
 def is_main_process() -> bool:

@@ -62,7 +62,8 @@ def _rewardbench(res: dict | None) -> dict[str, Any] | None:
     if res is None:
         return None
     score = res.get("score", res.get("Score"))
-    sections = res.get("sections") or {k: res[k] for k in ("Chat", "Chat Hard", "Safety", "Reasoning") if k in res}
+    names = ("Chat", "Chat Hard", "Safety", "Reasoning", "Factuality", "Precise IF", "Math", "Focus", "Ties")
+    sections = res.get("sections") or {k: res[k] for k in names if k in res}  # v1 sections or v2 subsets
     return {"score": score, "sections": sections, "n": res.get("n", res.get("num_examples"))}
 
 

@@ -7,6 +7,7 @@ Usage::
     prefopt eval rewardbench --model runs/dpo/lora_adapter --kind dpo          # ref = base without adapter
     prefopt eval rewardbench --model runs/rm/polar --polar-reference generate:smollm2-135m-instruct
     prefopt eval rewardbench --model smollm2-135m-instruct --kind judge
+    prefopt eval rewardbench --benchmark v2 --model runs/rm/bt   # RewardBench 2: prefopt.eval.rewardbench_v2
 
 Outputs in ``--out``: ``per_example.jsonl`` (the official columns ``id, subset, scores_chosen,
 scores_rejected, results``), ``scores.jsonl`` (one row per example keyed by ``(id, subset)``, appended per
@@ -42,7 +43,10 @@ DEFAULT_DATA = "hf:allenai/reward-bench@filtered"
 DELAY_ENV = "PREFOPT_EVAL_BATCH_DELAY"  # debug/tests: seconds to sleep after each batch
 
 
-def _read_hub_or_file(data: str) -> list:
+_V1_OFFLINE_HINT = "RewardBench, e.g. ../shared/data/reward-bench/reward_bench_filtered.dev10per_subset.jsonl"
+
+
+def _read_hub_or_file(data: str, offline_hint: str = _V1_OFFLINE_HINT) -> list:
     from data_pipelines.sources import read_records
 
     if not data.startswith("hf:"):
@@ -53,9 +57,8 @@ def _read_hub_or_file(data: str) -> list:
     except Exception as exc:  # datasets/hub raise many types (ConnectionError, OfflineModeIsEnabled, ...)
         where = "offline (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set)" if offline else "from the hub"
         raise DataError(f"cannot load {data} {where}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}. "
-                        "Offline options: pass --data FILE (a local .jsonl/.json/.parquet copy of RewardBench, "
-                        "e.g. ../shared/data/reward-bench/reward_bench_filtered.dev10per_subset.jsonl), or "
-                        "download it once online so the HF cache holds it") from None
+                        f"Offline options: pass --data FILE (a local .jsonl/.json/.parquet copy of {offline_hint}), "
+                        "or download it once online so the HF cache holds it") from None
 
 
 def load_rows(data: str, limit_per_subset: int | None = None) -> list[dict]:
@@ -218,8 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reward model dir(s), a folder of ensemble members, a policy/LoRA dir (dpo) or an LM (judge)")
     p.add_argument("--kind", default="auto", choices=KINDS)
     p.add_argument("--reduce", default="mean", choices=("mean", "wco", "uwo"), help="ensemble aggregation")
-    p.add_argument("--data", default=DEFAULT_DATA, help="JSONL/JSON/parquet file or hf:NAME@SPLIT")
-    p.add_argument("--out", default=None, help="output folder (default runs/eval/rewardbench/<model>)")
+    p.add_argument("--benchmark", default="v1", choices=tuple(BENCHMARKS),
+                   help="v1: RewardBench (pairs); v2: RewardBench 2 (best-of-4 and Ties)")
+    p.add_argument("--data", default=None, help="JSONL/JSON/parquet file or hf:NAME@SPLIT (default: "
+                   f"{DEFAULT_DATA} for v1, hf:allenai/reward-bench-2@test for v2)")
+    p.add_argument("--out", default=None, help="output folder (default runs/eval/rewardbench[2]/<model>)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--max-length", type=int, default=2048)
@@ -248,7 +254,22 @@ def cli_main(argv: Sequence[str]) -> int:
         raise ConfigError(f"--limit-per-subset must be >= 1, got {args.limit_per_subset}")
     if not math.isfinite(args.beta) or args.beta <= 0:
         raise ConfigError(f"--beta must be a finite number > 0, got {args.beta}")
-    args.out = str(args.out or Path("runs") / "eval" / "rewardbench" / Path(args.model[0]).name)
+    runner, default_data, folder = BENCHMARKS[args.benchmark]
+    args.data = args.data or default_data
+    args.out = str(args.out or Path("runs") / "eval" / folder / Path(args.model[0]).name)
     with guarded_folder(args.out, None, overwrite=args.overwrite, command="prefopt eval rewardbench"):
-        run(args)
+        runner()(args)
     return 0
+
+
+def _v2_run() -> Callable[[argparse.Namespace], Any]:
+    from prefopt.eval.rewardbench_v2 import run as run_v2
+
+    return run_v2
+
+
+#: ``--benchmark`` -> (runner factory, default data, default output folder under runs/eval).
+BENCHMARKS: dict[str, tuple[Callable[[], Callable[[argparse.Namespace], Any]], str, str]] = {
+    "v1": (lambda: run, DEFAULT_DATA, "rewardbench"),
+    "v2": (_v2_run, "hf:allenai/reward-bench-2@test", "rewardbench2"),
+}

@@ -70,3 +70,18 @@ def test_quickstart_headline_fractions_and_nested_agreement(tmp_path):
     assert "**Win rate 50.0%** (95% CI 17.0-83.0, n = 5), judged by rm:bt:final" in text
     assert "labels 0.75 (95% CI 0.30-0.95, n = 4)" in text
     assert "- **rewardbench**: score 0.609, sections (Chat 0.642)" in text and "bon" not in text
+
+
+def test_rewardbench2_folder_gets_a_subset_table(tmp_path):
+    from prefopt.eval.headline import _rewardbench
+
+    res = {"model": "m", "model_type": "bt", "chat_template": "tokenizer", "Factuality": 0.5, "Ties": 0.25,
+           "benchmark": "rewardbench-v2", "score": 0.375,
+           "subsets": {"Factuality": {"score": 0.5, "n": 2}, "Ties": {"score": 0.25, "n": 4}}}
+    rb = tmp_path / "rewardbench2"
+    rb.mkdir()
+    (rb / "results.json").write_text(json.dumps(res))
+    md_path, _ = build_report(rb, tmp_path / "out")
+    md = md_path.read_text()
+    assert "| Factuality | 50.0 |" in md and "| Ties | 25.0 |" in md and "| **overall** | **37.5** |" in md
+    assert _rewardbench(res)["sections"] == {"Factuality": 0.5, "Ties": 0.25}
