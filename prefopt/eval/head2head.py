@@ -115,6 +115,24 @@ def judge_all(args: argparse.Namespace, rows: list[dict], a: list[dict], b: list
     return [done[r["index"]] for r in rows]
 
 
+def length_split(ok: list[dict], a: list[dict], b: list[dict]) -> dict:
+    """B's win rate (Wilson 95 %) where B's answer is longer than A's and where it is not (characters):
+    a gain that holds where B is not longer is not only a length preference of the judge."""
+    out = {}
+    for name, longer in (("b_longer", True), ("b_not_longer", False)):
+        sub = [j["p_b"] for j in ok if (len(b[j["index"]]["output"]) > len(a[j["index"]]["output"])) == longer]
+        wr = AG.win_rate(sub) if sub else {"win_rate": None, "ci_low": None, "ci_high": None, "n": 0}
+        out[name] = {k: wr[k] for k in ("win_rate", "ci_low", "ci_high", "n")}
+    return out
+
+
+def _not_longer_text(split: dict) -> str:
+    nl = split["b_not_longer"]
+    if not nl["n"]:
+        return ""
+    return f" (where B is not longer: {100 * nl['win_rate']:.1f}% [{100 * nl['ci_low']:.1f}, {100 * nl['ci_high']:.1f}] n={nl['n']})"
+
+
 def summarize(args: argparse.Namespace, judged: list[dict], a: list[dict], b: list[dict]) -> dict:
     """``results.json``: win rate with CI, ties, judge, the judge's agreement, mean lengths."""
     ok = [j for j in judged if j["p_b"] is not None]
@@ -128,7 +146,7 @@ def summarize(args: argparse.Namespace, judged: list[dict], a: list[dict], b: li
                                                             [j["p_a_first"] for j in both]) if both else None,
                n_unparsable=len(judged) - len(ok), name_a=args.name_a, name_b=args.name_b,
                mean_len_a=sum(len(o["output"]) for o in a) / len(a), mean_len_b=sum(len(o["output"]) for o in b) / len(b),
-               length_unit="characters", n_empty_a=sum(not o["output"].strip() for o in a),
+               length_unit="characters", by_length=length_split(ok, a, b), n_empty_a=sum(not o["output"].strip() for o in a),
                n_empty_b=sum(not o["output"].strip() for o in b), prompts=args.prompts, limit=args.limit,
                decoding={"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k,
                          "max_new_tokens": args.max_new_tokens, "seed": args.seed})
@@ -157,7 +175,8 @@ def run(args: argparse.Namespace) -> dict:
     print(f"head2head {res['name_b']} vs {res['name_a']}: win rate {100 * res['win_rate']:.1f}% "
           f"[{100 * res['ci_low']:.1f}, {100 * res['ci_high']:.1f}] (n={res['n']}, ties={res['ties']}), "
           f"judge {res['judge']}, {agreement_text(agreement)}; mean length {res['mean_len_b']:.0f} vs "
-          f"{res['mean_len_a']:.0f} chars; results: {out / 'results.json'}, judgements: {out / 'judgements.jsonl'}")
+          f"{res['mean_len_a']:.0f} chars{_not_longer_text(res['by_length'])}; results: {out / 'results.json'}, "
+          f"judgements: {out / 'judgements.jsonl'}")
     return res
 
 

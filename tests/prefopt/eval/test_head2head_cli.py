@@ -53,6 +53,11 @@ def test_outputs_files_rm_judge(tmp_path, shared_data, bt_dir, capsys):
     assert (res["name_a"], res["name_b"]) == ("base", "dpo")
     assert res["mean_len_a"] == pytest.approx((6 + 21 + 9 + 1) / 4)
     assert res["mean_len_b"] == pytest.approx((34 + 3 + 9 + 2) / 4)
+    longer, not_longer = res["by_length"]["b_longer"], res["by_length"]["b_not_longer"]
+    assert (longer["n"], not_longer["n"]) == (2, 2)  # B longer on prompts 1 and 4
+    assert longer["win_rate"] == pytest.approx(sum(x > 0.5 for x in (p[0], p[3])) / 2)
+    assert not_longer["win_rate"] == pytest.approx((float(p[1] > 0.5) + 0.5) / 2)  # prompt 3 is the tie
+    assert (not_longer["ci_low"], not_longer["ci_high"]) == pytest.approx(AG.wilson_ci(float(p[1] > 0.5) + 0.5, 2))
     captured = capsys.readouterr()
     assert "head2head dpo vs base: win rate" in captured.out and str(out / "results.json") in captured.out
     assert "unvalidated" not in captured.err
