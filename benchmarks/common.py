@@ -121,6 +121,26 @@ def clone(model: Any) -> Any:
     return copy.deepcopy(model)
 
 
+def checkpointing(args: Any) -> bool:
+    """``--checkpointing``: activation checkpointing on both sides (default off on both)."""
+    return bool(getattr(args, "checkpointing", False))
+
+
+def trl_args(args: Any) -> dict[str, Any]:
+    """TRL config keywords every side sets. TRL 1.16's configs default ``gradient_checkpointing`` to
+    True, but only ``Trainer.train()`` (never called here) acts on it; it is set to match, and
+    :func:`enable_checkpointing` turns checkpointing on the model itself on both sides."""
+    return {"gradient_checkpointing": checkpointing(args)}
+
+
+def enable_checkpointing(model: Any, args: Any) -> Any:
+    """Activation checkpointing (transformers' own, non-reentrant) on ``model`` when ``--checkpointing``;
+    called on both sides' models."""
+    if checkpointing(args):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
 def count_params(model: Any) -> int:
     """All distinct parameters (tied embeddings counted once; LoRA adapters included)."""
     seen, total = set(), 0
@@ -170,8 +190,10 @@ def interleave(sides: list[Side], steps: int, warmup: int = 1,
 
     Returns per side: ``times`` (s, measured rounds), ``losses`` (all steps), ``first_loss``.
     """
-    res = {s.name: {"times": [], "losses": []} for s in sides}
+    res: dict[str, Any] = {s.name: {"times": [], "losses": []} for s in sides}
+    res["_load_avg"] = []  # 1-minute load average before each round (machine load, recorded)
     for i in range(warmup + steps):
+        res["_load_avg"].append(os.getloadavg()[0])
         k = i % len(sides)
         for s in sides[k:] + sides[:k]:
             t0 = time.perf_counter()
@@ -308,6 +330,11 @@ def write_json(path: str | None, payload: dict[str, Any]) -> None:
     tmp = p.with_suffix(p.suffix + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2, default=float))
     os.replace(tmp, p)
+
+
+def is_checkpointing(model: Any) -> bool:
+    """Whether activation checkpointing is on for ``model`` (recorded in each side's JSON)."""
+    return any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
 
 
 def trl_train_step(trainer: Any, model: torch.nn.Module, batches: list, amp: Callable[[], Any]) -> Callable[[int], float]:
