@@ -52,6 +52,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=EMBEDDED)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-memory", dest="memory", action="store_false")
+    p.add_argument("--synthetic", action="store_true",
+                   help="seeded random token ids, every sequence exactly --max-length tokens (dpo, rm, grpo)")
+    p.add_argument("--sweep", choices=("length", "group"), default=None,
+                   help="run once per --sweep-values (max_length or G), then fit log-log slopes and plot")
+    p.add_argument("--sweep-values", default=None, help="comma-separated (default length 256,512,1024,2048; "
+                   "group 2,4,8,16)")
     p.add_argument("--checkpointing", action="store_true",
                    help="activation checkpointing on both sides (default: off on both; TRL's own default is on)")
     p.add_argument("--out", default=None)
@@ -91,6 +97,10 @@ def _forward_argv(argv: Sequence[str]) -> list[str]:
 
 def run(argv: Sequence[str]) -> dict[str, Any]:
     args = parse(argv)
+    if args.sweep:
+        from benchmarks.sweep import run_sweep
+
+        return run_sweep(argv, args)
     set_threads()
     mod = _module(args.bench)
     info = machine()

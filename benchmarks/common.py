@@ -77,6 +77,30 @@ def load_pairs(tok: Any, n: int, max_length: int, path: str = HH_PATH, skip: int
     return out
 
 
+def synthetic_pairs(n: int, length: int, seed: int = 0, vocab: int = 49152, eos: int = 2,
+                    prompt_only: bool = False) -> list:
+    """``n`` pairs of seeded random token ids, every sequence exactly ``length`` tokens: a prompt of
+    ``length // 2`` and two completions of the rest (ending with EOS); ``prompt_only`` (GRPO, whose
+    completions are sampled): a prompt of ``length`` tokens. For cost-vs-length sweeps
+    (``--synthetic``), where real pairs are shorter than the lengths swept. ``(None, TokenizedPair)``."""
+    from data_pipelines.tokenize import TokenizedPair
+
+    gen = torch.Generator().manual_seed(seed)
+    ids = lambda k: tuple(int(t) for t in torch.randint(3, vocab, (k,), generator=gen))  # noqa: E731
+    p = length if prompt_only else length // 2
+    c = max(length - p, 2)
+    return [(None, TokenizedPair(ids(p), ids(c - 1) + (eos,), ids(c - 1) + (eos,), id=str(i))) for i in range(n)]
+
+
+def bench_pairs(tok: Any, n: int, max_length: int, args: Any) -> list:
+    """The benchmark's pairs: real hh-rlhf (:func:`load_pairs`) or, with ``--synthetic``, :func:`synthetic_pairs`
+    of exactly ``max_length`` tokens per sequence."""
+    if getattr(args, "synthetic", False):
+        return synthetic_pairs(n, max_length, getattr(args, "seed", 0), len(tok), tok.eos_token_id,
+                               prompt_only=getattr(args, "bench", "") == "grpo")
+    return load_pairs(tok, n, max_length)
+
+
 def padded_tokens(seqs: list[tuple[int, int]]) -> int:
     """Real tokens of a batch in the padded layout: sum of prompt + completion lengths."""
     return int(sum(p + c for p, c in seqs))

@@ -20,12 +20,12 @@ import torch
 
 from benchmarks.common import (
     Side,
+    bench_pairs,
     clone,
     collect_sides,
     count_params,
     enable_checkpointing,
     is_checkpointing,
-    load_pairs,
     model_tokens,
     padded_tokens,
     pair_seq_lengths,
@@ -48,7 +48,7 @@ def prepare(args: Any) -> dict[str, Any]:
     base, tok = load_base(args.model, seed=args.seed)
     proto = with_lora(base) if args.lora else base
     n_batches = args.warmup + args.steps
-    pairs = load_pairs(tok, n_batches * args.batch_size, args.max_length)
+    pairs = bench_pairs(tok, n_batches * args.batch_size, args.max_length, args)
     items = [Item(tp, i) for i, (_, tp) in enumerate(pairs)]
     batches = [items[i * args.batch_size:(i + 1) * args.batch_size] for i in range(n_batches)]
     tokens = [padded_tokens(pair_seq_lengths([it.tok for it in b])) for b in batches]

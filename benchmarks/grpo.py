@@ -32,12 +32,12 @@ import torch
 
 from benchmarks.common import (
     Side,
+    bench_pairs,
     clone,
     collect_sides,
     count_params,
     enable_checkpointing,
     is_checkpointing,
-    load_pairs,
     model_tokens,
     scratch_dir,
     trl_args,
@@ -70,7 +70,7 @@ def prepare(args: Any) -> dict[str, Any]:
     base, tok = load_base(args.model, seed=args.seed)
     n_batches = args.warmup + args.steps
     g = args.generations
-    pairs = load_pairs(tok, n_batches * args.batch_size, args.max_length - args.completion_length)
+    pairs = bench_pairs(tok, n_batches * args.batch_size, args.max_length - args.completion_length, args)
     base.eval()
     gen = torch.Generator().manual_seed(args.seed)
     groups = []

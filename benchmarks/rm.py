@@ -28,12 +28,12 @@ import torch
 
 from benchmarks.common import (
     Side,
+    bench_pairs,
     clone,
     collect_sides,
     count_params,
     enable_checkpointing,
     is_checkpointing,
-    load_pairs,
     model_tokens,
     padded_tokens,
     pair_seq_lengths,
@@ -56,7 +56,7 @@ def prepare(args: Any) -> dict[str, Any]:
     base, tok = load_base(args.model, seed=args.seed)
     proto = RewardModel(base, kind="bt", seed=args.seed)
     n_batches = args.warmup + args.steps
-    pairs = load_pairs(tok, n_batches * args.batch_size, args.max_length)
+    pairs = bench_pairs(tok, n_batches * args.batch_size, args.max_length, args)
     tps = [tp for _, tp in pairs]
     batches = [tps[i * args.batch_size:(i + 1) * args.batch_size] for i in range(n_batches)]
     tokens = [padded_tokens(pair_seq_lengths(b)) for b in batches]

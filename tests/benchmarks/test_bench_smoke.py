@@ -7,6 +7,8 @@ field the README table is built from, and that the first-batch losses of prefopt
 from __future__ import annotations
 
 import json
+import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -210,3 +212,35 @@ def test_report_round_split_table():
     text = round_split(payload)
     assert "| trl | 4.00 | 1.50 | 0.010 | 0.490 | 2.00 | 15.0 |" in text
     assert "loss ours 0.250000, TRL 0.250000 (diff 0.0e+00); max |completion log-prob diff| 3.00e-06" in text
+
+
+def test_sweep_length_and_group(tmp_path):
+    """``--sweep length`` (synthetic ids, exact lengths) and ``--sweep group``: one run per value, both
+    sides' s/step per value, a log-log slope per side and curve, and the plot file."""
+    from benchmarks.cli import cli_main
+
+    base = ["--model", "tiny-smollm2", "--steps", "1", "--warmup", "1", "--batch-size", "1", "--no-memory"]
+    out = tmp_path / "dpo_len.json"
+    assert cli_main(["dpo", *base, "--synthetic", "--sweep", "length", "--sweep-values", "32,64",
+                     "--out", str(out)]) == 0
+    s = json.loads(out.read_text())
+    assert s["values"] == [32, 64] and set(s["curves"]) == {"prefopt[shared_prompt]", "trl"}
+    first = json.loads((tmp_path / "dpo_len_32.json").read_text())
+    assert first["tokens_per_step"][0] == 2 * 32  # one pair: two sequences of exactly 32 tokens
+    for name, c in s["curves"].items():
+        assert len(c["s_per_step"]) == 2 and all(t > 0 for t in c["s_per_step"])
+        assert isinstance(s["slopes"][name]["s_per_step"], float) and s["slopes"][name]["peak_step_mb"] is None
+    assert (tmp_path / "dpo_len.png").stat().st_size > 0
+    out = tmp_path / "grpo_g.json"
+    assert cli_main(["grpo", *base, "--completion-length", "4", "--max-length", "96", "--sweep", "group",
+                     "--sweep-values", "2,4", "--out", str(out)]) == 0
+    s = json.loads(out.read_text())
+    assert [json.loads(Path(p).read_text())["rollouts"]["generations"] for p in s["runs"]] == [2, 4]
+
+
+def test_loglog_slope():
+    from benchmarks.sweep import slope
+
+    assert abs(slope([1, 2, 4], [3, 12, 48]) - 2.0) < 1e-12  # y = 3 x^2
+    assert abs(slope([256, 512], [1.0, 1.5]) - math.log2(1.5)) < 1e-12
+    assert slope([1], [1]) is None and slope([1, 2], [None, 3]) is None
