@@ -1,9 +1,9 @@
-"""``prefopt bench dpo|rm|grpo [options]``: prefopt vs TRL in one run (see ``benchmarks/README.md``).
+"""``prefopt bench dpo|rm|grpo|online [options]``: prefopt vs TRL in one run (see ``benchmarks/README.md``).
 
 Options: ``--steps N`` measured steps per side (after ``--warmup`` steps), ``--batch-size B`` (pairs for
-dpo/rm, prompts for grpo), ``--max-length L``, ``--precision fp32|bf16``, ``--lora``,
+dpo/rm, prompts for grpo/online), ``--max-length L``, ``--precision fp32|bf16``, ``--lora``,
 ``--layout padded|packed|shared_prompt|all`` (our side; ``all`` times every layout against TRL in the
-same interleaved rounds), ``--ref cache|live`` (dpo), ``--generations G`` (grpo), ``--no-memory``
+same interleaved rounds), ``--ref cache|live`` (dpo), ``--generations G`` (grpo, online), ``--no-memory``
 (skip the per-side peak-memory subprocesses), ``--model`` (default the embedded SmolLM2-135M),
 ``--out FILE.json``.
 """
@@ -30,16 +30,17 @@ from benchmarks.common import (
     write_json,
 )
 
-BENCHES = ("dpo", "rm", "grpo")
-TARGETS = {"dpo": 1.5, "rm": 1.3, "grpo": 1.5}
+BENCHES = ("dpo", "rm", "grpo", "online")
+TARGETS = {"dpo": 1.5, "rm": 1.3, "grpo": 1.5, "online": 3.0}
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="prefopt bench", description=__doc__.splitlines()[0])
     p.add_argument("bench", choices=BENCHES)
-    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--steps", type=int, default=7, help="measured interleaved rounds per side")
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=None, help="pairs (dpo, rm: default 4) or prompts (grpo: 1)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="pairs (dpo, rm: default 4) or prompts (grpo, online: 1)")
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--lora", action="store_true")
@@ -51,6 +52,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=EMBEDDED)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-memory", dest="memory", action="store_false")
+    p.add_argument("--synthetic", action="store_true",
+                   help="seeded random token ids, every sequence exactly --max-length tokens (dpo, rm, grpo)")
+    p.add_argument("--sweep", choices=("length", "group"), default=None,
+                   help="run once per --sweep-values (max_length or G), then fit log-log slopes and plot")
+    p.add_argument("--sweep-values", default=None, help="comma-separated (default length 256,512,1024,2048; "
+                   "group 2,4,8,16)")
+    p.add_argument("--checkpointing", action="store_true",
+                   help="activation checkpointing on both sides (default: off on both; TRL's own default is on)")
     p.add_argument("--out", default=None)
     return p
 
@@ -58,7 +67,9 @@ def parser() -> argparse.ArgumentParser:
 def parse(argv: Sequence[str]) -> argparse.Namespace:
     args = parser().parse_args(list(argv))
     if args.batch_size is None:
-        args.batch_size = 1 if args.bench == "grpo" else 4
+        args.batch_size = 1 if args.bench in ("grpo", "online") else 4
+    if args.bench == "online" and args.layout == "packed":
+        raise SystemExit("prefopt bench online: --layout must be padded, shared_prompt or all (online.layout)")
     if args.layout is None:
         args.layout = "shared_prompt"
     return args
@@ -86,6 +97,10 @@ def _forward_argv(argv: Sequence[str]) -> list[str]:
 
 def run(argv: Sequence[str]) -> dict[str, Any]:
     args = parse(argv)
+    if args.sweep:
+        from benchmarks.sweep import run_sweep
+
+        return run_sweep(argv, args)
     set_threads()
     mod = _module(args.bench)
     info = machine()
@@ -101,6 +116,7 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
     peak = max(peak0, peak1)
     results = summarize(sides, raw, env["tokens"], args.warmup, peak, "trl")
     names = [s.name for s in sides]
+    payload_extra = mod.finish(env, args) if hasattr(mod, "finish") else {}
     del sides
     gc.collect()
     if args.memory:
@@ -117,7 +133,8 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
                "machine": {**info, "load_avg_end": __import__("os").getloadavg()},
                "matmul_peak_gflops": {"start": peak0, "end": peak1, "used": peak},
                "tokens_per_step": env["tokens"], "n_params": env["n_params"], "setup_s": setup_s,
-               "results": results, "target_speedup": TARGETS[args.bench], **env.get("extra", {})}
+               "results": results, "target_speedup": TARGETS[args.bench], "load_avg_per_round": raw["_load_avg"],
+               **env.get("extra", {}), **payload_extra}
     print_table(f"{args.bench} ({args.precision}{', LoRA' if args.lora else ''}, batch {args.batch_size}, "
                 f"matmul peak {peak:.0f} GFLOP/s)", results, "trl")
     write_json(args.out, payload)

@@ -77,6 +77,30 @@ def load_pairs(tok: Any, n: int, max_length: int, path: str = HH_PATH, skip: int
     return out
 
 
+def synthetic_pairs(n: int, length: int, seed: int = 0, vocab: int = 49152, eos: int = 2,
+                    prompt_only: bool = False) -> list:
+    """``n`` pairs of seeded random token ids, every sequence exactly ``length`` tokens: a prompt of
+    ``length // 2`` and two completions of the rest (ending with EOS); ``prompt_only`` (GRPO, whose
+    completions are sampled): a prompt of ``length`` tokens. For cost-vs-length sweeps
+    (``--synthetic``), where real pairs are shorter than the lengths swept. ``(None, TokenizedPair)``."""
+    from data_pipelines.tokenize import TokenizedPair
+
+    gen = torch.Generator().manual_seed(seed)
+    ids = lambda k: tuple(int(t) for t in torch.randint(3, vocab, (k,), generator=gen))  # noqa: E731
+    p = length if prompt_only else length // 2
+    c = max(length - p, 2)
+    return [(None, TokenizedPair(ids(p), ids(c - 1) + (eos,), ids(c - 1) + (eos,), id=str(i))) for i in range(n)]
+
+
+def bench_pairs(tok: Any, n: int, max_length: int, args: Any) -> list:
+    """The benchmark's pairs: real hh-rlhf (:func:`load_pairs`) or, with ``--synthetic``, :func:`synthetic_pairs`
+    of exactly ``max_length`` tokens per sequence."""
+    if getattr(args, "synthetic", False):
+        return synthetic_pairs(n, max_length, getattr(args, "seed", 0), len(tok), tok.eos_token_id,
+                               prompt_only=getattr(args, "bench", "") == "grpo")
+    return load_pairs(tok, n, max_length)
+
+
 def padded_tokens(seqs: list[tuple[int, int]]) -> int:
     """Real tokens of a batch in the padded layout: sum of prompt + completion lengths."""
     return int(sum(p + c for p, c in seqs))
@@ -119,6 +143,26 @@ def with_lora(model: Any) -> Any:
 
 def clone(model: Any) -> Any:
     return copy.deepcopy(model)
+
+
+def checkpointing(args: Any) -> bool:
+    """``--checkpointing``: activation checkpointing on both sides (default off on both)."""
+    return bool(getattr(args, "checkpointing", False))
+
+
+def trl_args(args: Any) -> dict[str, Any]:
+    """TRL config keywords every side sets. TRL 1.16's configs default ``gradient_checkpointing`` to
+    True, but only ``Trainer.train()`` (never called here) acts on it; it is set to match, and
+    :func:`enable_checkpointing` turns checkpointing on the model itself on both sides."""
+    return {"gradient_checkpointing": checkpointing(args)}
+
+
+def enable_checkpointing(model: Any, args: Any) -> Any:
+    """Activation checkpointing (transformers' own, non-reentrant) on ``model`` when ``--checkpointing``;
+    called on both sides' models."""
+    if checkpointing(args):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
 
 
 def count_params(model: Any) -> int:
@@ -170,8 +214,10 @@ def interleave(sides: list[Side], steps: int, warmup: int = 1,
 
     Returns per side: ``times`` (s, measured rounds), ``losses`` (all steps), ``first_loss``.
     """
-    res = {s.name: {"times": [], "losses": []} for s in sides}
+    res: dict[str, Any] = {s.name: {"times": [], "losses": []} for s in sides}
+    res["_load_avg"] = []  # 1-minute load average before each round (machine load, recorded)
     for i in range(warmup + steps):
+        res["_load_avg"].append(os.getloadavg()[0])
         k = i % len(sides)
         for s in sides[k:] + sides[:k]:
             t0 = time.perf_counter()
@@ -308,6 +354,11 @@ def write_json(path: str | None, payload: dict[str, Any]) -> None:
     tmp = p.with_suffix(p.suffix + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2, default=float))
     os.replace(tmp, p)
+
+
+def is_checkpointing(model: Any) -> bool:
+    """Whether activation checkpointing is on for ``model`` (recorded in each side's JSON)."""
+    return any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
 
 
 def trl_train_step(trainer: Any, model: torch.nn.Module, batches: list, amp: Callable[[], Any]) -> Callable[[int], float]:

@@ -20,14 +20,17 @@ import torch
 
 from benchmarks.common import (
     Side,
+    bench_pairs,
     clone,
     collect_sides,
     count_params,
-    load_pairs,
+    enable_checkpointing,
+    is_checkpointing,
     model_tokens,
     padded_tokens,
     pair_seq_lengths,
     scratch_dir,
+    trl_args,
     trl_train_step,
     with_lora,
 )
@@ -45,7 +48,7 @@ def prepare(args: Any) -> dict[str, Any]:
     base, tok = load_base(args.model, seed=args.seed)
     proto = with_lora(base) if args.lora else base
     n_batches = args.warmup + args.steps
-    pairs = load_pairs(tok, n_batches * args.batch_size, args.max_length)
+    pairs = bench_pairs(tok, n_batches * args.batch_size, args.max_length, args)
     items = [Item(tp, i) for i, (_, tp) in enumerate(pairs)]
     batches = [items[i * args.batch_size:(i + 1) * args.batch_size] for i in range(n_batches)]
     tokens = [padded_tokens(pair_seq_lengths([it.tok for it in b])) for b in batches]
@@ -69,7 +72,7 @@ def ours_side(env: dict[str, Any], args: Any, layout: str) -> Side:
     from prefopt.loops.reference import Reference, resolve_mode
     from prefopt.losses.base import seq_logps
 
-    policy = clone(env["proto"])
+    policy = enable_checkpointing(clone(env["proto"]), args)
     spec = get_algorithm("dpo")
     dev = torch.device("cpu")
     ctx = StepContext(spec=spec, loss_spec=spec.loss_spec(), hparams=spec.build_hparams({"beta": BETA}),
@@ -101,7 +104,8 @@ def ours_side(env: dict[str, Any], args: Any, layout: str) -> Side:
         return float(loss.detach())
 
     return Side(f"prefopt[{layout}]", step, _flops_per_token(env["n_params"], args.ref),
-                {"layout": layout, "model_tokens": model_tokens(layout, env["groups"])})
+                {"layout": layout, "model_tokens": model_tokens(layout, env["groups"]),
+                 "activation_checkpointing": is_checkpointing(policy)})
 
 
 def trl_side(env: dict[str, Any], args: Any) -> Side:
@@ -120,10 +124,10 @@ def trl_side(env: dict[str, Any], args: Any) -> Side:
                     max_length=args.max_length, beta=BETA, learning_rate=LR, lr_scheduler_type="constant",
                     max_grad_norm=1.0, bf16=args.precision == "bf16", use_cpu=True, report_to="none",
                     precompute_ref_log_probs=args.ref == "cache", optim="adamw_torch", save_strategy="no",
-                    disable_dropout=True, logging_steps=1000)
+                    disable_dropout=True, logging_steps=1000, **trl_args(args))
     trainer = DPOTrainer(model=policy, ref_model=ref_model, args=cfg, train_dataset=ds,
                          processing_class=env["tok"])
-    model = trainer.model
+    model = enable_checkpointing(trainer.model, args)
     amp = trainer.accelerator.autocast if args.precision == "bf16" else contextlib.nullcontext
     batches = []
     for b in env["batches"]:
@@ -139,7 +143,7 @@ def trl_side(env: dict[str, Any], args: Any) -> Side:
 
     step = trl_train_step(trainer, model, batches, amp)
 
-    return Side("trl", step, _flops_per_token(env["n_params"], args.ref), {"ref_precomputed": args.ref == "cache"})
+    return Side("trl", step, _flops_per_token(env["n_params"], args.ref), {"ref_precomputed": args.ref == "cache", "activation_checkpointing": is_checkpointing(model)})
 
 
 def layouts(args: Any) -> list[str]:

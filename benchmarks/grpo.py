@@ -32,12 +32,15 @@ import torch
 
 from benchmarks.common import (
     Side,
+    bench_pairs,
     clone,
     collect_sides,
     count_params,
-    load_pairs,
+    enable_checkpointing,
+    is_checkpointing,
     model_tokens,
     scratch_dir,
+    trl_args,
     with_lora,
 )
 
@@ -67,7 +70,7 @@ def prepare(args: Any) -> dict[str, Any]:
     base, tok = load_base(args.model, seed=args.seed)
     n_batches = args.warmup + args.steps
     g = args.generations
-    pairs = load_pairs(tok, n_batches * args.batch_size, args.max_length - args.completion_length)
+    pairs = bench_pairs(tok, n_batches * args.batch_size, args.max_length - args.completion_length, args)
     base.eval()
     gen = torch.Generator().manual_seed(args.seed)
     groups = []
@@ -111,7 +114,7 @@ def ours_side(env: dict[str, Any], args: Any, layout: str) -> Side:
     from prefopt.loops.common import autocast
     from prefopt.losses.group import GRPOParams
 
-    policy = clone(env["proto"])
+    policy = enable_checkpointing(clone(env["proto"]), args)
     policy.train()
     pad = env["tok"].pad_token_id
     batches = [_collate(layout, b, pad) for b in env["batches"]]
@@ -134,7 +137,8 @@ def ours_side(env: dict[str, Any], args: Any, layout: str) -> Side:
         return float(loss.detach())
 
     return Side(f"prefopt[{layout}]", step, 6 * env["n_params"],
-                {"layout": layout, "model_tokens": model_tokens(layout, env["groups"])})
+                {"layout": layout, "model_tokens": model_tokens(layout, env["groups"]),
+                 "activation_checkpointing": is_checkpointing(policy)})
 
 
 def trl_batch(items: list, adv: torch.Tensor, pad: int) -> dict[str, torch.Tensor]:
@@ -172,10 +176,10 @@ def trl_side(env: dict[str, Any], args: Any) -> Side:
                      max_completion_length=args.completion_length, beta=0.0, loss_type="dapo",
                      epsilon=0.2, learning_rate=LR, lr_scheduler_type="constant", max_grad_norm=1.0,
                      bf16=args.precision == "bf16", use_cpu=True, report_to="none", optim="adamw_torch",
-                     save_strategy="no", logging_steps=1000, disable_dropout=True)
+                     save_strategy="no", logging_steps=1000, disable_dropout=True, **trl_args(args))
     trainer = GRPOTrainer(model=policy, reward_funcs=_zero_reward, args=cfg, train_dataset=ds,
                           processing_class=env["tok"])
-    model = trainer.model
+    model = enable_checkpointing(trainer.model, args)
     pad = env["tok"].pad_token_id
     batches = [trl_batch(b, a, pad) for b, a in zip(env["batches"], env["advantages"], strict=False)]
     trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train(), which we do not call
@@ -183,7 +187,7 @@ def trl_side(env: dict[str, Any], args: Any) -> Side:
     opt = trainer.optimizer
     params = [p for p in model.parameters() if p.requires_grad]
     amp = trainer.accelerator.autocast if args.precision == "bf16" else contextlib.nullcontext
-    info = {"first_batch_logp_max_abs_diff": _logp_diff(trainer, model, env, batches[0], args)}
+    info = {"activation_checkpointing": is_checkpointing(model), "first_batch_logp_max_abs_diff": _logp_diff(trainer, model, env, batches[0], args)}
 
     def step(i: int) -> float:
         model.train()

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-NAMES = {"dpo": "DPO", "rm": "RM (BT)", "grpo": "GRPO"}
+NAMES = {"dpo": "DPO", "rm": "RM (BT)", "grpo": "GRPO", "online": "GRPO round (online)"}
 
 
 def _mem(r: dict[str, Any], key: str) -> str:
@@ -65,6 +65,29 @@ def full_table(payload: dict[str, Any]) -> str:
     extra = payload["results"]["trl"].get("first_batch_logp_max_abs_diff")
     if extra is not None:
         lines += ["", f"max |log-prob diff| ours vs TRL on the first batch's completion tokens: {extra:.2e}"]
+    if payload.get("load_avg_per_round"):
+        lines += ["", "1-minute load average before each round: "
+                  + ", ".join(f"{x:.1f}" for x in payload["load_avg_per_round"])]
+    if payload.get("round_split_s"):
+        lines += ["", round_split(payload)]
+    return "\n".join(lines)
+
+
+def round_split(payload: dict[str, Any]) -> str:
+    """``bench online``: median seconds of each part of a round per side, completion lengths, and the
+    update on identical samples."""
+    lines = ["| side | round s | generate s | score s | advantages/batching s | update s | mean completion tokens |",
+             "|---|---|---|---|---|---|---|"]
+    for name, s in payload["round_split_s"].items():
+        lens = payload.get("completion_length_mean", {}).get(name) or []
+        mean_len = f"{sum(lens) / len(lens):.1f}" if lens else "-"
+        lines.append(f"| {name} | {s['total']:.2f} | {s['generate']:.2f} | {s['score']:.3f} | "
+                     f"{s['collect_other']:.3f} | {s['update']:.2f} | {mean_len} |")
+    same = payload.get("update_on_identical_samples") or {}
+    if "loss_ours" in same:
+        lines += ["", f"update on identical samples ({same['samples']}, {same['precision']}): loss ours "
+                  f"{same['loss_ours']:.6f}, TRL {same['loss_trl']:.6f} (diff {same['loss_abs_diff']:.1e}); "
+                  f"max |completion log-prob diff| {same['logp_max_abs_diff']:.2e}"]
     return "\n".join(lines)
 
 

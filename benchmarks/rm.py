@@ -28,14 +28,17 @@ import torch
 
 from benchmarks.common import (
     Side,
+    bench_pairs,
     clone,
     collect_sides,
     count_params,
-    load_pairs,
+    enable_checkpointing,
+    is_checkpointing,
     model_tokens,
     padded_tokens,
     pair_seq_lengths,
     scratch_dir,
+    trl_args,
     trl_train_step,
 )
 
@@ -53,7 +56,7 @@ def prepare(args: Any) -> dict[str, Any]:
     base, tok = load_base(args.model, seed=args.seed)
     proto = RewardModel(base, kind="bt", seed=args.seed)
     n_batches = args.warmup + args.steps
-    pairs = load_pairs(tok, n_batches * args.batch_size, args.max_length)
+    pairs = bench_pairs(tok, n_batches * args.batch_size, args.max_length, args)
     tps = [tp for _, tp in pairs]
     batches = [tps[i * args.batch_size:(i + 1) * args.batch_size] for i in range(n_batches)]
     tokens = [padded_tokens(pair_seq_lengths(b)) for b in batches]
@@ -78,6 +81,7 @@ def ours_side(env: dict[str, Any], args: Any, layout: str) -> Side:
     from reward_models.losses import bt_loss
 
     rm = clone(env["proto"])
+    enable_checkpointing(rm.model, args)
     rm.train()
     pad = env["tok"].pad_token_id
     batches = [collate_rm(rm_items(b), pad, layout) for b in env["batches"]]
@@ -95,7 +99,8 @@ def ours_side(env: dict[str, Any], args: Any, layout: str) -> Side:
         return float(loss.detach())
 
     return Side(f"prefopt[{layout}]", step, 6 * env["n_params"],
-                {"layout": layout, "model_tokens": model_tokens(layout, env["groups"])})
+                {"layout": layout, "model_tokens": model_tokens(layout, env["groups"]),
+                 "activation_checkpointing": is_checkpointing(rm)})
 
 
 def _seq_cls(env: dict[str, Any]) -> Any:
@@ -127,9 +132,9 @@ def trl_side(env: dict[str, Any], args: Any) -> Side:
                        per_device_train_batch_size=args.batch_size, max_length=args.max_length,
                        learning_rate=LR, lr_scheduler_type="constant", max_grad_norm=1.0,
                        bf16=args.precision == "bf16", use_cpu=True, report_to="none", optim="adamw_torch",
-                       save_strategy="no", disable_dropout=True, logging_steps=1000)
+                       save_strategy="no", disable_dropout=True, logging_steps=1000, **trl_args(args))
     trainer = RewardTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok)
-    model = trainer.model
+    model = enable_checkpointing(trainer.model, args)
     if trainer.data_collator.pad_token_id != TRL_PAD_ID:
         raise RuntimeError(f"TRL collator pads with {trainer.data_collator.pad_token_id}, expected {TRL_PAD_ID}")
     batches = [trainer.data_collator([{"chosen_ids": list(t.prompt_ids + t.chosen_ids),
@@ -141,7 +146,7 @@ def trl_side(env: dict[str, Any], args: Any) -> Side:
 
     step = trl_train_step(trainer, model, batches, amp)
 
-    return Side("trl", step, 6 * env["n_params"], {})
+    return Side("trl", step, 6 * env["n_params"], {"activation_checkpointing": is_checkpointing(model)})
 
 
 def build_sides(env: dict[str, Any], args: Any, only: str | None = None) -> list[Side]:

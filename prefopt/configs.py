@@ -60,8 +60,10 @@ class TrainDataConfig:
     overlong: Literal["drop", "truncate_left", "truncate_right"] = "drop"
     shuffle: bool = True
     # Batch layout for pairwise losses: padded rows, padding-free packed rows, or shared_prompt (the
-    # prompt once per pair; fastest on long prompts, see benchmarks/README.md). Same log-probs to 1e-5.
-    layout: Literal["padded", "packed", "shared_prompt"] = "padded"
+    # prompt once per pair; fastest everywhere measured, see benchmarks/README.md). Same log-probs to
+    # 1e-5. "auto": shared_prompt wherever it is exact, else padded with one console line saying why
+    # (SparsePO's full-logit KL, listwise losses, flash_attention_2, sliding-window attention).
+    layout: Literal["auto", "padded", "packed", "shared_prompt"] = "auto"
     # A bad record (checked exactly as `prefopt data build` checks it): "raise" names file, line and
     # field; "skip" drops it and counts it by reason in data_stats.json and on the console.
     on_error: Literal["raise", "skip"] = "raise"

@@ -67,7 +67,9 @@ class RMDataConfig:
     # Backbone rows: "padded" (one row per sequence), "packed" (padding-free, one row) or
     # "shared_prompt" (each item's prompt encoded once, its responses after it under a block mask;
     # fastest for pairs and ranked lists; sdpa/eager attention only). Same rewards and loss in all three.
-    layout: Literal["padded", "packed", "shared_prompt"] = "padded"
+    # "auto": shared_prompt unless it is not exact (POLAR, flash_attention_2, sliding-window
+    # attention), then padded with one console line saying why.
+    layout: Literal["auto", "padded", "packed", "shared_prompt"] = "auto"
     # A bad record (checked exactly as `prefopt data build` checks it): "raise" names file, line and
     # field; "skip" drops it and counts it by reason in data_stats.json and on the console.
     on_error: Literal["raise", "skip"] = "raise"
@@ -181,7 +183,7 @@ class RMTrainConfig:
             raise ValueError("set epochs > 0 or max_steps > 0")
         if self.max_steps < 0:
             raise ValueError(f"max_steps must be >= 0, got {self.max_steps}")
-        if self.data.layout != "padded" and self.rm.kind == "polar":
+        if self.data.layout in ("packed", "shared_prompt") and self.rm.kind == "polar":
             raise ValueError("data.layout must be 'padded' for POLAR (the reward is read at its REWARD token)")
         if self.data.layout == "shared_prompt" and self.model.attn_implementation == "flash_attention_2":
             raise ValueError("data.layout 'shared_prompt' needs a 4-D attention mask (sdpa or eager); "

@@ -28,7 +28,48 @@ from data_pipelines.tokenize import TokenizedList
 
 LAYOUTS = ("padded", "packed", "shared_prompt")
 
-__all__ = ["LAYOUTS", "RMRows", "build_rows", "collate_right"]
+__all__ = ["LAYOUTS", "RMRows", "build_rows", "collate_right", "resolve_auto_layout", "shared_prompt_blockers"]
+
+FLASH_REASON = "flash_attention_2 cannot take the 4-D block mask"
+
+
+def shared_prompt_blockers(model: Any, attn_implementation: str | None = None) -> list[str]:
+    """Why the shared-prompt block mask would not be exact for ``model`` (empty list: it is exact).
+
+    * ``flash_attention_2`` takes no 4-D mask at all;
+    * sliding-window attention (Mistral/Gemma-style ``sliding_window`` layers): a 4-D mask is passed
+      to every layer as-is, so the window would be lost on sequences longer than it.
+    """
+    reasons = []
+    cfg = getattr(model, "config", None)
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    attn = attn_implementation or getattr(text, "_attn_implementation", None)
+    if attn == "flash_attention_2":
+        reasons.append(FLASH_REASON)
+    window = getattr(text, "sliding_window", None)
+    types = getattr(text, "layer_types", None)
+    sliding = (any("sliding" in str(t) for t in types) if types is not None
+               else bool(window) and getattr(text, "use_sliding_window", True))
+    if window and sliding:
+        reasons.append(f"the model has sliding-window attention ({window} tokens), which a 4-D mask overrides")
+    return reasons
+
+
+def resolve_auto_layout(requested: str, reasons: Sequence[str], what: str, log: bool = True) -> str:
+    """``requested`` unless it is ``auto``: then ``shared_prompt`` (each prompt encoded once; the same
+    values as padded rows) when nothing in ``reasons`` stands against it, else ``padded`` with one
+    console line (stderr, unless ``log`` is off) naming ``what`` and the reasons. Explicit layouts are
+    returned unchanged."""
+    import sys
+
+    if requested != "auto":
+        return requested
+    if not reasons:
+        return "shared_prompt"
+    if log:
+        print(f"{what}: layout auto -> padded, not shared_prompt: {'; '.join(reasons)}", file=sys.stderr,
+              flush=True)
+    return "padded"
 
 
 @dataclass(frozen=True)

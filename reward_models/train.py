@@ -28,7 +28,7 @@ from prefopt.core.io import atomic_write_json
 from prefopt.core.logging import MetricLogger, is_main_process, progress, short_postfix
 from prefopt.core.metric_names import REWARD_MODEL
 from reward_models import data as D
-from reward_models.train_step import autocast, batch_loss, build_model, evaluate, to_device
+from reward_models.train_step import autocast, batch_loss, build_model, evaluate, resolve_layout, to_device
 
 
 def seed_everything(seed: int) -> None:
@@ -148,6 +148,7 @@ def train_one(cfg: Any, final_dir: Path, member_seed: int | None = None, boot: b
         save_resolved(cfg, run_dir)
     logger = MetricLogger(run_dir, report_to=cfg.run.report_to, names=REWARD_MODEL, config=to_dict(cfg))
     model, tok = build_model(cfg, seed)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, layout=resolve_layout(cfg, model)))
     pad = tok.pad_token_id
     items, eval_items, stats = load_items(cfg, tok, seed)
     if boot:

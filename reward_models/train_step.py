@@ -146,8 +146,15 @@ def _batch_loss(cfg: Any, model: Any, batch: RMBatch) -> tuple[LossOutput, Tenso
                    barrier_coef=b.barrier_coef, focal=b.focal), rewards
 
 
-def _layout(cfg: Any) -> str:
-    return getattr(cfg.data, "layout", "padded")
+def resolve_layout(cfg: Any, model: Any, log: bool = True) -> str:
+    """Concrete ``data.layout`` for ``model`` (``auto``: shared_prompt unless POLAR, whose reward is
+    read at its REWARD token in padded rows, or a backbone that cannot take the block mask)."""
+    from reward_models.layouts import resolve_auto_layout, shared_prompt_blockers
+
+    reasons = (["POLAR reads its reward at the REWARD token, which only padded rows keep"]
+               if cfg.rm.kind == "polar" else [])
+    reasons += shared_prompt_blockers(getattr(model, "model", model), cfg.model.attn_implementation)
+    return resolve_auto_layout(getattr(cfg.data, "layout", "padded"), reasons, f"rm train {cfg.rm.kind}", log)
 
 
 def to_device(batch: RMBatch, device: torch.device) -> RMBatch:
@@ -166,9 +173,10 @@ def evaluate(cfg: Any, model: Any, items: list, pad_id: int, device: torch.devic
     model.eval()
     correct = total = margin = 0.0
     rewards = []
+    layout = resolve_layout(cfg, model, log=False)  # a config straight from YAML may still say auto
     for i in range(0, len(items), batch_size or cfg.batch_size):
         chunk = items[i:i + (batch_size or cfg.batch_size)]
-        batch = to_device(collate_rm(chunk, pad_id, _layout(cfg)), device)
+        batch = to_device(collate_rm(chunk, pad_id, layout), device)
         with autocast(cfg.precision, device):
             out, r = batch_loss(cfg, model, batch)
         n = len(chunk)

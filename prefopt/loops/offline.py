@@ -34,6 +34,7 @@ from prefopt.core.io import atomic_write_json
 from prefopt.core.logging import progress, short_postfix
 from prefopt.core.models import load_model
 from prefopt.loops.common import MetricAccumulator, NonFiniteGuard, seed_everything, start_run
+from prefopt.loops.layouts import offline_layout
 from prefopt.loops.offline_data import (
     epoch_order,
     micro_batches,
@@ -101,7 +102,7 @@ def make_plan(cfg: Any, items: list, spec: Any, rank: int, world: int) -> Plan:
 def _build_context(cfg: Any, spec: Any, model: Any, tok: Any, backend: Any) -> StepContext:
     hp = spec.build_hparams(cfg.loss)
     ctx = StepContext(spec=spec, loss_spec=spec.loss_spec(), hparams=hp, pad_id=tok.pad_token_id,
-                      precision=cfg.precision, device=backend.device, layout=cfg.data.layout)
+                      precision=cfg.precision, device=backend.device, layout=offline_layout(cfg, spec, model))
     mode = resolve_mode(cfg.reference.mode, model, spec.needs_ref)
     if mode != "none":
         ctx.reference = Reference(mode, model).to(backend.device)

@@ -14,6 +14,7 @@ entropy, completion lengths, oracle win rate of greedy answers against the refer
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
@@ -23,6 +24,7 @@ import torch
 from prefopt.core.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from prefopt.core.errors import ConfigError
 from prefopt.loops.common import MetricAccumulator, NonFiniteGuard, seed_everything, start_run
+from prefopt.loops.layouts import online_layout
 from prefopt.loops.online_algos import COLLECTORS, Buffer, buffer_loss, make_batch, score_rows
 from prefopt.loops.online_config import OnlineConfig
 
@@ -143,6 +145,7 @@ def build_context(cfg: Any, spec: Any, backend: Any, model: Any, tok: Any, *, en
     oc = online_config(cfg)
     if spec.name == "urpo":
         oc = _urpo_defaults(oc)
+    oc = dataclasses.replace(oc, layout=online_layout(cfg, oc.layout, model))
     hp = spec.build_hparams(cfg.loss)
     needs_ref = {"group": bool(getattr(hp, "beta", 0.0)), "dno": bool(getattr(hp, "tau", 0.0))}.get(spec.driver, True)
     mode = resolve_mode(cfg.reference.mode, model, needs_ref)

@@ -152,7 +152,9 @@ class OnlineConfig:
     generator: Literal["hf", "vllm"] = "hf"
     # Training forward of the rollouts: "padded" rows, or "shared_prompt" (each prompt encoded once
     # for its group of samples under a block mask, Prefix Grouper; same log-probs; sdpa/eager only).
-    layout: Literal["padded", "shared_prompt"] = "padded"
+    # "auto": shared_prompt unless the model cannot take the block mask exactly (flash_attention_2,
+    # sliding-window attention), then padded with one console line.
+    layout: Literal["auto", "padded", "shared_prompt"] = "auto"
     generation_batch_size: int = 64
     max_prompt_length: int = 256
     # Oracle win rate vs the reference (greedy, held-out prompts) every N rounds (0 = start/end only

@@ -7,6 +7,8 @@ field the README table is built from, and that the first-batch losses of prefopt
 from __future__ import annotations
 
 import json
+import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -165,3 +167,80 @@ def test_lm_head_ablation_runs_both_heads_with_equal_losses(tmp_path):
     assert set(payload["s_per_step"]) == {"completion", "full"}
     assert payload["max_loss_abs_diff"] < 1e-5
     assert json.loads(out.read_text())["speedup_completion_head"] > 0
+
+
+def test_bench_online_smoke(tmp_path):
+    """Whole GRPO rounds (generate, score, advantages, update) on both sides: the time split adds up,
+    the prompts are the same token ids on both sides, load is recorded per round, and the update on
+    identical samples agrees with TRL's at fp32."""
+    payload = _run(tmp_path, "online", "--layout", "all", "--batch-size", "1", "--generations", "3",
+                   "--completion-length", "6")
+    res = payload["results"]
+    assert set(res) == {"prefopt[padded]", "prefopt[shared_prompt]", "trl"}
+    assert payload["prompt_ids_equal_both_sides"] is True and payload["reward_function"] == "char_fraction"
+    assert len(payload["load_avg_per_round"]) == 2 and payload["target_speedup"] == 3.0
+    for name in res:
+        assert res[name]["s_per_step"] > 0 and len(res[name]["losses"]) == 2
+        assert res[name]["activation_checkpointing"] is False
+        split = payload["round_split_s"][name]
+        assert len(split["per_round"]) == 2 and split["generate"] > 0 and split["update"] > 0
+        for r in split["per_round"]:
+            parts = r["generate"] + r["score"] + r["collect_other"] + r["update"]
+            assert abs(parts - r["total"]) < 1e-9 and min(r["generate"], r["score"], r["update"]) >= 0
+        assert all(0 < n <= 6 for n in payload["completion_length_mean"][name])
+    same = payload["update_on_identical_samples"]
+    assert same["precision"] == "fp32" and same["loss_abs_diff"] < 1e-5 and same["logp_max_abs_diff"] < 1e-4
+
+
+def test_bench_grpo_checkpointing_both_sides(tmp_path):
+    """``--checkpointing`` turns activation checkpointing on for both sides; the losses do not move."""
+    payload = _run(tmp_path, "grpo", "--layout", "shared_prompt", "--batch-size", "1", "--generations", "3",
+                   "--completion-length", "6", "--checkpointing")
+    _check(payload, ["prefopt[shared_prompt]"])
+    assert all(r["activation_checkpointing"] is True for r in payload["results"].values())
+
+
+def test_report_round_split_table():
+    """The online report table copies the per-side medians and the identical-sample update line."""
+    from benchmarks.report import round_split
+
+    payload = {"round_split_s": {"trl": {"total": 4.0, "generate": 1.5, "score": 0.01, "collect_other": 0.49,
+                                         "update": 2.0}},
+               "completion_length_mean": {"trl": [10.0, 20.0]},
+               "update_on_identical_samples": {"samples": "round 0", "precision": "fp32", "loss_ours": 0.25,
+                                               "loss_trl": 0.25, "loss_abs_diff": 0.0, "logp_max_abs_diff": 3e-6}}
+    text = round_split(payload)
+    assert "| trl | 4.00 | 1.50 | 0.010 | 0.490 | 2.00 | 15.0 |" in text
+    assert "loss ours 0.250000, TRL 0.250000 (diff 0.0e+00); max |completion log-prob diff| 3.00e-06" in text
+
+
+def test_sweep_length_and_group(tmp_path):
+    """``--sweep length`` (synthetic ids, exact lengths) and ``--sweep group``: one run per value, both
+    sides' s/step per value, a log-log slope per side and curve, and the plot file."""
+    from benchmarks.cli import cli_main
+
+    base = ["--model", "tiny-smollm2", "--steps", "1", "--warmup", "1", "--batch-size", "1", "--no-memory"]
+    out = tmp_path / "dpo_len.json"
+    assert cli_main(["dpo", *base, "--synthetic", "--sweep", "length", "--sweep-values", "32,64",
+                     "--out", str(out)]) == 0
+    s = json.loads(out.read_text())
+    assert s["values"] == [32, 64] and set(s["curves"]) == {"prefopt[shared_prompt]", "trl"}
+    first = json.loads((tmp_path / "dpo_len_32.json").read_text())
+    assert first["tokens_per_step"][0] == 2 * 32  # one pair: two sequences of exactly 32 tokens
+    for name, c in s["curves"].items():
+        assert len(c["s_per_step"]) == 2 and all(t > 0 for t in c["s_per_step"])
+        assert isinstance(s["slopes"][name]["s_per_step"], float) and s["slopes"][name]["peak_step_mb"] is None
+    assert (tmp_path / "dpo_len.png").stat().st_size > 0
+    out = tmp_path / "grpo_g.json"
+    assert cli_main(["grpo", *base, "--completion-length", "4", "--max-length", "96", "--sweep", "group",
+                     "--sweep-values", "2,4", "--out", str(out)]) == 0
+    s = json.loads(out.read_text())
+    assert [json.loads(Path(p).read_text())["rollouts"]["generations"] for p in s["runs"]] == [2, 4]
+
+
+def test_loglog_slope():
+    from benchmarks.sweep import slope
+
+    assert abs(slope([1, 2, 4], [3, 12, 48]) - 2.0) < 1e-12  # y = 3 x^2
+    assert abs(slope([256, 512], [1.0, 1.5]) - math.log2(1.5)) < 1e-12
+    assert slope([1], [1]) is None and slope([1, 2], [None, 3]) is None

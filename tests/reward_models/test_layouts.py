@@ -117,3 +117,18 @@ def test_rm_training_same_losses_in_shared_prompt_layout(rm_data, tmp_path):
         losses[lay] = [r["loss"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
     assert len(losses["padded"]) == 4
     assert losses["shared_prompt"] == pytest.approx(losses["padded"], abs=1e-5)
+
+
+def test_rm_default_layout_resolves_and_polar_falls_back(rm_data, tmp_path, capfd):
+    """``data.layout`` defaults to ``auto``: shared_prompt for BT (silently); POLAR (valid with auto)
+    resolves to padded with one line saying why."""
+    from reward_models.train_step import build_model, resolve_layout
+
+    cfg, _ = make_config(rm_data["pairs"], tmp_path / "bt", [])
+    assert cfg.data.layout == "auto"
+    model, _ = build_model(cfg, 0)
+    assert resolve_layout(cfg, model) == "shared_prompt" and capfd.readouterr().err == ""
+    polar, _ = make_config(rm_data["pairs"], tmp_path / "p", ["rm.kind=polar"])
+    assert resolve_layout(polar, model) == "padded"
+    err = capfd.readouterr().err
+    assert "rm train polar: layout auto -> padded" in err and "REWARD token" in err and err.count("\n") == 1

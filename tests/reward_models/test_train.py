@@ -80,7 +80,12 @@ def test_bt_lora_heads_saved_with_adapter_and_reloaded_exactly(rm_data, tmp_path
     from reward_models.models import RewardModel
 
     out = tmp_path / "lora"
-    cfg, _ = make_config(rm_data["pairs"], out, ["model.lora.r=4", "run.save_every=6", "optim.lr=5e-2"])
+    # padded rows: at lr 5e-2 Adam's first step, g / (|g| + eps), turns the layouts' 1e-7 rounding
+    # differences on near-zero gradient components into full-size updates, so the 6-step trajectories
+    # differ; this test's decrease check is about saving/reloading, the layouts' equality is
+    # tests/reward_models/test_layouts.py
+    cfg, _ = make_config(rm_data["pairs"], out, ["model.lora.r=4", "run.save_every=6", "optim.lr=5e-2",
+                                                 "data.layout=padded"])
     summary = run_rm_train(cfg)
     _assert_decreases(out)
     final = out / "final"

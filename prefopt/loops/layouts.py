@@ -1,0 +1,35 @@
+"""The ``auto`` batch layout of training runs (the default): ``shared_prompt`` wherever it is exact.
+
+The shared-prompt layout (Prefix Grouper, arXiv 2506.05433) encodes each prompt once for all of its
+completions under a block mask; log-probs equal the padded rows' to float rounding
+(``tests/prefopt/loops/test_offline_layouts.py``, ``test_online_layout.py``). Where it is not exact,
+``auto`` falls back to ``padded`` with one console line (:func:`reward_models.layouts.resolve_auto_layout`):
+
+* offline losses that need SparsePO's full-vocabulary logits (``token_kl``): they run their own
+  padded full-logit forward;
+* listwise (``ranked``) losses: K responses per prompt are batched as padded lists;
+* models that cannot take the block mask exactly (``flash_attention_2``, sliding-window attention).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from reward_models.layouts import resolve_auto_layout, shared_prompt_blockers
+
+
+def offline_layout(cfg: Any, spec: Any, model: Any) -> str:
+    """Concrete ``data.layout`` of an offline run of ``spec`` on ``model``."""
+    reasons = []
+    if "token_kl" in spec.extras:
+        reasons.append(f"{spec.name} needs the full-vocabulary logits of padded rows (per-token KL)")
+    if spec.schema == "ranked":
+        reasons.append(f"{spec.name} is a listwise loss (its K responses are batched as padded lists)")
+    reasons += shared_prompt_blockers(model, cfg.model.attn_implementation)
+    return resolve_auto_layout(cfg.data.layout, reasons, f"train {spec.name}")
+
+
+def online_layout(cfg: Any, layout: str, model: Any) -> str:
+    """Concrete ``online.layout`` of an online run on ``model`` (every online loss reads the same
+    per-token log-probs, so only the model can stand against the shared prompt)."""
+    return resolve_auto_layout(layout, shared_prompt_blockers(model, cfg.model.attn_implementation),
+                               f"online {cfg.algorithm}")
