@@ -11,7 +11,6 @@ trains K BT members (seeds ``run.seed + i``, optional bootstrap data) into ``fin
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import random
@@ -112,17 +111,12 @@ def _check_finite(value: float, what: str, step: int, mode: str) -> bool:
 
 
 def _save_final(model: Any, tok: Any, out: Path, backend: Any) -> None:
-    """Save the reward model (+ tokenizer) on the main process; gathers ZeRO-3 shards first (collective)."""
-    gather = contextlib.nullcontext()
-    if getattr(backend, "zero_stage", 0) == 3:
-        import deepspeed
+    """Save the reward model (+ tokenizer) through the backend (ZeRO-3 gather; collective)."""
+    def write(_state_dict: dict | None) -> None:  # the gathered module saves its own complete weights
+        model.save_pretrained(out)
+        tok.save_pretrained(str(out))
 
-        gather = deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
-    with gather:
-        if backend.is_main:
-            model.save_pretrained(out)
-            tok.save_pretrained(str(out))
-    backend.barrier()
+    backend.save_model(model, write)
 
 
 def _reward_stats(cfg: Any, model: Any, items: list, pad: int, device: Any, final_eval: torch.Tensor | None):

@@ -82,3 +82,48 @@ def test_no_device_or_distributed_api_outside_backend():
             text = path.read_text(encoding="utf-8")
             bad += [f"{path.relative_to(ROOT)}: {n}" for n in needles if n in text]
     assert not bad, "\n".join(bad)
+
+
+BACKEND = ROOT / "prefopt" / "core" / "backend.py"
+SOURCE_PACKAGES = ("prefopt", "reward_models", "data_pipelines", "benchmarks")
+
+
+def _deepspeed_imports(tree: ast.AST) -> list[int]:
+    """Lines that import deepspeed: ``import deepspeed[.x]``, ``from deepspeed[.x] import ...`` and
+    ``importlib.import_module("deepspeed...")`` / ``__import__("deepspeed...")`` with a literal name."""
+    lines = []
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            func = node.func
+            called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if called in ("import_module", "__import__") and isinstance(node.args[0].value, str):
+                names = [node.args[0].value]
+        if any(n.split(".")[0] == "deepspeed" for n in names):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_deepspeed_scan_finds_every_import_form():
+    """The scanner itself: four spellings found at their lines, a mere mention of the word is not."""
+    src = ("import deepspeed\nfrom deepspeed.zero import GatheredParameters\n"
+           "importlib.import_module('deepspeed.comm')\n__import__('deepspeed')\n"
+           "x = 'deepspeed'  # launcher name\nimport deepspeedish\n")
+    assert _deepspeed_imports(ast.parse(src)) == [1, 2, 3, 4]
+
+
+def test_deepspeed_imported_only_in_the_backend_module():
+    """verl's tests/special_sanity/check_device_api_usage.py, for our one distributed dependency."""
+    bad = []
+    for pkg in SOURCE_PACKAGES:
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            if path == BACKEND:
+                continue
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            bad += [f"{path.relative_to(ROOT)}:{line}" for line in _deepspeed_imports(tree)]
+    assert not bad, "deepspeed imported outside prefopt/core/backend.py:\n" + "\n".join(bad)
+    assert _deepspeed_imports(ast.parse(BACKEND.read_text(encoding="utf-8")))  # the scan still sees it

@@ -11,7 +11,6 @@ the synced reference is stored in each checkpoint (``extra.safetensors``) so a r
 """
 from __future__ import annotations
 
-import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -371,21 +370,17 @@ def save_policy(model: Any, tok: Any, out: Path, backend: Any = None, base_model
     """Write the trained policy (main process): a LoRA adapter folder (PEFT ``adapter_model``, to load on
     top of ``base_model``) or a full safetensors model, plus the tokenizer and ``prefopt.json``.
 
-    Under ZeRO-3 the partitioned parameters are gathered first (a collective: every rank calls this).
+    With a ``backend`` this is a collective (:meth:`prefopt.core.backend.Backend.save_model` gathers
+    ZeRO-3 partitions); without one the caller is the only process that writes.
     """
-    is_main = backend is None or backend.is_main
-    gather, kwargs = contextlib.nullcontext(), {}
-    zero3 = backend is not None and getattr(backend, "zero_stage", 0) == 3
-    if zero3:
-        import deepspeed
+    def write(state_dict: dict | None) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        kwargs = {} if state_dict is None else {"state_dict": state_dict}
+        model.save_pretrained(str(out), safe_serialization=True, **kwargs)
+        tok.save_pretrained(str(out))
+        (out / "prefopt.json").write_text(json.dumps({"lora": is_peft(model), "base_model": base_model}))
 
-        gather = deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
-    with gather:
-        if is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            if zero3:
-                kwargs["state_dict"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            model.save_pretrained(str(out), safe_serialization=True, **kwargs)
-            tok.save_pretrained(str(out))
-            lora = is_peft(model)
-            (out / "prefopt.json").write_text(json.dumps({"lora": lora, "base_model": base_model}))
+    if backend is None:
+        write(None)
+    else:
+        backend.save_model(model, write)
