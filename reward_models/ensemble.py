@@ -235,7 +235,8 @@ class SharedBackboneEnsemble(_AggregateMixin, nn.Module):
         """
         import json
 
-        from reward_models.models import REWARD_CONFIG, REWARD_HEAD, RewardConfig, _read_heads, load_backbone
+        from reward_models.model_io import load_backbone, read_heads
+        from reward_models.reward_config import REWARD_CONFIG, REWARD_HEAD, RewardConfig
 
         path = Path(path)
         try:
@@ -245,7 +246,7 @@ class SharedBackboneEnsemble(_AggregateMixin, nn.Module):
         if meta.get("kind") != "shared_backbone":
             raise ModelLoadError(f"{path}: not a shared-backbone ensemble (kind {meta.get('kind')!r})")
         cfg = RewardConfig.from_json(path / REWARD_CONFIG)
-        heads = _read_heads(path)
+        heads = read_heads(path)
         kw = {} if torch_dtype is None else {"dtype": torch_dtype}
         from transformers import AutoModel
 
