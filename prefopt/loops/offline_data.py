@@ -7,7 +7,7 @@ curriculum data), so a resumed run replays exactly the same micro-batches.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -93,3 +93,56 @@ def micro_batches(order: list[Item], batch_size: int, rank: int, world: int) -> 
     n = len(order) // global_bs
     return [order[i * global_bs + rank * batch_size: i * global_bs + (rank + 1) * batch_size]
             for i in range(n)]
+
+
+@dataclass
+class Plan:
+    """Micro-batches per stage and the optimizer-step budget (per stage and in total)."""
+
+    stages: list[int]
+    batches: dict[int, list[list[Any]]]
+    total_steps: int
+    stage_steps: dict[int, int] = field(default_factory=dict)
+
+
+def make_plan(cfg: Any, items: list, spec: Any, rank: int, world: int) -> Plan:
+    """Order the data into this rank's micro-batches, stage by stage.
+
+    * Every epoch is a seeded shuffle of the stage's pool (no shuffle across curriculum stages;
+      ``curriculum: ordered`` keeps the file order inside a stage too, ``shuffled`` mixes all stages).
+    * Fractional ``epochs`` (e.g. 1.5) run ``ceil(epochs)`` shuffled epochs cut to
+      ``round(epochs * micro-batches per epoch)``. ``max_steps`` > 0 overrides ``epochs`` for a
+      single-stage run (epochs repeat as needed) and caps the total for a curriculum.
+    * Each stage holds a whole number of optimizer steps (``grad_accum`` micro-batches), so an
+      accumulation window never spans a stage boundary (iterative Curry-DPO swaps the reference there).
+    """
+    accum = cfg.optim.grad_accum
+    curriculum = spec.curriculum and cfg.curriculum != "shuffled"
+    stages = sorted({it.stage for it in items}) if curriculum else [1]
+    batches: dict[int, list] = {}
+    for s in stages:
+        pool = [it for it in items if not curriculum or it.stage == s]
+        shuffle = cfg.data.shuffle and not (curriculum and cfg.curriculum == "ordered")
+        per_epoch = len(micro_batches(pool, cfg.batch_size, rank, world))
+        if per_epoch == 0:
+            continue
+        if cfg.max_steps and len(stages) == 1:
+            want = cfg.max_steps * accum  # max_steps overrides epochs (data repeats as needed)
+        else:
+            want = round(max(cfg.epochs, 0.0) * per_epoch)
+        want = max(accum, want - want % accum)
+        seq: list = []
+        epoch = 0
+        while len(seq) < want:
+            seq += micro_batches(epoch_order(pool, epoch, cfg.run.seed, shuffle), cfg.batch_size, rank, world)
+            epoch += 1
+        batches[s] = seq[:want]
+    stages = [s for s in stages if s in batches]
+    if not stages:
+        raise DataError(f"not enough examples for one batch: {len(items)} usable item(s), batch_size "
+                        f"{cfg.batch_size} x {world} process(es)")
+    stage_steps = {s: len(batches[s]) // accum for s in stages}
+    steps = sum(stage_steps.values())
+    if cfg.max_steps:
+        steps = min(steps, cfg.max_steps)
+    return Plan(stages, batches, steps, stage_steps)
