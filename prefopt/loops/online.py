@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -85,8 +86,6 @@ def _vllm_model_source(cfg: Any, backend: Any, model: Any, tok: Any) -> tuple[st
     name (revision / trust_remote_code passed on); anything else (tiny-* models) -> the initial policy
     saved to ``<run_dir>/vllm_init`` (LoRA merged, i.e. the base weights).
     """
-    from pathlib import Path
-
     from prefopt.core.models import EMBEDDED_NAME, TINY_CONFIGS, prepare_embedded_model
     from prefopt.generation.sync import policy_state_for_inference, unwrap_model
 
@@ -301,10 +300,8 @@ def run_online(cfg: Any, *, scorer: Any = None) -> dict[str, Any]:  # noqa: C901
     """Train an online algorithm from ``cfg`` (a :class:`prefopt.configs.TrainConfig`)."""
     from prefopt.algorithms import get_algorithm
     from prefopt.core.backend import make_backend
-    from prefopt.core.io import atomic_write_json
     from prefopt.core.models import load_model
     from prefopt.data.prompts import load_prompts
-    from prefopt.loops.offline import save_policy
 
     seed_everything(cfg.run.seed)
     spec, oc = get_algorithm(cfg.algorithm), online_config(cfg)
@@ -348,12 +345,23 @@ def run_online(cfg: Any, *, scorer: Any = None) -> dict[str, Any]:  # noqa: C901
         if cfg.run.save_every and (r + 1) % cfg.run.save_every == 0:
             save_checkpoint(run_dir, step, ctx.model, backend, {"round": r + 1, "ref_texts": ref_texts},
                             cfg.run.keep_last)
-    final = evaluate(ctx, held_out, ref_texts)[0] if wr >= 0 and held_out else {}
-    logger.log({**final, "train/skipped_nonfinite": float(ctx.guard.skipped)}, step)
+    return _finish(ctx, tok, held_out, ref_texts, logger, run_dir,
+                   {"algorithm": cfg.algorithm, "steps": step, "rounds": oc.rounds, "first_eval": first,
+                    "reward_curve": curve})
+
+
+def _finish(ctx: OnlineContext, tok: Any, held_out: list, ref_texts: list[str] | None, logger: Any,
+            run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """Final held-out evaluation and log row; the policy and ``summary.json`` from the main process."""
+    from prefopt.core.io import atomic_write_json
+    from prefopt.loops.offline import save_policy
+
+    final = evaluate(ctx, held_out, ref_texts)[0] if ctx.oc.win_rate_every >= 0 and held_out else {}
+    logger.log({**final, "train/skipped_nonfinite": float(ctx.guard.skipped)}, summary["steps"])
     logger.close()
-    summary = {"algorithm": cfg.algorithm, "steps": step, "rounds": oc.rounds, "first_eval": first,
-               "final_eval": final, "reward_curve": curve}
-    if backend.is_main:
+    curve = summary.pop("reward_curve")
+    summary.update({"final_eval": final, "reward_curve": curve})
+    if ctx.backend.is_main:
         save_policy(ctx.model, tok, run_dir / "final")
         atomic_write_json(run_dir / "summary.json", summary)
     return summary
