@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from prefopt.core.errors import DataError
+from prefopt.core.loop import epoch_order, micro_batches  # noqa: F401  (re-exported: the shared order)
 
 
 @dataclass(frozen=True)
@@ -169,25 +170,10 @@ def tokenize_triples(triples: list[dict], tokenizer: Any, *, max_length: int, ma
     return items
 
 
-def epoch_order(items: list, epoch: int, seed: int, shuffle: bool) -> list:
-    """Seeded order for one epoch (identical on every rank)."""
-    order = list(items)
-    if shuffle:
-        random.Random(seed * 1000003 + epoch).shuffle(order)
-    return order
-
-
 def bootstrap(items: list, seed: int) -> list:
     """A bootstrap resample (same size, with replacement) for ensemble members."""
     rng = random.Random(seed)
     return [items[rng.randrange(len(items))] for _ in items]
-
-
-def micro_batches(order: list, batch_size: int, rank: int, world: int) -> list[list]:
-    """Global batches of ``batch_size * world`` items (a ragged tail is dropped); this rank's slice."""
-    g = batch_size * world
-    return [order[i + rank * batch_size:i + (rank + 1) * batch_size]
-            for i in range(0, len(order) - g + 1, g)]
 
 
 def collate_rm(items: Sequence[RMItem], pad_token_id: int, layout: str = "padded") -> RMBatch:

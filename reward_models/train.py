@@ -12,8 +12,6 @@ trains K BT members (seeds ``run.seed + i``, optional bootstrap data) into ``fin
 from __future__ import annotations
 
 import dataclasses
-import math
-import random
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +20,21 @@ import torch
 from prefopt.core.backend import make_backend
 from prefopt.core.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from prefopt.core.config import save_resolved, to_dict
-from prefopt.core.errors import DataError, NumericError
+from prefopt.core.errors import DataError
 from prefopt.core.io import atomic_write_json
 from prefopt.core.logging import MetricLogger, is_main_process, progress, short_postfix
+from prefopt.core.loop import (
+    MetricAccumulator,
+    NonFiniteGuard,
+    autocast,
+    micro_batches,
+    repeat_epochs,
+    seed_everything,
+    whole_steps,
+)
 from prefopt.core.metric_names import REWARD_MODEL
 from reward_models import data as D
-from reward_models.train_step import autocast, batch_loss, build_model, evaluate, to_device
-
-
-def seed_everything(seed: int) -> None:
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+from reward_models.train_step import batch_loss, build_model, evaluate, to_device
 
 
 def load_items(cfg: Any, tok: Any, seed: int) -> tuple[list, list, dict]:
@@ -87,27 +86,14 @@ def _load_checked_items(cfg: Any, tok: Any, train_path: Path, eval_path: Path | 
 def make_plan(cfg: Any, items: list, rank: int, world: int, seed: int) -> tuple[list[list], int]:
     """This rank's micro-batches (whole optimizer steps) and the number of optimizer steps."""
     accum = cfg.optim.grad_accum
-    per_epoch = len(D.micro_batches(items, cfg.batch_size, rank, world))
+    per_epoch = len(micro_batches(items, cfg.batch_size, rank, world))
     if per_epoch == 0:
         raise DataError(f"not enough examples for one batch: {len(items)} item(s), batch_size "
                         f"{cfg.batch_size} x {world} process(es)")
-    want = cfg.max_steps * accum if cfg.max_steps else round(cfg.epochs * per_epoch)
-    want = max(accum, want - want % accum)
-    seq: list = []
-    epoch = 0
-    while len(seq) < want:
-        seq += D.micro_batches(D.epoch_order(items, epoch, seed, cfg.data.shuffle), cfg.batch_size, rank, world)
-        epoch += 1
-    return seq[:want], want // accum
-
-
-def _check_finite(value: float, what: str, step: int, mode: str) -> bool:
-    if math.isfinite(value):
-        return True
-    if mode == "skip":
-        return False
-    raise NumericError(f"{what} is {value} at optimizer step {step}; training stopped. The last good checkpoint "
-                       "(if any) is kept; set run.on_nonfinite=skip to skip such batches")
+    want = whole_steps(cfg.max_steps * accum if cfg.max_steps else round(cfg.epochs * per_epoch), accum)
+    plan = repeat_epochs(items, want, batch_size=cfg.batch_size, rank=rank, world=world, seed=seed,
+                         shuffle=cfg.data.shuffle)
+    return plan, want // accum
 
 
 def _save_final(model: Any, tok: Any, out: Path, backend: Any) -> None:
@@ -131,10 +117,9 @@ def _reward_stats(cfg: Any, model: Any, items: list, pad: int, device: Any, fina
     return float(r.mean()), max(float(r.std()), 1e-6)
 
 
-def train_one(cfg: Any, final_dir: Path, member_seed: int | None = None, boot: bool = False) -> dict:  # noqa: C901, PLR0915
-    """Train one reward model (or a shared-backbone ensemble) from ``cfg``; returns the summary."""
-    seed = cfg.run.seed if member_seed is None else member_seed
-    seed_everything(seed)
+def _start(cfg: Any, seed: int, boot: bool) -> tuple:
+    """Run folder, logger, model, data and plan: ``(backend, run_dir, logger, model, tok, items,
+    eval_items, stats, plan, total steps)``."""
     backend = make_backend(cfg.backend, cfg.optim, cfg.batch_size)
     run_dir = Path(cfg.run.output_dir)
     if backend.is_main:
@@ -142,15 +127,52 @@ def train_one(cfg: Any, final_dir: Path, member_seed: int | None = None, boot: b
         save_resolved(cfg, run_dir)
     logger = MetricLogger(run_dir, report_to=cfg.run.report_to, names=REWARD_MODEL, config=to_dict(cfg))
     model, tok = build_model(cfg, seed)
-    pad = tok.pad_token_id
     items, eval_items, stats = load_items(cfg, tok, seed)
     if boot:
         items = D.bootstrap(items, seed)
     plan, total = make_plan(cfg, items, backend.rank, backend.world_size, seed)
+    return backend, run_dir, logger, model, tok, items, eval_items, stats, plan, total
+
+
+def _micro_step(cfg: Any, engine: Any, mb: list, pad: int, backend: Any, acc: MetricAccumulator,
+                guard: NonFiniteGuard, step: int) -> None:
+    """Forward, loss and backward of one micro-batch (a non-finite loss is stopped or skipped)."""
+    batch = to_device(D.collate_rm(mb, pad, cfg.data.layout), backend.device)
+    with autocast(cfg.precision, backend.device):
+        out, _ = batch_loss(cfg, engine, batch)
+    loss = out.loss.mean()
+    if guard.ok(loss, step):
+        backend.backward(loss)
+        acc.add({"loss": loss.detach(), **out.metrics}, weight=float(len(mb)))
+
+
+def _finish(cfg: Any, model: Any, tok: Any, backend: Any, items: list, eval_items: list,
+            final_dir: Path, logger: Any, summary: dict) -> dict:
+    """Final eval, reward statistics (stored in the model), the saved model and ``summary.json``."""
+    pad, dev = tok.pad_token_id, backend.device
+    final, final_r = evaluate(cfg, model, eval_items, pad, dev)
+    rstats = _reward_stats(cfg, model, items, pad, dev, final_r)
+    if rstats is not None and hasattr(model, "set_reward_stats"):
+        model.set_reward_stats(*rstats)
+    logger.log({**final, "train/skipped_nonfinite": float(summary.pop("skipped"))}, summary["steps"])
+    logger.close()
+    _save_final(model, tok, final_dir, backend)
+    data = summary.pop("data")
+    summary.update({"final_eval": final, "reward_mean_std": rstats, "data": data, "final_dir": str(final_dir)})
+    if backend.is_main:
+        atomic_write_json(Path(cfg.run.output_dir) / "summary.json", summary)
+    return summary
+
+
+def train_one(cfg: Any, final_dir: Path, member_seed: int | None = None, boot: bool = False) -> dict:
+    """Train one reward model (or a shared-backbone ensemble) from ``cfg``; returns the summary."""
+    seed = cfg.run.seed if member_seed is None else member_seed
+    seed_everything(seed)
+    backend, run_dir, logger, model, tok, items, eval_items, stats, plan, total = _start(cfg, seed, boot)
+    pad, dev = tok.pad_token_id, backend.device
     model.train()
     engine = backend.prepare(model, total)
     model = backend.unwrap()
-    dev = backend.device
     ckpt = latest_checkpoint(run_dir) if cfg.run.resume else None
     step, pos = 0, 0
     if ckpt is not None:
@@ -160,40 +182,22 @@ def train_one(cfg: Any, final_dir: Path, member_seed: int | None = None, boot: b
     if backend.is_main:
         atomic_write_json(run_dir / "data_stats.json", {"train": stats, "train_items": len(items),
                                                         "eval_items": len(eval_items), "steps": total})
-    first: dict = {}
-    if ckpt is None and cfg.run.eval_at_start:
-        first = evaluate(cfg, model, eval_items, pad, dev)[0]
-        if first:
-            logger.log(first, 0)
-    sums: dict[str, float] = {}
-    counts: dict[str, float] = {}
-    skipped = 0
+    first = evaluate(cfg, model, eval_items, pad, dev)[0] if ckpt is None and cfg.run.eval_at_start else {}
+    if first:
+        logger.log(first, 0)
+    acc, guard = MetricAccumulator(), NonFiniteGuard(cfg.run.on_nonfinite)
     bar = progress(total=total, initial=step, desc=f"rm train {cfg.rm.kind}")
     for mb in plan[pos:]:
         if step >= total:
             break
-        batch = to_device(D.collate_rm(mb, pad, cfg.data.layout), dev)
-        with autocast(cfg.precision, dev):
-            out, _ = batch_loss(cfg, engine, batch)
-        loss = out.loss.mean()
-        if _check_finite(float(loss.detach()), "loss", step + 1, cfg.run.on_nonfinite):
-            backend.backward(loss)
-            for k, v in {"loss": loss.detach(), **out.metrics}.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * len(mb)
-                counts[k] = counts.get(k, 0.0) + len(mb)
-        else:
-            skipped += 1
+        _micro_step(cfg, engine, mb, pad, backend, acc, guard, step + 1)
         pos += 1
         optim_stats = backend.step()
         if optim_stats is None:
             continue
-        if not _check_finite(optim_stats.get("optim/grad_norm", 0.0), "gradient norm", step + 1,
-                             cfg.run.on_nonfinite):
-            skipped += 1
+        guard.grad_ok(optim_stats, step + 1)
         step += 1
-        metrics = backend.reduce_metrics(sums, counts)
-        sums, counts = {}, {}
-        metrics.update(optim_stats)
+        metrics = {**acc.reduce(backend), **optim_stats}
         if cfg.run.eval_every and step % cfg.run.eval_every == 0 and step < total:
             metrics.update(evaluate(cfg, model, eval_items, pad, dev)[0])
         if step % cfg.run.log_every == 0:
@@ -202,18 +206,9 @@ def train_one(cfg: Any, final_dir: Path, member_seed: int | None = None, boot: b
         if cfg.run.save_every and step % cfg.run.save_every == 0:
             save_checkpoint(run_dir, step, model, backend, {"data_pos": pos}, cfg.run.keep_last)
     bar.close()
-    final, final_r = evaluate(cfg, model, eval_items, pad, dev)
-    rstats = _reward_stats(cfg, model, items, pad, dev, final_r)
-    if rstats is not None and hasattr(model, "set_reward_stats"):
-        model.set_reward_stats(*rstats)
-    logger.log({**final, "train/skipped_nonfinite": float(skipped)}, step)
-    logger.close()
-    _save_final(model, tok, final_dir, backend)
-    summary = {"kind": cfg.rm.kind, "steps": step, "seed": seed, "first_eval": first, "final_eval": final,
-               "reward_mean_std": rstats, "data": stats, "final_dir": str(final_dir)}
-    if backend.is_main:
-        atomic_write_json(run_dir / "summary.json", summary)
-    return summary
+    return _finish(cfg, model, tok, backend, items, eval_items, final_dir, logger,
+                   {"kind": cfg.rm.kind, "steps": step, "seed": seed, "first_eval": first,
+                    "skipped": guard.skipped, "data": stats})
 
 
 def run_rm_train(cfg: Any) -> dict[str, Any]:

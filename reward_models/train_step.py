@@ -4,7 +4,6 @@ Kept apart from the loop (:mod:`reward_models.train`) so tests can call them on 
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from typing import Any
 
@@ -12,6 +11,7 @@ import torch
 from torch import Tensor
 
 from prefopt.core.errors import ConfigError
+from prefopt.core.loop import autocast
 from reward_models.data import RMBatch, collate_rm
 from reward_models.losses import (
     LossOutput,
@@ -21,13 +21,6 @@ from reward_models.losses import (
     plackett_luce_loss,
     polar_loss,
 )
-
-
-def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast for forward passes (CPU or GPU); a no-op for fp32."""
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def resolve_pad_id(cfg: Any, tok: Any) -> int:

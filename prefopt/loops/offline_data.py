@@ -6,7 +6,6 @@ curriculum data), so a resumed run replays exactly the same micro-batches.
 """
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,9 @@ from data_pipelines.tokenize import (
     tokenize_ranked,
 )
 from prefopt.core.errors import DataError
+from prefopt.core.loop import epoch_order, micro_batches, repeat_epochs, whole_steps
+
+__all__ = ["Item", "Plan", "make_plan", "tokenize_items", "train_eval_paths", "epoch_order", "micro_batches"]
 
 
 @dataclass(frozen=True)
@@ -76,25 +78,6 @@ def tokenize_items(path: Path, schema: str, tokenizer: Any, policy: LengthPolicy
     return items, counts
 
 
-def epoch_order(items: list[Item], epoch: int, seed: int, shuffle: bool) -> list[Item]:
-    """Seeded order for one epoch (deterministic, identical on every rank)."""
-    order = list(items)
-    if shuffle:
-        random.Random(seed * 1000003 + epoch).shuffle(order)
-    return order
-
-
-def micro_batches(order: list[Item], batch_size: int, rank: int, world: int) -> list[list[Item]]:
-    """Split an epoch into global batches of ``batch_size * world``; this rank takes its slice.
-
-    The tail that cannot fill every rank's micro-batch is dropped so all ranks step together.
-    """
-    global_bs = batch_size * world
-    n = len(order) // global_bs
-    return [order[i * global_bs + rank * batch_size: i * global_bs + (rank + 1) * batch_size]
-            for i in range(n)]
-
-
 @dataclass
 class Plan:
     """Micro-batches per stage and the optimizer-step budget (per stage and in total)."""
@@ -130,13 +113,8 @@ def make_plan(cfg: Any, items: list, spec: Any, rank: int, world: int) -> Plan:
             want = cfg.max_steps * accum  # max_steps overrides epochs (data repeats as needed)
         else:
             want = round(max(cfg.epochs, 0.0) * per_epoch)
-        want = max(accum, want - want % accum)
-        seq: list = []
-        epoch = 0
-        while len(seq) < want:
-            seq += micro_batches(epoch_order(pool, epoch, cfg.run.seed, shuffle), cfg.batch_size, rank, world)
-            epoch += 1
-        batches[s] = seq[:want]
+        batches[s] = repeat_epochs(pool, whole_steps(want, accum), batch_size=cfg.batch_size, rank=rank,
+                                   world=world, seed=cfg.run.seed, shuffle=shuffle)
     stages = [s for s in stages if s in batches]
     if not stages:
         raise DataError(f"not enough examples for one batch: {len(items)} usable item(s), batch_size "
