@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from prefopt.core.errors import ConfigError, ModelLoadError
 from prefopt.core.io import atomic_write_bytes, atomic_write_json
 from reward_models.hf_layout import is_seq_cls_adapter, load_seq_cls_adapter, save_seq_cls_adapter
+from reward_models.kinds import get_kind
 from reward_models.reward_config import REWARD_CONFIG, REWARD_HEAD, RewardConfig
 
 if TYPE_CHECKING:
@@ -60,13 +61,14 @@ def save_reward_model(model: RewardModel, path: Path) -> Path:
 
     path.mkdir(parents=True, exist_ok=True)
     cfg = model.config
-    if is_peft(model.model) and cfg.kind == "bt":
+    seq_cls = get_kind(cfg.kind).hf_seq_cls
+    if is_peft(model.model) and seq_cls:
         save_seq_cls_adapter(model.model, model.score, path, public_name(cfg))
     elif is_peft(model.model):
         model.model.save_pretrained(str(path))
         _set_adapter_base(path, public_name(cfg))
         atomic_write_bytes(path / REWARD_HEAD, st_save(_head_tensors(model)))
-    elif cfg.kind == "bt":
+    elif seq_cls:
         _save_seq_cls(model, path)
     else:
         model.model.save_pretrained(str(path), safe_serialization=True)
@@ -158,7 +160,7 @@ def load_reward_model(cls: type[RewardModel], path: Path, *, backbone: nn.Module
     try:
         if (path / "adapter_config.json").is_file():
             return _load_lora(cls, path, cfg, backbone, kw)
-        if cfg is None or cfg.kind == "bt":
+        if cfg is None or get_kind(cfg.kind).hf_seq_cls:
             return _load_seq_cls(cls, path, cfg, kw)
         from transformers import AutoModel
 

@@ -31,6 +31,7 @@ from reward_models.heads import (
     score_matrix,
     skew_score,
 )
+from reward_models.kinds import get_kind, model_kinds
 from reward_models.layouts import RMRows
 from reward_models.model_io import (
     base_model_of,
@@ -39,9 +40,9 @@ from reward_models.model_io import (
     public_name,
     save_reward_model,
 )
-from reward_models.reward_config import KINDS, REWARD_CONFIG, REWARD_HEAD, RewardConfig
+from reward_models.reward_config import REWARD_CONFIG, REWARD_HEAD, RewardConfig
 
-__all__ = ["RewardConfig", "RewardOutput", "RewardModel", "KINDS", "REWARD_CONFIG", "REWARD_HEAD",
+__all__ = ["RewardConfig", "RewardOutput", "RewardModel", "REWARD_CONFIG", "REWARD_HEAD",
            "load_backbone", "public_name"]
 
 
@@ -71,8 +72,8 @@ class RewardModel(nn.Module):
         bcfg = self.model.config
         text_cfg = bcfg.get_text_config() if hasattr(bcfg, "get_text_config") else bcfg
         config.setdefault("hidden_size", int(text_cfg.hidden_size))
-        if kind == "polar":
-            config.setdefault("head_init", "zeros")
+        if kind in model_kinds():  # an unknown kind fails in RewardConfig with the list of kinds
+            config.setdefault("head_init", get_kind(kind).head_init)
         if config.get("pad_token_id") is None:
             config["pad_token_id"] = getattr(text_cfg, "pad_token_id", None)
         config.setdefault("base_model", str(getattr(bcfg, "_name_or_path", "") or ""))
@@ -83,7 +84,7 @@ class RewardModel(nn.Module):
         c = self.config
         d = c.hidden_size
         self.score = self.embed_head = self.gate_head = None
-        if c.kind in ("bt", "polar"):
+        if not get_kind(c.kind).pairwise:  # one scalar reward per row (bt, polar)
             self.score = make_linear_head(d, 1, c.head_init, seed)
         else:
             self.embed_head = make_linear_head(d, c.embed_dim, c.head_init, seed)
@@ -109,7 +110,7 @@ class RewardModel(nn.Module):
 
     def _reward_index(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         tok = self.config.reward_token_id
-        if self.config.kind != "polar" or tok is None:
+        if not get_kind(self.config.kind).reward_token or tok is None:
             return last_token_index(attention_mask)
         hits = (input_ids == tok) & attention_mask.bool()
         if not bool(hits.any(-1).all()):
@@ -146,7 +147,7 @@ class RewardModel(nn.Module):
         return self._read(pooled, h_prompt, index)
 
     def _forward_rows(self, rows: RMRows) -> RewardOutput:
-        if self.config.kind == "polar":
+        if get_kind(self.config.kind).reward_token:
             raise ValueError("POLAR reads the reward at its REWARD token: use padded rows (layout 'padded')")
         pooled, h_prompt = rows.read(self.model)
         return self._read(pooled, h_prompt if self.gate_head is not None else None, None)

@@ -15,12 +15,11 @@ from prefopt.core.errors import ConfigError, ModelLoadError
 from reward_models.heads import GATES, HEAD_INITS
 from reward_models.hf_layout import INPUT_CONVENTION
 
-KINDS = ("bt", "gpm", "polar")
 REWARD_CONFIG = "reward_config.json"
 REWARD_HEAD = "reward_head.safetensors"
 FORMAT_VERSION = 1
 
-__all__ = ["RewardConfig", "KINDS", "REWARD_CONFIG", "REWARD_HEAD", "FORMAT_VERSION"]
+__all__ = ["RewardConfig", "REWARD_CONFIG", "REWARD_HEAD", "FORMAT_VERSION"]
 
 
 @dataclass
@@ -49,9 +48,11 @@ class RewardConfig:
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ConfigError(f"reward model kind must be one of {list(KINDS)}, got {self.kind!r}")
-        if self.kind == "gpm" and (self.embed_dim < 2 or self.embed_dim % 2):
+        from reward_models.kinds import get_kind, model_kinds
+
+        if self.kind not in model_kinds():
+            raise ConfigError(f"reward model kind must be one of {list(model_kinds())}, got {self.kind!r}")
+        if get_kind(self.kind).pairwise and (self.embed_dim < 2 or self.embed_dim % 2):
             raise ConfigError(f"GPM embed_dim must be even and >= 2, got {self.embed_dim}")
         if self.gate is not None and self.gate not in GATES:
             raise ConfigError(f"GPM gate must be one of {list(GATES)} or null, got {self.gate!r}")

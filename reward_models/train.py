@@ -22,7 +22,7 @@ from prefopt.core.checkpoint import latest_checkpoint, load_checkpoint, save_che
 from prefopt.core.config import save_resolved, to_dict
 from prefopt.core.errors import DataError
 from prefopt.core.io import atomic_write_json
-from prefopt.core.logging import MetricLogger, is_main_process, progress, short_postfix
+from prefopt.core.logging import MetricLogger, progress, short_postfix
 from prefopt.core.loop import (
     MetricAccumulator,
     NonFiniteGuard,
@@ -34,53 +34,13 @@ from prefopt.core.loop import (
 )
 from prefopt.core.metric_names import REWARD_MODEL
 from reward_models import data as D
+from reward_models.kinds import get_kind
 from reward_models.train_step import batch_loss, build_model, evaluate, to_device
 
 
 def load_items(cfg: Any, tok: Any, seed: int) -> tuple[list, list, dict]:
-    """Training and held-out RM items (pairs, ranked lists or POLAR triples) and tokenisation stats."""
-    train_path, eval_path = D.train_eval_paths(cfg.data.path, cfg.data.eval_path)
-    if cfg.rm.kind != "polar":
-        return _load_checked_items(cfg, tok, train_path, eval_path)
-    train = D.subset(D.read_records(train_path), cfg.data.max_train_examples, cfg.run.seed)
-    held = D.subset(D.read_records(eval_path), cfg.data.max_eval_examples, None) if eval_path else []
-    if not train:
-        raise DataError("no training records", file=str(train_path))
-    p = cfg.rm.polar
-    kw = dict(max_length=cfg.data.max_length, max_response_len=p.max_response_len,
-              split_token=p.split_token, reward_token=p.reward_token, wrapper=p.wrapper)
-    trip = [D.polar_triples(r, seed=seed, per_prompt=p.triples_per_prompt, wrapper=p.wrapper)
-            for r in (train, held)]
-    return (D.tokenize_triples(trip[0], tok, **kw), D.tokenize_triples(trip[1], tok, **kw),
-            {"records": len(train), "triples": len(trip[0])})
-
-
-def _load_checked_items(cfg: Any, tok: Any, train_path: Path, eval_path: Path | None) -> tuple[list, list, dict]:
-    """Pairs or ranked lists through the same checks as ``data build`` (file/line/field, ``on_error``)."""
-    from data_pipelines.sources import infer_kind
-    from data_pipelines.tokenize import LengthPolicy
-
-    first = D.read_records_head(train_path)
-    if first is None:
-        raise DataError("no training records", file=str(train_path))
-    schema = infer_kind(first)
-    if schema not in ("pairwise", "ranked") or (schema == "ranked" and cfg.rm.kind == "gpm"):
-        raise DataError(f"rm kind '{cfg.rm.kind}' cannot train on {schema} records", file=str(train_path))
-    examples, skipped = D.load_checked(train_path, schema, cfg.data.on_error)
-    train = D.subset(examples, cfg.data.max_train_examples, cfg.run.seed)
-    held = (D.subset(D.load_checked(eval_path, schema, cfg.data.on_error)[0], cfg.data.max_eval_examples, None)
-            if eval_path else [])
-    policy = LengthPolicy(cfg.data.max_length, cfg.data.max_prompt_length, cfg.data.overlong, eos_last=True)
-    items, stats = D.tokenize_records(train, schema, tok, policy, str(train_path))
-    stats["skipped_records"] = skipped
-    held_items = D.tokenize_records(held, schema, tok, policy, str(eval_path))[0] if held else []
-    from data_pipelines.tokenize import describe_counts, print_data_summary
-
-    if not items:
-        raise DataError(f"no usable examples left ({describe_counts(stats)})", file=str(train_path))
-    if is_main_process():
-        print_data_summary(str(train_path), stats, len(items))
-    return items, held_items, stats
+    """Training and held-out RM items for the kind (pairs, ranked lists or POLAR triples) and stats."""
+    return get_kind(cfg.rm.kind).load_items(cfg, tok, seed)
 
 
 def make_plan(cfg: Any, items: list, rank: int, world: int, seed: int) -> tuple[list[list], int]:
@@ -106,7 +66,7 @@ def _save_final(model: Any, tok: Any, out: Path, backend: Any) -> None:
 
 
 def _reward_stats(cfg: Any, model: Any, items: list, pad: int, device: Any, final_eval: torch.Tensor | None):
-    if cfg.rm.kind == "gpm" or cfg.rm.reward_stats == "none":
+    if get_kind(cfg.rm.kind).pairwise or cfg.rm.reward_stats == "none":  # GPM: no scalar reward
         return None
     if cfg.rm.reward_stats == "eval":
         r = final_eval
@@ -215,7 +175,7 @@ def run_rm_train(cfg: Any) -> dict[str, Any]:
     """Entry point of ``prefopt rm train`` (cfg: :class:`reward_models.config.RMTrainConfig`)."""
     out = Path(cfg.run.output_dir)
     ens = cfg.rm.ensemble
-    if cfg.rm.kind != "ensemble" or ens.shared_backbone:
+    if not get_kind(cfg.rm.kind).members or ens.shared_backbone:
         return train_one(cfg, out / "final", boot=False)
     summaries = []
     for i in range(ens.members):

@@ -147,22 +147,14 @@ class RewardSource:
 
 def load_scorer(paths: Sequence[str], tokenizer: Any = None, *, method: str = "mean", lam: float = 0.5,
                 device: Any = None, **scorer_kwargs: Any) -> Any:
-    """A ``ModelScorer`` for one reward-model directory, an ``EnsembleScorer`` for several.
+    """A ``ModelScorer`` for one reward-model directory, an ``EnsembleScorer`` for several; a folder
+    without tokenizer files uses ``tokenizer`` (the policy's), else its base model's.
 
     ``scorer_kwargs`` go to every :class:`~reward_models.scorer.ModelScorer` (``batch_size``,
     ``max_length``, ``layout``, ``bf16``)."""
-    from prefopt.core.models import load_tokenizer
-    from reward_models.models import RewardModel
-    from reward_models.scorer import EnsembleScorer, ModelScorer
+    from reward_models.scorer import EnsembleScorer, load_model_scorer
 
-    members = []
-    for path in paths:
-        model = RewardModel.load(path, device=device)
-        try:
-            tok = load_tokenizer(path)
-        except Exception:  # noqa: BLE001 - RM folders without a tokenizer use the policy's
-            tok = tokenizer
-        members.append(ModelScorer(model, tok, **scorer_kwargs))
+    members = [load_model_scorer(path, tokenizer, device=device, **scorer_kwargs) for path in paths]
     if len(members) == 1:
         return members[0]
     return EnsembleScorer(members, method, lam=lam)
