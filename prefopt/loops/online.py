@@ -61,7 +61,7 @@ def online_config(cfg: Any) -> OnlineConfig:
 
 def total_steps(spec: Any, oc: OnlineConfig) -> int:
     """Optimizer steps of the run (EGPO: full extragradient updates)."""
-    if spec.driver in ("egpo", "online_ipo"):
+    if spec.rollout_every_step:
         return oc.rounds * oc.minibatches
     return oc.rounds * oc.num_iterations * oc.minibatches
 
@@ -140,7 +140,7 @@ def build_context(cfg: Any, spec: Any, backend: Any, model: Any, tok: Any, *, en
     from prefopt.rewards import PolicyReferee, build_reward_source
 
     oc = online_config(cfg)
-    if spec.name == "urpo":
+    if spec.self_referee:
         oc = _urpo_defaults(oc)
     hp = spec.build_hparams(cfg.loss)
     needs_ref = {"group": bool(getattr(hp, "beta", 0.0)), "dno": bool(getattr(hp, "tau", 0.0))}.get(spec.driver, True)
@@ -214,11 +214,11 @@ def _round_prompts(prompts: Sequence[Any], r: int, per_round: int, seed: int) ->
 
 def run_round(ctx: OnlineContext, examples: Sequence[Any], r: int, step: int) -> Iterator[tuple[dict | None, dict]]:
     """Yield ``(optimizer stats, metrics)`` after each optimizer step of round ``r``."""
-    from prefopt.loops.online_egpo import collect_egpo, egpo_update
+    from prefopt.loops.online_egpo import STEP_UPDATES
 
     oc, driver = ctx.oc, ctx.spec.driver
     seed = ctx.cfg.run.seed * 1_000_003 + r * 1009 + ctx.backend.rank * 17
-    if driver in ("egpo", "online_ipo"):
+    if ctx.spec.rollout_every_step:
         # Rollouts are drawn between optimizer steps (EGPO: also at θ_{t+½} after the half step), so a
         # generator with its own weights (vLLM) is synced after every step. EGPO's restore of θ_t is
         # followed by the full step before anything is generated, so it needs no sync of its own.
@@ -229,12 +229,7 @@ def run_round(ctx: OnlineContext, examples: Sequence[Any], r: int, step: int) ->
 
         for k in range(oc.minibatches):
             part = list(examples)[k::oc.minibatches]
-            if driver == "egpo":
-                yield egpo_update(ctx, part, seed + 2 * k, synced_step)
-            else:
-                buf = collect_egpo(ctx, part, seed + 2 * k)
-                stats, m = synced_step(buf)
-                yield stats, {**buf.metrics, **m}
+            yield STEP_UPDATES[driver](ctx, part, seed + 2 * k, synced_step)
         return
     buf = COLLECTORS[driver](ctx, examples, seed)
     for _ in range(oc.num_iterations):
@@ -290,10 +285,13 @@ def _check(ctx: OnlineContext) -> None:
     if oc.prompts_per_round % w:
         raise ConfigError(f"online.prompts_per_round={oc.prompts_per_round} must be a multiple of the "
                           f"number of processes ({w})")
-    if ctx.spec.driver == "egpo" and not hasattr(ctx.backend, "state_dict"):
-        raise ConfigError("EGPO's extragradient step restores the optimizer state; it needs backend.kind=single")
-    if ctx.spec.driver == "p3o" and oc.num_generations != 2:
-        raise ConfigError("P3O compares two responses per prompt: set online.num_generations: 2")
+    spec = ctx.spec
+    if spec.restores_optimizer and not hasattr(ctx.backend, "state_dict"):
+        raise ConfigError(f"{spec.name}'s extragradient step restores the optimizer state; it needs "
+                          "backend.kind=single")
+    if spec.generations is not None and oc.num_generations != spec.generations:
+        raise ConfigError(f"{spec.name} compares {spec.generations} responses per prompt: set "
+                          f"online.num_generations: {spec.generations}")
 
 
 def run_online(cfg: Any, *, scorer: Any = None) -> dict[str, Any]:  # noqa: C901, PLR0915 - the loop
