@@ -127,3 +127,66 @@ def test_deepspeed_imported_only_in_the_backend_module():
             bad += [f"{path.relative_to(ROOT)}:{line}" for line in _deepspeed_imports(tree)]
     assert not bad, "deepspeed imported outside prefopt/core/backend.py:\n" + "\n".join(bad)
     assert _deepspeed_imports(ast.parse(BACKEND.read_text(encoding="utf-8")))  # the scan still sees it
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Module-level imports between our modules (imports inside functions are lazy and left out).
+    ``from pkg import sub`` is an edge to the submodule ``pkg.sub`` only."""
+    mods = {}
+    for pkg in SOURCE_PACKAGES:
+        for path in (ROOT / pkg).rglob("*.py"):
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in mods.items():
+        edges = set()
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.Import):
+                edges |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                subs = {f"{node.module}.{a.name}" for a in node.names} & set(mods)
+                edges |= subs if subs else {node.module}
+        graph[name] = {e for e in edges if e in mods and e != name}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_cycle_finder_sees_a_two_module_circle():
+    assert _cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_circles_between_modules():
+    """E.g. data_pipelines.adapters is a package whose adapter modules import its base, never each other."""
+    assert _cycles(_module_graph()) == []
