@@ -6,10 +6,11 @@ loss function, one spec line here, one YAML and one golden test.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from prefopt.core.config import from_dict
+from prefopt.core.config import from_dict, to_dict
 from prefopt.core.errors import ConfigError
 from prefopt.core.registry import ALGORITHMS, LOSSES
 
@@ -42,9 +43,20 @@ class AlgorithmSpec:
 
         return LOSSES.get(self.loss)
 
-    def build_hparams(self, values: dict[str, Any]) -> Any:
-        """Typed loss hyper-parameters from the YAML ``loss:`` mapping (unknown keys fail)."""
-        return from_dict(self.loss_spec().hparams_cls, dict(values), "loss")
+    def build_hparams(self, values: Any) -> Any:
+        """Typed loss hyper-parameters from the YAML ``loss:`` mapping (None = all defaults; unknown keys
+        fail); an instance of the loss's dataclass is returned as it is."""
+        cls = self.loss_spec().hparams_cls
+        if isinstance(values, cls):
+            return values
+        if dataclasses.is_dataclass(values):  # another algorithm's section (e.g. a replaced config)
+            values = to_dict(values)
+        if values is None:
+            values = {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"loss: expected a mapping of {self.name} hyper-parameters, got "
+                              f"{type(values).__name__} {values!r}")
+        return from_dict(cls, dict(values), "loss")
 
     @property
     def needs_ref(self) -> bool:

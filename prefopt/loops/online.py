@@ -142,7 +142,7 @@ def build_context(cfg: Any, spec: Any, backend: Any, model: Any, tok: Any, *, en
     oc = online_config(cfg)
     if spec.self_referee:
         oc = _urpo_defaults(oc)
-    hp = spec.build_hparams(cfg.loss)
+    hp = spec.build_hparams(cfg.loss)  # typed once in TrainConfig: returned as it is
     needs_ref = {"group": bool(getattr(hp, "beta", 0.0)), "dno": bool(getattr(hp, "tau", 0.0))}.get(spec.driver, True)
     mode = resolve_mode(cfg.reference.mode, model, needs_ref)
     if mode == "precompute":
