@@ -22,7 +22,11 @@ import torch
 from torch import Tensor
 
 from prefopt.core.errors import DataError
-from prefopt.core.loop import epoch_order, micro_batches  # noqa: F401  (re-exported: the shared order)
+from prefopt.core.loop import (  # noqa: F401  (re-exported: shared with the policy loops)
+    epoch_order,
+    micro_batches,
+    train_eval_paths,
+)
 
 
 @dataclass(frozen=True)
@@ -51,25 +55,6 @@ class RMBatch:
     @property
     def num_items(self) -> int:
         return int(self.slot.shape[0])
-
-
-def train_eval_paths(path: str, eval_path: str | None) -> tuple[Path, Path | None]:
-    """``(train file, eval file or None)`` from a built folder or explicit files."""
-    if not path:
-        raise DataError("data.path is empty: point it at a folder from `prefopt data build` or a .jsonl")
-    p = Path(path)
-    train = p / "train.jsonl" if p.is_dir() else p
-    if not train.is_file():
-        raise DataError(f"training data not found: {path} (expected a .jsonl file or a folder with train.jsonl)")
-    if eval_path:
-        evalp: Path | None = Path(eval_path)
-        if not evalp.is_file():
-            raise DataError(f"eval data not found: {evalp}")
-    else:
-        evalp = p / "test.jsonl" if p.is_dir() and (p / "test.jsonl").is_file() else None
-    if evalp is not None and evalp.stat().st_size == 0:
-        evalp = None
-    return train, evalp
 
 
 def read_records(path: Path) -> list[dict]:

@@ -1,6 +1,6 @@
 """Training-loop machinery shared by every trainer (policy loops in ``prefopt.loops`` and reward-model
 training in ``reward_models.train``): seeding, bf16 autocast, the weighted metric accumulator and the
-non-finite guard, the seeded epoch order and per-rank micro-batches. Lives in ``prefopt.core`` so that ``reward_models`` may use it (import rule:
+non-finite guard, the train/eval data paths, the seeded epoch order and per-rank micro-batches. Lives in ``prefopt.core`` so that ``reward_models`` may use it (import rule:
 ``data_pipelines -> reward_models -> prefopt``, with ``prefopt.core`` open to all).
 """
 from __future__ import annotations
@@ -9,14 +9,15 @@ import contextlib
 import math
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from prefopt.core.errors import NumericError
+from prefopt.core.errors import DataError, NumericError
 
 __all__ = ["seed_everything", "autocast", "MetricAccumulator", "NonFiniteGuard", "epoch_order", "micro_batches",
-           "whole_steps", "repeat_epochs"]
+           "whole_steps", "repeat_epochs", "train_eval_paths"]
 
 
 def seed_everything(seed: int) -> None:
@@ -118,3 +119,23 @@ def repeat_epochs(pool: list, want: int, *, batch_size: int, rank: int, world: i
         seq += micro_batches(epoch_order(pool, epoch, seed, shuffle), batch_size, rank, world)
         epoch += 1
     return seq[:want]
+
+
+def train_eval_paths(path: str, eval_path: str | None) -> tuple[Path, Path | None]:
+    """``(train file, eval file or None)`` from a built folder (``train.jsonl`` + optional ``test.jsonl``)
+    or explicit files. An empty eval file means no held-out evaluation (None), for every trainer."""
+    if not path:
+        raise DataError("data.path is empty: point it at a folder from `prefopt data build` or a .jsonl")
+    p = Path(path)
+    train = p / "train.jsonl" if p.is_dir() else p
+    if not train.is_file():
+        raise DataError(f"training data not found: {path} (expected a .jsonl file or a folder with train.jsonl)")
+    if eval_path:
+        evalp: Path | None = Path(eval_path)
+        if not evalp.is_file():
+            raise DataError(f"eval data not found: {evalp}")
+    else:
+        evalp = p / "test.jsonl" if p.is_dir() and (p / "test.jsonl").is_file() else None
+    if evalp is not None and evalp.stat().st_size == 0:
+        evalp = None
+    return train, evalp

@@ -39,7 +39,7 @@ from prefopt.loops.reference import Reference, is_peft, refresh_reference, resol
 
 
 def _build_context(cfg: Any, spec: Any, model: Any, tok: Any, backend: Any) -> StepContext:
-    hp = spec.build_hparams(cfg.loss)
+    hp = spec.build_hparams(cfg.loss)  # typed once in TrainConfig: returned as it is
     ctx = StepContext(spec=spec, loss_spec=spec.loss_spec(), hparams=hp, pad_id=tok.pad_token_id,
                       precision=cfg.precision, device=backend.device, layout=cfg.data.layout)
     mode = resolve_mode(cfg.reference.mode, model, spec.needs_ref)
@@ -225,7 +225,7 @@ def _load_data(cfg: Any, spec: Any, tok: Any, backend: Any) -> tuple[list, list,
                                        cfg.data.on_error)
     eval_items, eval_stats = (tokenize_items(eval_path, spec.schema, tok, policy, cfg.data.max_eval_examples,
                                              cfg.data.on_error)
-                              if eval_path and eval_path.stat().st_size > 0 else ([], {}))
+                              if eval_path else ([], {}))
     if backend.is_main:
         print_data_summary(str(train_path), data_stats, len(items))
         if eval_stats:

@@ -20,7 +20,7 @@ from data_pipelines.tokenize import (
     tokenize_ranked,
 )
 from prefopt.core.errors import DataError
-from prefopt.core.loop import epoch_order, micro_batches, repeat_epochs, whole_steps
+from prefopt.core.loop import epoch_order, micro_batches, repeat_epochs, train_eval_paths, whole_steps
 
 __all__ = ["Item", "Plan", "make_plan", "tokenize_items", "train_eval_paths", "epoch_order", "micro_batches"]
 
@@ -33,27 +33,6 @@ class Item:
     index: int
     stage: int = 1
     annotator: int = 0
-
-
-def _resolve(path: str, name: str) -> Path | None:
-    p = Path(path)
-    if p.is_dir():
-        p = p / name
-        return p if p.is_file() else None
-    return p
-
-
-def train_eval_paths(path: str, eval_path: str | None) -> tuple[Path, Path | None]:
-    """``(train file, eval file or None)`` from a built folder or explicit files."""
-    if not path:
-        raise DataError("data.path is empty: point it at a folder from `prefopt data build` or a .jsonl")
-    train = _resolve(path, "train.jsonl")
-    if train is None or not train.is_file():
-        raise DataError(f"training data not found: {path} (expected a .jsonl file or a folder with train.jsonl)")
-    evalp = Path(eval_path) if eval_path else _resolve(path, "test.jsonl") if Path(path).is_dir() else None
-    if evalp is not None and not evalp.is_file():
-        raise DataError(f"eval data not found: {evalp}")
-    return train, evalp
 
 
 def tokenize_items(path: Path, schema: str, tokenizer: Any, policy: LengthPolicy,
