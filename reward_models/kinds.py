@@ -15,7 +15,7 @@ from prefopt.core.registry import RM_KINDS
 from reward_models import kind_steps as S
 from reward_models.items import load_checked_items, load_polar_items
 
-__all__ = ["RMKind", "get_kind", "kind_names", "model_kinds"]
+__all__ = ["RMKind", "get_kind", "kind_names", "model_kinds", "scorer_kind", "is_pairwise_scorer", "needs_reference"]
 
 
 @dataclass(frozen=True)
@@ -87,3 +87,22 @@ def kind_names() -> tuple[str, ...]:
 def model_kinds() -> tuple[str, ...]:
     """Kinds a single :class:`reward_models.models.RewardModel` can be (``reward_config.json`` kinds)."""
     return tuple(k for k in kind_names() if RM_KINDS.get(k).target == _MODEL)
+
+
+def scorer_kind(scorer: Any) -> RMKind | None:
+    """The registered kind of a model or scorer (its ``kind`` attribute); None for anything else
+    (ensemble scorers, rule-based rewards, judges)."""
+    name = getattr(scorer, "kind", None)
+    return RM_KINDS.get(name) if isinstance(name, str) and name in RM_KINDS else None
+
+
+def is_pairwise_scorer(scorer: Any) -> bool:
+    """Scores only pairs (GPM): no scalar reward per response."""
+    kind = scorer_kind(scorer)
+    return kind is not None and kind.pairwise
+
+
+def needs_reference(scorer: Any) -> bool:
+    """The scorer, or any member of an ensemble scorer, scores against a reference answer (POLAR)."""
+    parts = [scorer, *getattr(scorer, "members", ())]
+    return any(k is not None and k.needs_reference for k in map(scorer_kind, parts))

@@ -8,7 +8,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SCANNED = [*sorted((ROOT / "reward_models").glob("*.py")), *sorted((ROOT / "prefopt" / "loops").glob("*.py")),
            ROOT / "prefopt" / "eval" / "scorers.py", ROOT / "prefopt" / "eval" / "alpacaeval.py",
-           ROOT / "prefopt" / "train.py"]
+           ROOT / "prefopt" / "eval" / "judges" / "base.py", ROOT / "prefopt" / "rewards" / "sources.py",
+           ROOT / "prefopt" / "export.py", ROOT / "prefopt" / "train.py"]
 NAMES = {"kind", "algorithm", "driver", "name"}  # what a registry key is called in this code base
 # (file, literal): comparisons that are not dispatch.
 ALLOWED = {

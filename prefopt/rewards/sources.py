@@ -26,11 +26,15 @@ __all__ = ["RewardSource", "build_reward_source", "load_scorer"]
 
 
 def _is_gpm(scorer: Any) -> bool:
-    return getattr(scorer, "kind", None) == "gpm"
+    from reward_models.kinds import is_pairwise_scorer
+
+    return is_pairwise_scorer(scorer)
 
 
-def _members_are_polar(scorer: Any) -> bool:
-    return any(getattr(m, "kind", None) == "polar" for m in getattr(scorer, "members", ()))
+def _needs_reference(scorer: Any) -> bool:
+    from reward_models.kinds import needs_reference
+
+    return needs_reference(scorer)
 
 
 class RewardSource:
@@ -63,7 +67,7 @@ class RewardSource:
                         answers: Sequence[Any] | None = None) -> Tensor:
         if not _is_gpm(self.scorer):
             kw = {}
-            if getattr(self.scorer, "kind", None) == "polar" or _members_are_polar(self.scorer):
+            if _needs_reference(self.scorer):
                 if answers is None or any(a is None for a in answers):
                     raise ValueError("a POLAR reward model scores an answer against a reference answer: "
                                      "every prompt needs one (the `answer` column)")
