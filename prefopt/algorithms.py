@@ -6,10 +6,11 @@ loss function, one spec line here, one YAML and one golden test.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from prefopt.core.config import from_dict
+from prefopt.core.config import from_dict, to_dict
 from prefopt.core.errors import ConfigError
 from prefopt.core.registry import ALGORITHMS, LOSSES
 
@@ -42,9 +43,20 @@ class AlgorithmSpec:
 
         return LOSSES.get(self.loss)
 
-    def build_hparams(self, values: dict[str, Any]) -> Any:
-        """Typed loss hyper-parameters from the YAML ``loss:`` mapping (unknown keys fail)."""
-        return from_dict(self.loss_spec().hparams_cls, dict(values), "loss")
+    def build_hparams(self, values: Any) -> Any:
+        """Typed loss hyper-parameters from the YAML ``loss:`` mapping (None = all defaults; unknown keys
+        fail); an instance of the loss's dataclass is returned as it is."""
+        cls = self.loss_spec().hparams_cls
+        if isinstance(values, cls):
+            return values
+        if dataclasses.is_dataclass(values):  # another algorithm's section (e.g. a replaced config)
+            values = to_dict(values)
+        if values is None:
+            values = {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"loss: expected a mapping of {self.name} hyper-parameters, got "
+                              f"{type(values).__name__} {values!r}")
+        return from_dict(cls, dict(values), "loss")
 
     @property
     def needs_ref(self) -> bool:
@@ -99,6 +111,15 @@ class OnlineAlgorithmSpec(AlgorithmSpec):
     loop turns rollouts into loss inputs (group | p3o | dno | egpo | online_ipo; prefopt.loops.online_algos)."""
 
     driver: str = "group"
+    # Rollouts are drawn between optimizer steps (once per minibatch), not once per round: EGPO (also at
+    # the half step) and online IPO. A generator holding its own weights is synced after every step.
+    rollout_every_step: bool = False
+    # The update restores the optimizer state mid-step (EGPO's extragradient), so it needs a single process.
+    restores_optimizer: bool = False
+    # Responses per prompt the driver needs (P3O compares exactly two); None = any online.num_generations.
+    generations: int | None = None
+    # The policy is also its own referee (URPO): player + referee reward defaults when none are given.
+    self_referee: bool = False
 
     def loss_spec(self) -> Any:
         import prefopt.losses  # noqa: F401  (registration)
@@ -107,16 +128,20 @@ class OnlineAlgorithmSpec(AlgorithmSpec):
         return GROUP_LOSSES.get(self.loss)
 
 
-def _online(name: str, loss: str, driver: str, paper: str = "") -> None:
+def _online(name: str, loss: str, driver: str, paper: str = "", **traits: Any) -> None:
     ALGORITHMS.register(name, OnlineAlgorithmSpec(name=name, loss=loss, loop="online", schema="ranked",
-                                                  driver=driver, paper=paper))
+                                                  driver=driver, paper=paper, **traits))
 
 
 _online("grpo", "grpo", "group", "Shao et al. 2024, DeepSeekMath (GRPO), eq. 3")
 _online("gspo", "gspo", "group", "Zheng et al. 2025, Group Sequence Policy Optimization, eq. 7")
-_online("urpo", "grpo", "group", "URPO: one model as player and referee in one GRPO loop (spec section 5)")
+_online("urpo", "grpo", "group", "URPO: one model as player and referee in one GRPO loop (spec section 5)",
+        self_referee=True)
 _online("dno", "dno", "dno", "Rosset et al. 2024, Direct Nash Optimization, Algorithm 2 (DNO-Prct)")
-_online("egpo", "egpo", "egpo", "Zhou, Fazel, Du 2025, Extragradient Preference Optimization")
-_online("online_ipo", "online_ipo", "online_ipo", "Calandriello et al. 2024, online IPO (naive self-play)")
-_online("p3o", "p3o_joint", "p3o", "Wu et al. 2023, Pairwise Proximal Policy Optimization (joint clip)")
-_online("p3o_separate", "p3o_separate", "p3o", "Wu et al. 2023, P3O (separate, per-token clip)")
+_online("egpo", "egpo", "egpo", "Zhou, Fazel, Du 2025, Extragradient Preference Optimization",
+        rollout_every_step=True, restores_optimizer=True)
+_online("online_ipo", "online_ipo", "online_ipo", "Calandriello et al. 2024, online IPO (naive self-play)",
+        rollout_every_step=True)
+_online("p3o", "p3o_joint", "p3o", "Wu et al. 2023, Pairwise Proximal Policy Optimization (joint clip)",
+        generations=2)
+_online("p3o_separate", "p3o_separate", "p3o", "Wu et al. 2023, P3O (separate, per-token clip)", generations=2)

@@ -106,8 +106,10 @@ class TrainConfig:
     """Root of a ``kind: train`` YAML (offline algorithms; online ones add the ``online`` section)."""
 
     algorithm: str = "dpo"
-    # Hyper-parameters of the algorithm's loss; validated against its dataclass.
-    loss: dict[str, Any] = field(default_factory=dict)
+    # Hyper-parameters of the algorithm's loss: a mapping in YAML, typed here (once) as the loss's own
+    # dataclass (e.g. dpo: BetaHParams; `prefopt ls algorithms`). Unknown keys fail; the run's config.yaml
+    # holds every resolved value. Loops read it as is.
+    loss: Any = None
     run: RunSection = field(default_factory=RunSection)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: TrainDataConfig = field(default_factory=TrainDataConfig)
@@ -123,8 +125,9 @@ class TrainConfig:
     precision: Literal["fp32", "bf16"] = "fp32"
     # Curriculum (Curry-DPO): "iterative" refreshes the reference between stages; "ordered" keeps it.
     curriculum: Literal["iterative", "ordered", "shuffled"] = "iterative"
-    # SparsePO mask source (provider: learned | activation | ones | zeros | random).
-    sparsepo: SparsePOMaskConfig = field(default_factory=SparsePOMaskConfig)
+    # SparsePO mask source (provider: learned | activation | ones | zeros | random). Only algorithms with
+    # SparsePO masks read it (then it defaults to SparsePOMaskConfig()); elsewhere it is absent.
+    sparsepo: SparsePOMaskConfig | None = None
     # Online algorithms (loop: online): prompts, rewards, rollouts, schedule (prefopt.loops.online_config).
     online: OnlineConfig | None = None
 
@@ -136,13 +139,26 @@ class TrainConfig:
         from prefopt.algorithms import get_algorithm
 
         spec = get_algorithm(self.algorithm)
-        spec.build_hparams(self.loss)
+        object.__setattr__(self, "loss", spec.build_hparams(self.loss))
+        object.__setattr__(self, "sparsepo", _sparsepo_section(spec, self.sparsepo))
         spec.check(self)
         online_layout = self.online.layout if self.online is not None else None
         flash = self.model.attn_implementation == "flash_attention_2"
         if flash and "shared_prompt" in (self.data.layout, online_layout):
             raise ValueError("the shared_prompt layout needs a 4-D attention mask (sdpa or eager attention); "
                              "flash_attention_2 cannot take one")
+
+
+def _sparsepo_section(spec: Any, section: SparsePOMaskConfig | None) -> SparsePOMaskConfig | None:
+    """The ``sparsepo:`` section an algorithm reads: defaults for SparsePO, nothing for the others. A
+    default section in another algorithm's config (written by earlier versions) is dropped; a changed
+    one is an error (its settings would be ignored)."""
+    if "sparse_mask" in spec.extras:
+        return section if section is not None else SparsePOMaskConfig()
+    if section is not None and section != SparsePOMaskConfig():
+        raise ValueError(f"sparsepo: settings are read only by SparsePO; algorithm {spec.name!r} would ignore "
+                         "them - remove the sparsepo section")
+    return None
 
 
 CONFIG_KINDS.register("train", TrainConfig)

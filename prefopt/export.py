@@ -52,10 +52,11 @@ def _copy_files(final: Path, out: Path) -> None:
 
 
 def _merge_reward_model(final: Path, out: Path) -> None:
+    from reward_models.kinds import get_kind
     from reward_models.models import RewardModel
 
     rm = RewardModel.load(final)
-    if rm.config.kind != "bt":
+    if not get_kind(rm.config.kind).hf_seq_cls:
         raise ModelLoadError(f"{final}: only BT reward models merge into AutoModelForSequenceClassification "
                              f"(this one is {rm.config.kind}); export it without --merge")
     if hasattr(rm.model, "merge_and_unload"):

@@ -19,8 +19,7 @@ from typing import Literal
 from prefopt.core.backend import BackendConfig, OptimConfig
 from prefopt.core.models import ModelConfig
 from prefopt.core.registry import CONFIG_KINDS
-
-RM_TRAIN_KINDS = ("bt", "gpm", "polar", "ensemble")
+from reward_models.kinds import get_kind, kind_names
 
 
 @dataclass(frozen=True)
@@ -135,7 +134,8 @@ class EnsembleSection:
 class RMSection:
     """Which reward model to train and its head settings."""
 
-    kind: Literal["bt", "gpm", "polar", "ensemble"] = "bt"
+    # A registered kind (reward_models.kinds): bt | gpm | polar | ensemble.
+    kind: str = "bt"
     head_init: Literal["normal", "zeros"] = "normal"
     # Pad id for batching and the saved config; None = the tokenizer's, unless it equals EOS, then
     # "<|endoftext|>" when the vocab has it (HF sequence-classification pooling needs pad != EOS).
@@ -151,7 +151,9 @@ class RMSection:
     ensemble: EnsembleSection = field(default_factory=EnsembleSection)
 
     def __post_init__(self) -> None:
-        if self.kind == "gpm" and (self.gpm.embed_dim < 2 or self.gpm.embed_dim % 2):
+        if self.kind not in kind_names():
+            raise ValueError(f"rm.kind: {self.kind!r} is not one of {list(kind_names())}")
+        if get_kind(self.kind).pairwise and (self.gpm.embed_dim < 2 or self.gpm.embed_dim % 2):
             raise ValueError(f"rm.gpm.embed_dim must be even and >= 2, got {self.gpm.embed_dim}")
         if self.reward_stats_examples < 1:
             raise ValueError("rm.reward_stats_examples must be >= 1")
@@ -183,7 +185,7 @@ class RMTrainConfig:
             raise ValueError("set epochs > 0 or max_steps > 0")
         if self.max_steps < 0:
             raise ValueError(f"max_steps must be >= 0, got {self.max_steps}")
-        if self.data.layout in ("packed", "shared_prompt") and self.rm.kind == "polar":
+        if self.data.layout in ("packed", "shared_prompt") and get_kind(self.rm.kind).reward_token:
             raise ValueError("data.layout must be 'padded' for POLAR (the reward is read at its REWARD token)")
         if self.data.layout == "shared_prompt" and self.model.attn_implementation == "flash_attention_2":
             raise ValueError("data.layout 'shared_prompt' needs a 4-D attention mask (sdpa or eager); "

@@ -22,6 +22,11 @@ import torch
 from torch import Tensor
 
 from prefopt.core.errors import DataError
+from prefopt.core.loop import (  # noqa: F401  (re-exported: shared with the policy loops)
+    epoch_order,
+    micro_batches,
+    train_eval_paths,
+)
 
 
 @dataclass(frozen=True)
@@ -50,25 +55,6 @@ class RMBatch:
     @property
     def num_items(self) -> int:
         return int(self.slot.shape[0])
-
-
-def train_eval_paths(path: str, eval_path: str | None) -> tuple[Path, Path | None]:
-    """``(train file, eval file or None)`` from a built folder or explicit files."""
-    if not path:
-        raise DataError("data.path is empty: point it at a folder from `prefopt data build` or a .jsonl")
-    p = Path(path)
-    train = p / "train.jsonl" if p.is_dir() else p
-    if not train.is_file():
-        raise DataError(f"training data not found: {path} (expected a .jsonl file or a folder with train.jsonl)")
-    if eval_path:
-        evalp: Path | None = Path(eval_path)
-        if not evalp.is_file():
-            raise DataError(f"eval data not found: {evalp}")
-    else:
-        evalp = p / "test.jsonl" if p.is_dir() and (p / "test.jsonl").is_file() else None
-    if evalp is not None and evalp.stat().st_size == 0:
-        evalp = None
-    return train, evalp
 
 
 def read_records(path: Path) -> list[dict]:
@@ -169,25 +155,10 @@ def tokenize_triples(triples: list[dict], tokenizer: Any, *, max_length: int, ma
     return items
 
 
-def epoch_order(items: list, epoch: int, seed: int, shuffle: bool) -> list:
-    """Seeded order for one epoch (identical on every rank)."""
-    order = list(items)
-    if shuffle:
-        random.Random(seed * 1000003 + epoch).shuffle(order)
-    return order
-
-
 def bootstrap(items: list, seed: int) -> list:
     """A bootstrap resample (same size, with replacement) for ensemble members."""
     rng = random.Random(seed)
     return [items[rng.randrange(len(items))] for _ in items]
-
-
-def micro_batches(order: list, batch_size: int, rank: int, world: int) -> list[list]:
-    """Global batches of ``batch_size * world`` items (a ragged tail is dropped); this rank's slice."""
-    g = batch_size * world
-    return [order[i + rank * batch_size:i + (rank + 1) * batch_size]
-            for i in range(0, len(order) - g + 1, g)]
 
 
 def collate_rm(items: Sequence[RMItem], pad_token_id: int, layout: str = "padded") -> RMBatch:

@@ -13,6 +13,7 @@ Two containers: :class:`EnsembleRewardModel` (K independent :class:`RewardModel`
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -123,7 +124,9 @@ class EnsembleRewardModel(_AggregateMixin, nn.Module):
         super().__init__()
         if len(members) < 2:
             raise ValueError(f"an ensemble needs k >= 2 members, got {len(members)}")
-        if any(m.config.kind == "gpm" for m in members):
+        from reward_models.kinds import get_kind
+
+        if any(get_kind(m.config.kind).pairwise for m in members):
             raise ValueError("ensemble members must be scalar reward models (bt/polar), not gpm")
         self.members = nn.ModuleList(members)
         self.method, self.lam, self.ddof, self.penalty = method, lam, ddof, penalty
@@ -197,6 +200,16 @@ class SharedBackboneEnsemble(_AggregateMixin, nn.Module):
         member = torch.stack([h(pooled.to(h.weight.dtype)).squeeze(-1).float() for h in self.heads])
         return self._aggregate(member)
 
+    def enable_lora(self, lora: Any) -> "SharedBackboneEnsemble":
+        """Wrap the shared backbone body with a LoRA adapter (``prefopt.core.lora.LoraSettings``); the K
+        heads stay outside it and are saved beside the adapter."""
+        import peft
+
+        self.model = peft.get_peft_model(self.model, peft.LoraConfig(
+            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules))
+        self.config = dataclasses.replace(self.config, lora=True)
+        return self
+
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, path: str | Path) -> Path:
         """``path``: the body (AutoModel layout, or the LoRA adapter), ``reward_head.safetensors`` with
@@ -235,7 +248,8 @@ class SharedBackboneEnsemble(_AggregateMixin, nn.Module):
         """
         import json
 
-        from reward_models.models import REWARD_CONFIG, REWARD_HEAD, RewardConfig, _read_heads, load_backbone
+        from reward_models.model_io import load_backbone, read_heads
+        from reward_models.reward_config import REWARD_CONFIG, REWARD_HEAD, RewardConfig
 
         path = Path(path)
         try:
@@ -245,7 +259,7 @@ class SharedBackboneEnsemble(_AggregateMixin, nn.Module):
         if meta.get("kind") != "shared_backbone":
             raise ModelLoadError(f"{path}: not a shared-backbone ensemble (kind {meta.get('kind')!r})")
         cfg = RewardConfig.from_json(path / REWARD_CONFIG)
-        heads = _read_heads(path)
+        heads = read_heads(path)
         kw = {} if torch_dtype is None else {"dtype": torch_dtype}
         from transformers import AutoModel
 

@@ -10,28 +10,16 @@ Registered in :data:`prefopt.core.registry.RM_LOSSES` as ``bt``, ``listwise_bt``
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from prefopt.core.loss_output import LossOutput
 from prefopt.core.registry import RM_LOSSES
 
 __all__ = ["LossOutput", "bt_loss", "listwise_bt_loss", "plackett_luce_loss", "gpm_loss", "polar_loss",
            "skew_score"]
-
-
-@dataclass(frozen=True)
-class LossOutput:
-    """Per-example loss (shape ``[B]``), detached scalar metrics, detached per-example ``aux`` tensors.
-
-    Same fields as ``prefopt.losses.base.LossOutput`` (which this package may not import).
-    """
-
-    loss: Tensor
-    metrics: dict[str, Tensor] = field(default_factory=dict)
-    aux: dict[str, Tensor] = field(default_factory=dict)
 
 
 def _f32(x: Tensor | float | None, like: Tensor) -> Tensor | None:

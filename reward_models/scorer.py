@@ -15,6 +15,8 @@ the default :class:`ChatEncoder` applies the tokenizer's chat template (later re
 from __future__ import annotations
 
 import contextlib
+import json
+from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import torch
@@ -22,6 +24,7 @@ from torch import Tensor
 
 from reward_models.ensemble import aggregate, zscore_members
 from reward_models.heads import score_matrix
+from reward_models.kinds import get_kind
 from reward_models.layouts import build_rows, collate_right
 from reward_models.models import RewardModel, RewardOutput
 from reward_models.polar_data import DEFAULT_REWARD, DEFAULT_SPLIT, encode_polar, flatten
@@ -29,7 +32,8 @@ from reward_models.polar_data import DEFAULT_REWARD, DEFAULT_SPLIT, encode_polar
 Prompt = Any  # str or [{"role", "content"}]
 EncodeFn = Callable[[Prompt, str], tuple[list[int], int]]
 
-__all__ = ["RewardScorer", "ChatEncoder", "ModelScorer", "EnsembleScorer", "collate_right"]
+__all__ = ["RewardScorer", "ChatEncoder", "ModelScorer", "EnsembleScorer", "collate_right", "load_model_scorer",
+           "rm_tokenizer"]
 
 
 @runtime_checkable
@@ -104,6 +108,7 @@ class ModelScorer:
         self.model = model.eval()
         self.layout = layout
         self.kind = model.config.kind
+        self.spec = get_kind(self.kind)
         self.tok = tokenizer
         self.encode = encode_fn or (ChatEncoder(tokenizer, max_length) if tokenizer is not None else None)
         self.batch_size, self.bf16 = batch_size, bf16
@@ -128,7 +133,7 @@ class ModelScorer:
         for s in range(0, len(rows), self.batch_size):
             ids, mask = collate_right(rows[s:s + self.batch_size], self.pad_id)
             kw = {}
-            if prompt_lengths is not None and self.kind == "gpm":
+            if prompt_lengths is not None and self.spec.pairwise:
                 kw["prompt_lengths"] = torch.as_tensor(prompt_lengths[s:s + self.batch_size]).to(self.device)
             with self._autocast():
                 parts.append(self.model(ids.to(self.device), mask.to(self.device), **kw))
@@ -163,12 +168,12 @@ class ModelScorer:
     def score(self, prompts: Sequence[Prompt], responses: Sequence[str], *,
               references: Sequence[str] | None = None) -> Tensor:
         """``[N]`` scores (see module docstring for what a score means per kind)."""
-        if self.kind == "polar":
+        if self.spec.needs_reference:
             if references is None:
                 raise ValueError("POLAR scores a response against a reference: pass references=[...]")
             out = self.forward_rows(self._polar_rows(prompts, responses, references))
             return self._serve(out.rewards)
-        if self.kind == "gpm":
+        if self.spec.pairwise:
             if references is None:
                 raise ValueError("GPM has no absolute score: pass references=[...] (baseline responses) "
                                  "or use group_scores()")
@@ -205,7 +210,7 @@ class ModelScorer:
         one = _is_one(prompt)
         prompts, a_, b_ = ([prompt], [a], [b]) if one else (list(prompt), list(a), list(b))
         refs = None if reference is None else ([reference] if one else list(reference))
-        if self.kind == "gpm":
+        if self.spec.pairwise:
             p = torch.sigmoid(self._gpm_s(prompts, a_, b_) / self.model.config.beta)
         else:
             ra = self.score(prompts, a_, references=refs) if refs else self.score(prompts, a_)
@@ -261,3 +266,29 @@ class EnsembleScorer:
         refs = None if reference is None else ([reference] if one else list(reference))
         p = torch.sigmoid(self.score(prompts, a_, references=refs) - self.score(prompts, b_, references=refs))
         return p[0] if one else p
+
+
+def rm_tokenizer(path: str | Path, fallback: Any = None) -> Any:
+    """The tokenizer for a reward-model folder: the one saved in it; else ``fallback`` (e.g. the
+    policy's); else the tokenizer of the ``base_model`` named in its ``reward_config.json``."""
+    from prefopt.core.errors import ModelLoadError
+    from prefopt.core.models import load_tokenizer
+
+    path = Path(path)
+    if (path / "tokenizer_config.json").is_file():
+        return load_tokenizer(str(path))
+    if fallback is not None:
+        return fallback
+    cfg = path / "reward_config.json"
+    base = json.loads(cfg.read_text(encoding="utf-8")).get("base_model") if cfg.is_file() else None
+    if not base:
+        raise ModelLoadError(f"{path}: no tokenizer files and no base_model in reward_config.json")
+    return load_tokenizer(base)
+
+
+def load_model_scorer(path: str | Path, tokenizer: Any = None, *, device: Any = None, torch_dtype: Any = None,
+                      **scorer_kwargs: Any) -> ModelScorer:
+    """The one way to load a reward-model folder as a :class:`ModelScorer` (tokenizer: :func:`rm_tokenizer`;
+    ``scorer_kwargs``: ``batch_size``, ``max_length``, ``polar_max_len``, ``layout``, ``bf16``, ...)."""
+    model = RewardModel.load(path, torch_dtype=torch_dtype, device=device)
+    return ModelScorer(model, rm_tokenizer(path, tokenizer), **scorer_kwargs)

@@ -11,10 +11,7 @@ trains K BT members (seeds ``run.seed + i``, optional bootstrap data) into ``fin
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import math
-import random
 from pathlib import Path
 from typing import Any
 
@@ -23,110 +20,53 @@ import torch
 from prefopt.core.backend import make_backend
 from prefopt.core.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from prefopt.core.config import save_resolved, to_dict
-from prefopt.core.errors import DataError, NumericError
+from prefopt.core.errors import DataError
 from prefopt.core.io import atomic_write_json
-from prefopt.core.logging import MetricLogger, is_main_process, progress, short_postfix
+from prefopt.core.logging import MetricLogger, progress, short_postfix
+from prefopt.core.loop import (
+    MetricAccumulator,
+    NonFiniteGuard,
+    autocast,
+    micro_batches,
+    repeat_epochs,
+    seed_everything,
+    whole_steps,
+)
 from prefopt.core.metric_names import REWARD_MODEL
 from reward_models import data as D
-from reward_models.train_step import autocast, batch_loss, build_model, evaluate, resolve_layout, to_device
-
-
-def seed_everything(seed: int) -> None:
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+from reward_models.kinds import get_kind
+from reward_models.train_step import batch_loss, build_model, evaluate, resolve_layout, to_device
 
 
 def load_items(cfg: Any, tok: Any, seed: int) -> tuple[list, list, dict]:
-    """Training and held-out RM items (pairs, ranked lists or POLAR triples) and tokenisation stats."""
-    train_path, eval_path = D.train_eval_paths(cfg.data.path, cfg.data.eval_path)
-    if cfg.rm.kind != "polar":
-        return _load_checked_items(cfg, tok, train_path, eval_path)
-    train = D.subset(D.read_records(train_path), cfg.data.max_train_examples, cfg.run.seed)
-    held = D.subset(D.read_records(eval_path), cfg.data.max_eval_examples, None) if eval_path else []
-    if not train:
-        raise DataError("no training records", file=str(train_path))
-    p = cfg.rm.polar
-    kw = dict(max_length=cfg.data.max_length, max_response_len=p.max_response_len,
-              split_token=p.split_token, reward_token=p.reward_token, wrapper=p.wrapper)
-    trip = [D.polar_triples(r, seed=seed, per_prompt=p.triples_per_prompt, wrapper=p.wrapper)
-            for r in (train, held)]
-    return (D.tokenize_triples(trip[0], tok, **kw), D.tokenize_triples(trip[1], tok, **kw),
-            {"records": len(train), "triples": len(trip[0])})
-
-
-def _load_checked_items(cfg: Any, tok: Any, train_path: Path, eval_path: Path | None) -> tuple[list, list, dict]:
-    """Pairs or ranked lists through the same checks as ``data build`` (file/line/field, ``on_error``)."""
-    from data_pipelines.sources import infer_kind
-    from data_pipelines.tokenize import LengthPolicy
-
-    first = D.read_records_head(train_path)
-    if first is None:
-        raise DataError("no training records", file=str(train_path))
-    schema = infer_kind(first)
-    if schema not in ("pairwise", "ranked") or (schema == "ranked" and cfg.rm.kind == "gpm"):
-        raise DataError(f"rm kind '{cfg.rm.kind}' cannot train on {schema} records", file=str(train_path))
-    examples, skipped = D.load_checked(train_path, schema, cfg.data.on_error)
-    train = D.subset(examples, cfg.data.max_train_examples, cfg.run.seed)
-    held = (D.subset(D.load_checked(eval_path, schema, cfg.data.on_error)[0], cfg.data.max_eval_examples, None)
-            if eval_path else [])
-    policy = LengthPolicy(cfg.data.max_length, cfg.data.max_prompt_length, cfg.data.overlong, eos_last=True)
-    items, stats = D.tokenize_records(train, schema, tok, policy, str(train_path))
-    stats["skipped_records"] = skipped
-    held_items = D.tokenize_records(held, schema, tok, policy, str(eval_path))[0] if held else []
-    from data_pipelines.tokenize import describe_counts, print_data_summary
-
-    if not items:
-        raise DataError(f"no usable examples left ({describe_counts(stats)})", file=str(train_path))
-    if is_main_process():
-        print_data_summary(str(train_path), stats, len(items))
-    return items, held_items, stats
+    """Training and held-out RM items for the kind (pairs, ranked lists or POLAR triples) and stats."""
+    return get_kind(cfg.rm.kind).load_items(cfg, tok, seed)
 
 
 def make_plan(cfg: Any, items: list, rank: int, world: int, seed: int) -> tuple[list[list], int]:
     """This rank's micro-batches (whole optimizer steps) and the number of optimizer steps."""
     accum = cfg.optim.grad_accum
-    per_epoch = len(D.micro_batches(items, cfg.batch_size, rank, world))
+    per_epoch = len(micro_batches(items, cfg.batch_size, rank, world))
     if per_epoch == 0:
         raise DataError(f"not enough examples for one batch: {len(items)} item(s), batch_size "
                         f"{cfg.batch_size} x {world} process(es)")
-    want = cfg.max_steps * accum if cfg.max_steps else round(cfg.epochs * per_epoch)
-    want = max(accum, want - want % accum)
-    seq: list = []
-    epoch = 0
-    while len(seq) < want:
-        seq += D.micro_batches(D.epoch_order(items, epoch, seed, cfg.data.shuffle), cfg.batch_size, rank, world)
-        epoch += 1
-    return seq[:want], want // accum
-
-
-def _check_finite(value: float, what: str, step: int, mode: str) -> bool:
-    if math.isfinite(value):
-        return True
-    if mode == "skip":
-        return False
-    raise NumericError(f"{what} is {value} at optimizer step {step}; training stopped. The last good checkpoint "
-                       "(if any) is kept; set run.on_nonfinite=skip to skip such batches")
+    want = whole_steps(cfg.max_steps * accum if cfg.max_steps else round(cfg.epochs * per_epoch), accum)
+    plan = repeat_epochs(items, want, batch_size=cfg.batch_size, rank=rank, world=world, seed=seed,
+                         shuffle=cfg.data.shuffle)
+    return plan, want // accum
 
 
 def _save_final(model: Any, tok: Any, out: Path, backend: Any) -> None:
-    """Save the reward model (+ tokenizer) on the main process; gathers ZeRO-3 shards first (collective)."""
-    gather = contextlib.nullcontext()
-    if getattr(backend, "zero_stage", 0) == 3:
-        import deepspeed
+    """Save the reward model (+ tokenizer) through the backend (ZeRO-3 gather; collective)."""
+    def write(_state_dict: dict | None) -> None:  # the gathered module saves its own complete weights
+        model.save_pretrained(out)
+        tok.save_pretrained(str(out))
 
-        gather = deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
-    with gather:
-        if backend.is_main:
-            model.save_pretrained(out)
-            tok.save_pretrained(str(out))
-    backend.barrier()
+    backend.save_model(model, write)
 
 
 def _reward_stats(cfg: Any, model: Any, items: list, pad: int, device: Any, final_eval: torch.Tensor | None):
-    if cfg.rm.kind == "gpm" or cfg.rm.reward_stats == "none":
+    if get_kind(cfg.rm.kind).pairwise or cfg.rm.reward_stats == "none":  # GPM: no scalar reward
         return None
     if cfg.rm.reward_stats == "eval":
         r = final_eval
@@ -137,10 +77,9 @@ def _reward_stats(cfg: Any, model: Any, items: list, pad: int, device: Any, fina
     return float(r.mean()), max(float(r.std()), 1e-6)
 
 
-def train_one(cfg: Any, final_dir: Path, member_seed: int | None = None, boot: bool = False) -> dict:  # noqa: C901, PLR0915
-    """Train one reward model (or a shared-backbone ensemble) from ``cfg``; returns the summary."""
-    seed = cfg.run.seed if member_seed is None else member_seed
-    seed_everything(seed)
+def _start(cfg: Any, seed: int, boot: bool) -> tuple:
+    """Run folder, logger, model, data and plan: ``(backend, run_dir, logger, model, tok, items,
+    eval_items, stats, plan, total steps)``."""
     backend = make_backend(cfg.backend, cfg.optim, cfg.batch_size)
     run_dir = Path(cfg.run.output_dir)
     if backend.is_main:
@@ -149,15 +88,52 @@ def train_one(cfg: Any, final_dir: Path, member_seed: int | None = None, boot: b
     logger = MetricLogger(run_dir, report_to=cfg.run.report_to, names=REWARD_MODEL, config=to_dict(cfg))
     model, tok = build_model(cfg, seed)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, layout=resolve_layout(cfg, model)))
-    pad = tok.pad_token_id
     items, eval_items, stats = load_items(cfg, tok, seed)
     if boot:
         items = D.bootstrap(items, seed)
     plan, total = make_plan(cfg, items, backend.rank, backend.world_size, seed)
+    return backend, run_dir, logger, model, tok, items, eval_items, stats, plan, total
+
+
+def _micro_step(cfg: Any, engine: Any, mb: list, pad: int, backend: Any, acc: MetricAccumulator,
+                guard: NonFiniteGuard, step: int) -> None:
+    """Forward, loss and backward of one micro-batch (a non-finite loss is stopped or skipped)."""
+    batch = to_device(D.collate_rm(mb, pad, cfg.data.layout), backend.device)
+    with autocast(cfg.precision, backend.device):
+        out, _ = batch_loss(cfg, engine, batch)
+    loss = out.loss.mean()
+    if guard.ok(loss, step):
+        backend.backward(loss)
+        acc.add({"loss": loss.detach(), **out.metrics}, weight=float(len(mb)))
+
+
+def _finish(cfg: Any, model: Any, tok: Any, backend: Any, items: list, eval_items: list,
+            final_dir: Path, logger: Any, summary: dict) -> dict:
+    """Final eval, reward statistics (stored in the model), the saved model and ``summary.json``."""
+    pad, dev = tok.pad_token_id, backend.device
+    final, final_r = evaluate(cfg, model, eval_items, pad, dev)
+    rstats = _reward_stats(cfg, model, items, pad, dev, final_r)
+    if rstats is not None and hasattr(model, "set_reward_stats"):
+        model.set_reward_stats(*rstats)
+    logger.log({**final, "train/skipped_nonfinite": float(summary.pop("skipped"))}, summary["steps"])
+    logger.close()
+    _save_final(model, tok, final_dir, backend)
+    data = summary.pop("data")
+    summary.update({"final_eval": final, "reward_mean_std": rstats, "data": data, "final_dir": str(final_dir)})
+    if backend.is_main:
+        atomic_write_json(Path(cfg.run.output_dir) / "summary.json", summary)
+    return summary
+
+
+def train_one(cfg: Any, final_dir: Path, member_seed: int | None = None, boot: bool = False) -> dict:
+    """Train one reward model (or a shared-backbone ensemble) from ``cfg``; returns the summary."""
+    seed = cfg.run.seed if member_seed is None else member_seed
+    seed_everything(seed)
+    backend, run_dir, logger, model, tok, items, eval_items, stats, plan, total = _start(cfg, seed, boot)
+    pad, dev = tok.pad_token_id, backend.device
     model.train()
     engine = backend.prepare(model, total)
     model = backend.unwrap()
-    dev = backend.device
     ckpt = latest_checkpoint(run_dir) if cfg.run.resume else None
     step, pos = 0, 0
     if ckpt is not None:
@@ -167,40 +143,22 @@ def train_one(cfg: Any, final_dir: Path, member_seed: int | None = None, boot: b
     if backend.is_main:
         atomic_write_json(run_dir / "data_stats.json", {"train": stats, "train_items": len(items),
                                                         "eval_items": len(eval_items), "steps": total})
-    first: dict = {}
-    if ckpt is None and cfg.run.eval_at_start:
-        first = evaluate(cfg, model, eval_items, pad, dev)[0]
-        if first:
-            logger.log(first, 0)
-    sums: dict[str, float] = {}
-    counts: dict[str, float] = {}
-    skipped = 0
+    first = evaluate(cfg, model, eval_items, pad, dev)[0] if ckpt is None and cfg.run.eval_at_start else {}
+    if first:
+        logger.log(first, 0)
+    acc, guard = MetricAccumulator(), NonFiniteGuard(cfg.run.on_nonfinite)
     bar = progress(total=total, initial=step, desc=f"rm train {cfg.rm.kind}")
     for mb in plan[pos:]:
         if step >= total:
             break
-        batch = to_device(D.collate_rm(mb, pad, cfg.data.layout), dev)
-        with autocast(cfg.precision, dev):
-            out, _ = batch_loss(cfg, engine, batch)
-        loss = out.loss.mean()
-        if _check_finite(float(loss.detach()), "loss", step + 1, cfg.run.on_nonfinite):
-            backend.backward(loss)
-            for k, v in {"loss": loss.detach(), **out.metrics}.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * len(mb)
-                counts[k] = counts.get(k, 0.0) + len(mb)
-        else:
-            skipped += 1
+        _micro_step(cfg, engine, mb, pad, backend, acc, guard, step + 1)
         pos += 1
         optim_stats = backend.step()
         if optim_stats is None:
             continue
-        if not _check_finite(optim_stats.get("optim/grad_norm", 0.0), "gradient norm", step + 1,
-                             cfg.run.on_nonfinite):
-            skipped += 1
+        guard.grad_ok(optim_stats, step + 1)
         step += 1
-        metrics = backend.reduce_metrics(sums, counts)
-        sums, counts = {}, {}
-        metrics.update(optim_stats)
+        metrics = {**acc.reduce(backend), **optim_stats}
         if cfg.run.eval_every and step % cfg.run.eval_every == 0 and step < total:
             metrics.update(evaluate(cfg, model, eval_items, pad, dev)[0])
         if step % cfg.run.log_every == 0:
@@ -209,25 +167,16 @@ def train_one(cfg: Any, final_dir: Path, member_seed: int | None = None, boot: b
         if cfg.run.save_every and step % cfg.run.save_every == 0:
             save_checkpoint(run_dir, step, model, backend, {"data_pos": pos}, cfg.run.keep_last)
     bar.close()
-    final, final_r = evaluate(cfg, model, eval_items, pad, dev)
-    rstats = _reward_stats(cfg, model, items, pad, dev, final_r)
-    if rstats is not None and hasattr(model, "set_reward_stats"):
-        model.set_reward_stats(*rstats)
-    logger.log({**final, "train/skipped_nonfinite": float(skipped)}, step)
-    logger.close()
-    _save_final(model, tok, final_dir, backend)
-    summary = {"kind": cfg.rm.kind, "steps": step, "seed": seed, "first_eval": first, "final_eval": final,
-               "reward_mean_std": rstats, "data": stats, "final_dir": str(final_dir)}
-    if backend.is_main:
-        atomic_write_json(run_dir / "summary.json", summary)
-    return summary
+    return _finish(cfg, model, tok, backend, items, eval_items, final_dir, logger,
+                   {"kind": cfg.rm.kind, "steps": step, "seed": seed, "first_eval": first,
+                    "skipped": guard.skipped, "data": stats})
 
 
 def run_rm_train(cfg: Any) -> dict[str, Any]:
     """Entry point of ``prefopt rm train`` (cfg: :class:`reward_models.config.RMTrainConfig`)."""
     out = Path(cfg.run.output_dir)
     ens = cfg.rm.ensemble
-    if cfg.rm.kind != "ensemble" or ens.shared_backbone:
+    if not get_kind(cfg.rm.kind).members or ens.shared_backbone:
         return train_one(cfg, out / "final", boot=False)
     summaries = []
     for i in range(ens.members):

@@ -4,30 +4,16 @@ Kept apart from the loop (:mod:`reward_models.train`) so tests can call them on 
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from prefopt.core.errors import ConfigError
+from prefopt.core.loop import autocast
 from reward_models.data import RMBatch, collate_rm
-from reward_models.losses import (
-    LossOutput,
-    bt_loss,
-    gpm_loss,
-    listwise_bt_loss,
-    plackett_luce_loss,
-    polar_loss,
-)
-
-
-def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast for forward passes (CPU or GPU); a no-op for fp32."""
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+from reward_models.kinds import get_kind
+from reward_models.losses import LossOutput
 
 
 def resolve_pad_id(cfg: Any, tok: Any) -> int:
@@ -42,64 +28,19 @@ def resolve_pad_id(cfg: Any, tok: Any) -> int:
     return int(pad if pad is not None else eos)
 
 
-def _polar_tokens(cfg: Any, backbone: Any, tok: Any) -> dict[str, Any]:
-    pc = cfg.rm.polar
-    vocab = tok.get_vocab()
-    missing = [t for t in (pc.split_token, pc.reward_token) if t not in vocab]
-    if missing:
-        if cfg.model.lora is not None:
-            raise ConfigError(f"POLAR tokens {missing} are not in the vocabulary; with LoRA the new embedding "
-                              "rows would not be saved. Use existing special tokens (rm.polar.split_token/"
-                              "reward_token) or full fine-tuning")
-        tok.add_special_tokens({"additional_special_tokens": missing})
-        backbone.resize_token_embeddings(len(tok))
-    return dict(split_token=pc.split_token, reward_token=pc.reward_token, wrapper=pc.wrapper,
-                reward_token_id=int(tok.convert_tokens_to_ids(pc.reward_token)))
-
-
 def build_model(cfg: Any, seed: int) -> tuple[Any, Any]:
-    """``(reward model, tokenizer)``: backbone (no LoRA yet) + head(s), then the LoRA adapter if configured."""
+    """``(reward model, tokenizer)``: backbone (no LoRA yet) + the kind's head(s), then the LoRA adapter."""
     from prefopt.core.models import load_model
-    from reward_models.ensemble import SharedBackboneEnsemble
-    from reward_models.models import RewardModel
 
     backbone, tok = load_model(dataclasses.replace(cfg.model, lora=None), seed=seed)
     if cfg.model.gradient_checkpointing and cfg.model.lora is not None:
         backbone.enable_input_require_grads()
     pad = resolve_pad_id(cfg, tok)
     tok.pad_token_id = pad
-    kind = cfg.rm.kind
-    if kind == "ensemble":  # shared backbone, K heads (independent members are separate BT runs)
-        seeds = [seed + i for i in range(cfg.rm.ensemble.members)]
-        model = SharedBackboneEnsemble(backbone, seeds, cfg.rm.ensemble.method, lam=cfg.rm.ensemble.lam,
-                                       head_init=cfg.rm.head_init)
-        model.config = dataclasses.replace(model.config, pad_token_id=pad)
-        if cfg.model.lora is not None:
-            import peft
-
-            lc = cfg.model.lora
-            model.model = peft.get_peft_model(model.model, peft.LoraConfig(
-                r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=lc.target_modules))
-            model.config = dataclasses.replace(model.config, lora=True)
-        return model, tok
-    extra: dict[str, Any] = {}
-    if kind == "gpm":
-        g = cfg.rm.gpm
-        extra = dict(embed_dim=g.embed_dim, beta=g.beta, l2_normalize=g.l2_normalize, gate=g.gate)
-    elif kind == "polar":
-        extra = _polar_tokens(cfg, backbone, tok)
-    base = str(getattr(backbone.config, "_name_or_path", "") or cfg.model.name)
-    model = RewardModel(backbone, kind, seed=seed, head_init=cfg.rm.head_init, pad_token_id=pad,
-                        base_model=base, model_name=cfg.model.name, normalize=cfg.rm.normalize, **extra)
+    model = get_kind(cfg.rm.kind).build(cfg, backbone, tok, seed, pad)
     if cfg.model.lora is not None:
         model.enable_lora(cfg.model.lora)
     return model, tok
-
-
-def _gather(values: Tensor, slot: Tensor) -> tuple[Tensor, Tensor]:
-    """``[B, K]`` view of per-row values through ``slot`` (padding slots masked out)."""
-    valid = slot >= 0
-    return values[slot.clamp(min=0)], valid
 
 
 def batch_loss(cfg: Any, model: Any, batch: RMBatch) -> tuple[LossOutput, Tensor | None]:
@@ -107,54 +48,26 @@ def batch_loss(cfg: Any, model: Any, batch: RMBatch) -> tuple[LossOutput, Tensor
 
     Metrics: the loss's own (accuracy, margin, reward mean/min/max, ...) plus ``reward_std``.
     """
-    out, rewards = _batch_loss(cfg, model, batch)
+    out, rewards = get_kind(cfg.rm.kind).batch_loss(cfg, model, batch)
     if rewards is not None and rewards.numel() > 1:
         out.metrics["reward_std"] = rewards.detach().float().std()
     return out, rewards
 
 
-def _batch_loss(cfg: Any, model: Any, batch: RMBatch) -> tuple[LossOutput, Tensor | None]:
-    kind, rm = cfg.rm.kind, cfg.rm
-    ids, mask = batch.input_ids, batch.attention_mask
-    fast = {} if batch.rows is None else {"rows": batch.rows}
-    if kind == "gpm":
-        out = model(ids, mask, prompt_lengths=batch.prompt_lengths, **fast)
-        c, r = batch.slot[:, 0], batch.slot[:, 1]
-        gate = None if out.gate is None else out.gate[c]
-        margin = batch.margin if cfg.data.use_margin else None
-        return gpm_loss(out.embeddings[c], out.embeddings[r], gate=gate, beta=rm.gpm.beta, margin=margin), None
-    out = model(ids, mask, **fast)
-    if kind == "ensemble":
-        members = out.member_rewards  # [K, N]
-        losses = [bt_loss(m[batch.slot[:, 0]], m[batch.slot[:, 1]], tau=rm.bt.tau).loss for m in members]
-        agg = out.rewards
-        res = bt_loss(agg[batch.slot[:, 0]], agg[batch.slot[:, 1]])
-        metrics = {**res.metrics, "member_variance": out.variance.mean().detach()}
-        return LossOutput(loss=torch.stack(losses).mean(0), metrics=metrics), agg
-    rewards = out.rewards
-    if batch.slot.shape[1] > 2 or batch.scores is not None:  # ranked lists
-        r, valid = _gather(rewards, batch.slot)
-        if rm.bt.listwise_loss == "plackett_luce":
-            return plackett_luce_loss(r, mask=valid), rewards
-        return listwise_bt_loss(r, mask=valid, scores=batch.scores.to(r.device)), rewards
-    rc, rr = rewards[batch.slot[:, 0]], rewards[batch.slot[:, 1]]
-    if kind == "polar":
-        return polar_loss(rc, rr), rewards
-    margin = batch.margin if cfg.data.use_margin else None
-    b = rm.bt
-    return bt_loss(rc, rr, margin=margin, tau=b.tau, center_coef=b.center_coef, l2_coef=b.l2_coef,
-                   barrier_coef=b.barrier_coef, focal=b.focal), rewards
-
-
 def resolve_layout(cfg: Any, model: Any, log: bool = True) -> str:
-    """Concrete ``data.layout`` for ``model`` (``auto``: shared_prompt unless POLAR, whose reward is
-    read at its REWARD token in padded rows, or a backbone that cannot take the block mask)."""
+    """Concrete ``data.layout`` for ``model`` (``auto``: shared_prompt unless the kind reads its reward at a
+    special token in padded rows (POLAR), or a backbone that cannot take the block mask)."""
+    from reward_models.kinds import get_kind
     from reward_models.layouts import resolve_auto_layout, shared_prompt_blockers
 
-    reasons = (["POLAR reads its reward at the REWARD token, which only padded rows keep"]
-               if cfg.rm.kind == "polar" else [])
+    reasons = ([f"{cfg.rm.kind} reads its reward at the REWARD token, which only padded rows keep"]
+               if get_kind(cfg.rm.kind).reward_token else [])
     reasons += shared_prompt_blockers(getattr(model, "model", model), cfg.model.attn_implementation)
     return resolve_auto_layout(getattr(cfg.data, "layout", "padded"), reasons, f"rm train {cfg.rm.kind}", log)
+
+
+def _layout(cfg: Any) -> str:
+    return getattr(cfg.data, "layout", "padded")
 
 
 def to_device(batch: RMBatch, device: torch.device) -> RMBatch:

@@ -82,3 +82,111 @@ def test_no_device_or_distributed_api_outside_backend():
             text = path.read_text(encoding="utf-8")
             bad += [f"{path.relative_to(ROOT)}: {n}" for n in needles if n in text]
     assert not bad, "\n".join(bad)
+
+
+BACKEND = ROOT / "prefopt" / "core" / "backend.py"
+SOURCE_PACKAGES = ("prefopt", "reward_models", "data_pipelines", "benchmarks")
+
+
+def _deepspeed_imports(tree: ast.AST) -> list[int]:
+    """Lines that import deepspeed: ``import deepspeed[.x]``, ``from deepspeed[.x] import ...`` and
+    ``importlib.import_module("deepspeed...")`` / ``__import__("deepspeed...")`` with a literal name."""
+    lines = []
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            func = node.func
+            called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if called in ("import_module", "__import__") and isinstance(node.args[0].value, str):
+                names = [node.args[0].value]
+        if any(n.split(".")[0] == "deepspeed" for n in names):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_deepspeed_scan_finds_every_import_form():
+    """The scanner itself: four spellings found at their lines, a mere mention of the word is not."""
+    src = ("import deepspeed\nfrom deepspeed.zero import GatheredParameters\n"
+           "importlib.import_module('deepspeed.comm')\n__import__('deepspeed')\n"
+           "x = 'deepspeed'  # launcher name\nimport deepspeedish\n")
+    assert _deepspeed_imports(ast.parse(src)) == [1, 2, 3, 4]
+
+
+def test_deepspeed_imported_only_in_the_backend_module():
+    """verl's tests/special_sanity/check_device_api_usage.py, for our one distributed dependency."""
+    bad = []
+    for pkg in SOURCE_PACKAGES:
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            if path == BACKEND:
+                continue
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            bad += [f"{path.relative_to(ROOT)}:{line}" for line in _deepspeed_imports(tree)]
+    assert not bad, "deepspeed imported outside prefopt/core/backend.py:\n" + "\n".join(bad)
+    assert _deepspeed_imports(ast.parse(BACKEND.read_text(encoding="utf-8")))  # the scan still sees it
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Module-level imports between our modules (imports inside functions are lazy and left out).
+    ``from pkg import sub`` is an edge to the submodule ``pkg.sub`` only."""
+    mods = {}
+    for pkg in SOURCE_PACKAGES:
+        for path in (ROOT / pkg).rglob("*.py"):
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in mods.items():
+        edges = set()
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.Import):
+                edges |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                subs = {f"{node.module}.{a.name}" for a in node.names} & set(mods)
+                edges |= subs if subs else {node.module}
+        graph[name] = {e for e in edges if e in mods and e != name}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_cycle_finder_sees_a_two_module_circle():
+    assert _cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_circles_between_modules():
+    """E.g. data_pipelines.adapters is a package whose adapter modules import its base, never each other."""
+    assert _cycles(_module_graph()) == []

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal
+from typing import Any, Callable, Iterable, Literal
 
 import torch
 
@@ -119,6 +119,16 @@ class Backend:
             import torch.distributed as dist
 
             dist.barrier()
+
+    def save_model(self, model: torch.nn.Module, write: Callable[[dict[str, torch.Tensor] | None], None]) -> None:
+        """Write a trained model once: ``write(state_dict)`` runs on the main process, then all ranks meet.
+
+        ``state_dict`` is None when the module's own parameters are complete (every backend but ZeRO-3);
+        under ZeRO-3 it is the gathered full state on CPU. Collective: every rank must call this.
+        """
+        if self.is_main:
+            write(None)
+        self.barrier()
 
 
 class SingleBackend(Backend):
@@ -233,6 +243,17 @@ class DeepSpeedBackend(Backend):
 
     def unwrap(self) -> torch.nn.Module:
         return self.engine.module
+
+    def save_model(self, model: torch.nn.Module, write: Callable[[dict[str, torch.Tensor] | None], None]) -> None:
+        """As :meth:`Backend.save_model`; under ZeRO-3 the partitioned parameters are gathered first."""
+        if self.zero_stage != 3:
+            return super().save_model(model, write)
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+            if self.is_main:
+                write({k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+        self.barrier()
 
     def save_engine_state(self, folder: str, client_state: dict[str, Any]) -> None:
         """Every rank writes its ZeRO shards of model/optimizer state (collective call)."""

@@ -33,71 +33,101 @@ def _hint(key: str, known: list[str]) -> str:
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
-def _convert(value: Any, tp: Any, where: str) -> Any:  # noqa: C901, PLR0911, PLR0912, PLR0915 - a type switch
+def _to_bool(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ConfigError(f"{where}: expected true/false, got {value!r}")
+
+
+def _to_int(value: Any, where: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ConfigError(f"{where}: expected an integer, got {value!r}")
+
+
+def _to_float(value: Any, where: str) -> float:
+    number = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):  # YAML reads 1e-6 as a string
+        try:
+            number = float(value)
+        except ValueError:
+            pass
+    if number is None:
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if not math.isfinite(number):  # no config number means anything as NaN or infinity
+        raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+    return number
+
+
+def _to_str(value: Any, where: str) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise ConfigError(f"{where}: expected a string, got {value!r}")
+
+
+_SCALARS = {bool: _to_bool, int: _to_int, float: _to_float, str: _to_str}
+
+
+def _to_union(value: Any, args: tuple, where: str) -> Any:
+    """First arm of ``X | Y | None`` that accepts ``value`` (None only through a ``None`` arm)."""
+    if value is None and _NONE_TYPE in args:
+        return None
+    errors = []
+    for arm in (a for a in args if a is not _NONE_TYPE):
+        try:
+            return _convert(value, arm, where)
+        except ConfigError as exc:
+            errors.append(str(exc))
+    raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {args}")
+
+
+def _to_dataclass(value: Any, tp: type, where: str) -> Any:
+    if isinstance(value, tp):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping for {tp.__name__}, got {type(value).__name__}")
+    return from_dict(tp, value, where)
+
+
+def _to_sequence(value: Any, origin: type, args: tuple, where: str) -> list | tuple:
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+    item_tp = args[0] if args else Any
+    out = [_convert(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    return tuple(out) if origin is tuple else out
+
+
+def _to_mapping(value: Any, args: tuple, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+    val_tp = args[1] if len(args) == 2 else Any
+    return {str(k): _convert(v, val_tp, f"{where}.{k}") for k, v in value.items()}
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:  # noqa: PLR0911 - a type switch
     """Convert a YAML value to type ``tp``; raise :class:`ConfigError` naming ``where``."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
         return value
     if origin in (Union, types.UnionType):
-        if value is None and _NONE_TYPE in args:
-            return None
-        errors = []
-        for arm in (a for a in args if a is not _NONE_TYPE):
-            try:
-                return _convert(value, arm, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {args}")
+        return _to_union(value, args, where)
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{where}: {value!r} is not one of {list(args)}{_hint(str(value), [str(a) for a in args])}")
         return value
     if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping for {tp.__name__}, got {type(value).__name__}")
-        return from_dict(tp, value, where)
+        return _to_dataclass(value, tp, where)
     if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
-        item_tp = args[0] if args else Any
-        out = [_convert(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
-        return tuple(out) if origin is tuple else out
+        return _to_sequence(value, origin, args, where)
     if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
-        val_tp = args[1] if len(args) == 2 else Any
-        return {str(k): _convert(v, val_tp, f"{where}.{k}") for k, v in value.items()}
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    if tp is float:
-        number = None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            number = float(value)
-        elif isinstance(value, str):  # YAML reads 1e-6 as a string
-            try:
-                number = float(value)
-            except ValueError:
-                pass
-        if number is None:
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        if not math.isfinite(number):  # no config number means anything as NaN or infinity
-            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
-        return number
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return _to_mapping(value, args, where)
+    if tp in _SCALARS:
+        return _SCALARS[tp](value, where)
     raise ConfigError(f"{where}: unsupported config type {tp!r}")
 
 

@@ -23,6 +23,7 @@ import torch
 from data_pipelines.schemas import PromptExample
 from prefopt.core.errors import ConfigError, DataError
 from prefopt.core.registry import registry
+from reward_models.kinds import is_pairwise_scorer
 
 LABEL_SCORERS = registry("label_scorer")
 
@@ -90,7 +91,7 @@ def _build_reward(cfg: Any, out_dir: Path) -> Callable[[PromptExample, list[str]
     if cfg.reward.models:
         scorer = load_scorer(cfg.reward.models, method=cfg.reward.ensemble_method, lam=cfg.reward.ensemble_lam,
                              batch_size=cfg.batch_size, max_length=cfg.max_length, layout=cfg.layout)
-        if getattr(scorer, "kind", None) == "gpm":
+        if is_pairwise_scorer(scorer):
             raise ConfigError(f"{cfg.reward.models[0]} is a GPM: it has no scalar score; use scorer.kind=gpm")
     source = build_reward_source(cfg.reward, scorer=scorer)
 
@@ -134,7 +135,7 @@ def _build_gpm(cfg: Any, out_dir: Path) -> Callable[[PromptExample, list[str]], 
 
     require_folders(cfg)
     scorer = load_scorer(cfg.reward.models, batch_size=cfg.batch_size, max_length=cfg.max_length)
-    if getattr(scorer, "kind", None) != "gpm":
+    if not is_pairwise_scorer(scorer):
         raise ConfigError(f"{cfg.reward.models[0]} is a '{getattr(scorer, 'kind', '?')}' reward model, not a GPM; "
                           "use scorer.kind=reward")
     source = RewardSource(None, scorer, temperature=cfg.reward.temperature)

@@ -110,7 +110,9 @@ def build_judge(args: argparse.Namespace) -> Any:
 
     kind, members = resolve_kind(getattr(args, "judge_kind", None) or "auto", args.judge_model)
     opts = dict(batch_size=args.judge_batch_size, bf16=args.bf16, max_length=args.max_length)
-    if kind == "ensemble":
+    from reward_models.kinds import get_kind
+
+    if get_kind(kind).members:
         from reward_models.scorer import EnsembleScorer
 
         scorer = EnsembleScorer([load_model_scorer(m, **opts) for m in members], method=args.judge_reduce)

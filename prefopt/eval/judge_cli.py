@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from prefopt.core.errors import ConfigError, DataError
+from reward_models.kinds import kind_names
 
-RM_KINDS = ("auto", "bt", "gpm", "polar", "ensemble")
+RM_KINDS = ("auto", *kind_names())  # every registered reward-model kind
 
 
 def add_judge_args(p: argparse.ArgumentParser) -> None:

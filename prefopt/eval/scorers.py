@@ -19,8 +19,12 @@ from typing import Any, Sequence
 import torch
 
 from prefopt.core.errors import ConfigError, ModelLoadError
+from reward_models.kinds import get_kind, kind_names
 
-KINDS = ("auto", "bt", "gpm", "polar", "ensemble", "dpo", "judge")
+# --kind choices: "auto", every registered reward-model kind (reward_models.kinds), then the policy-based
+# scorers ("dpo": implicit reward of a policy; "judge": an LM judge).
+KINDS = ("auto", *kind_names(), "dpo", "judge")
+POLICY_KINDS = ("dpo", "judge")
 
 
 def _dtype(bf16: bool) -> torch.dtype:
@@ -55,33 +59,19 @@ def checkpoint_kind(path: Path) -> str:
     return "bt"
 
 
-def _rm_tokenizer(path: Path) -> Any:
-    from prefopt.core.models import load_tokenizer
-
-    if (path / "tokenizer_config.json").is_file():
-        return load_tokenizer(str(path))
-    base = json.loads((path / "reward_config.json").read_text()).get("base_model") if \
-        (path / "reward_config.json").is_file() else None
-    if not base:
-        raise ModelLoadError(f"{path}: no tokenizer files and no base_model in reward_config.json")
-    return load_tokenizer(base)
-
-
 def load_model_scorer(path: Path, *, batch_size: int, bf16: bool, max_length: int, device: Any = None) -> Any:
-    """A :class:`reward_models.scorer.ModelScorer` over one reward-model directory."""
-    from reward_models.models import RewardModel
-    from reward_models.scorer import ModelScorer
+    """A :class:`reward_models.scorer.ModelScorer` over one reward-model directory (weights in bf16 or fp32)."""
+    from reward_models.scorer import load_model_scorer as load
 
-    model = RewardModel.load(path, torch_dtype=_dtype(bf16), device=device)
-    return ModelScorer(model, _rm_tokenizer(path), batch_size=batch_size, max_length=max_length,
-                       polar_max_len=max_length)
+    return load(path, device=device, torch_dtype=_dtype(bf16), batch_size=batch_size, max_length=max_length,
+                polar_max_len=max_length)
 
 
 def resolve_kind(kind: str, paths: Sequence[str]) -> tuple[str, list[Path]]:
     """Final kind and model paths (folders of members expanded for RM kinds)."""
     if kind not in KINDS:
         raise ConfigError(f"unknown --kind '{kind}'; use one of {', '.join(KINDS)}")
-    if kind in ("dpo", "judge"):
+    if kind in POLICY_KINDS:
         return kind, [Path(p) for p in paths]
     members = [m for m in expand_members(paths)] if all(Path(p).exists() for p in paths) else None
     if members is None:
@@ -89,9 +79,9 @@ def resolve_kind(kind: str, paths: Sequence[str]) -> tuple[str, list[Path]]:
         raise ModelLoadError(f"model path does not exist: {missing}")
     if kind == "auto":
         kind = "ensemble" if len(members) > 1 else checkpoint_kind(members[0])
-    if kind == "ensemble" and len(members) < 2:
-        raise ConfigError(f"--kind ensemble needs >= 2 members, found {len(members)} in {list(paths)}")
-    if kind != "ensemble" and len(members) > 1:
+    if get_kind(kind).members and len(members) < 2:
+        raise ConfigError(f"--kind {kind} needs >= 2 members, found {len(members)} in {list(paths)}")
+    if not get_kind(kind).members and len(members) > 1:
         raise ConfigError(f"{len(members)} models given for --kind {kind}; use --kind ensemble")
     return kind, members
 
@@ -224,47 +214,65 @@ def load_policy(path: str, *, dtype: str) -> tuple[Any, Any, bool]:
     return model, tok, False
 
 
+def _dpo_pairs(members: list[Path], o: dict) -> Any:
+    """Implicit DPO reward ``beta * (log pi - log ref)`` of a policy (a LoRA folder's base is its reference)."""
+    policy, tok, is_lora = load_policy(str(members[0]), dtype=o["dtype"])
+    ref_model = o["ref_model"]
+    if ref_model and ref_model != "none":
+        from prefopt.core.models import load_causal_lm
+
+        ref = load_causal_lm(ref_model, dtype=o["dtype"])[0]
+    elif ref_model == "none":
+        ref = None
+    elif is_lora:
+        ref = "disable_adapter"
+    else:
+        raise ConfigError("--kind dpo with a full-weight policy needs --ref-model PATH (or 'none' for "
+                          "reference-free log-probs); a LoRA adapter folder defaults to its base model")
+    return DPOPairs(policy, ref, tok, beta=o["beta"], max_length=o["max_length"], bf16=o["bf16"])
+
+
+def _judge_pairs(members: list[Path], o: dict) -> Any:
+    from prefopt.core.models import load_causal_lm
+    from prefopt.eval.judges.lm import LMPairJudge
+
+    model, tok = load_causal_lm(str(members[0]), dtype=o["dtype"])
+    return JudgePairs(LMPairJudge(model, tok, labels=o["judge_labels"], batch_size=o["batch_size"],
+                                  max_length=o["max_length"], bf16=o["bf16"]))
+
+
+_POLICY_PAIRS = {"dpo": _dpo_pairs, "judge": _judge_pairs}
+
+
+def _reward_model_pairs(kind: str, members: list[Path], o: dict) -> Any:
+    """Pair scorer of a reward-model kind, chosen by its registered traits (members, pairwise, reference)."""
+    spec = get_kind(kind)
+    opts = {k: o[k] for k in ("batch_size", "bf16", "max_length", "device")}
+    if spec.members:
+        from reward_models.scorer import EnsembleScorer
+
+        return ScorePairs(EnsembleScorer([load_model_scorer(m, **opts) for m in members], method=o["reduce"]))
+    scorer = load_model_scorer(members[0], **opts)
+    if scorer.kind != kind:
+        raise ConfigError(f"{members[0]} is a '{scorer.kind}' reward model, not '{kind}' (use --kind auto)")
+    if spec.pairwise:
+        return GPMPairs(scorer)
+    if spec.needs_reference:
+        if o["polar_reference"] is None:
+            raise ConfigError(f"--kind {kind} needs --polar-reference FILE.jsonl | field:NAME | generate:MODEL")
+        return ScorePairs(scorer, o["polar_reference"])
+    return ScorePairs(scorer)
+
+
 def build_pair_scorer(kind: str, paths: Sequence[str], *, batch_size: int = 8, bf16: bool = False,
                       max_length: int = 2048, reduce: str = "mean", ref_model: str | None = None,
                       beta: float = 0.1, polar_reference: Any = None, judge_labels: tuple[str, str] = ("A", "B"),
                       device: Any = None) -> tuple[str, Any]:
     """``(resolved kind, callable(prompts, chosen, rejected, rows) -> list[dict])`` for RewardBench."""
     kind, members = resolve_kind(kind, paths)
-    dtype = "bfloat16" if bf16 else "float32"
-    opts = dict(batch_size=batch_size, bf16=bf16, max_length=max_length, device=device)
-    if kind == "dpo":
-        policy, tok, is_lora = load_policy(str(members[0]), dtype=dtype)
-        if ref_model and ref_model != "none":
-            from prefopt.core.models import load_causal_lm
-
-            ref = load_causal_lm(ref_model, dtype=dtype)[0]
-        elif ref_model == "none":
-            ref = None
-        elif is_lora:
-            ref = "disable_adapter"
-        else:
-            raise ConfigError("--kind dpo with a full-weight policy needs --ref-model PATH (or 'none' for "
-                              "reference-free log-probs); a LoRA adapter folder defaults to its base model")
-        return kind, DPOPairs(policy, ref, tok, beta=beta, max_length=max_length, bf16=bf16)
-    if kind == "judge":
-        from prefopt.core.models import load_causal_lm
-        from prefopt.eval.judges.lm import LMPairJudge
-
-        model, tok = load_causal_lm(str(members[0]), dtype=dtype)
-        return kind, JudgePairs(LMPairJudge(model, tok, labels=judge_labels, batch_size=batch_size,
-                                            max_length=max_length, bf16=bf16))
-    if kind == "ensemble":
-        from reward_models.scorer import EnsembleScorer
-
-        scorers = [load_model_scorer(m, **opts) for m in members]
-        return kind, ScorePairs(EnsembleScorer(scorers, method=reduce))
-    scorer = load_model_scorer(members[0], **opts)
-    if scorer.kind != kind:
-        raise ConfigError(f"{members[0]} is a '{scorer.kind}' reward model, not '{kind}' (use --kind auto)")
-    if kind == "gpm":
-        return kind, GPMPairs(scorer)
-    if kind == "polar":
-        if polar_reference is None:
-            raise ConfigError("--kind polar needs --polar-reference FILE.jsonl | field:NAME | generate:MODEL")
-        return kind, ScorePairs(scorer, polar_reference)
-    return kind, ScorePairs(scorer)
+    opts = dict(batch_size=batch_size, bf16=bf16, max_length=max_length, device=device, reduce=reduce,
+                ref_model=ref_model, beta=beta, polar_reference=polar_reference, judge_labels=judge_labels,
+                dtype="bfloat16" if bf16 else "float32")
+    if kind in _POLICY_PAIRS:
+        return kind, _POLICY_PAIRS[kind](members, opts)
+    return kind, _reward_model_pairs(kind, members, opts)

@@ -11,9 +11,7 @@ the synced reference is stored in each checkpoint (``extra.safetensors``) so a r
 """
 from __future__ import annotations
 
-import contextlib
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,78 +27,20 @@ from prefopt.core.checkpoint import (
     load_extra_tensors,
     save_checkpoint,
 )
-from prefopt.core.errors import ConfigError, DataError
+from prefopt.core.errors import ConfigError
 from prefopt.core.io import atomic_write_json
 from prefopt.core.logging import progress, short_postfix
 from prefopt.core.models import load_model
 from prefopt.loops.common import MetricAccumulator, NonFiniteGuard, seed_everything, start_run
 from prefopt.loops.layouts import offline_layout
-from prefopt.loops.offline_data import (
-    epoch_order,
-    micro_batches,
-    tokenize_items,
-    train_eval_paths,
-)
+from prefopt.loops.offline_data import make_plan, tokenize_items, train_eval_paths
 from prefopt.loops.offline_step import StepContext, implicit_reward_margins, pairwise_loss, ranked_loss
 from prefopt.loops.ref_cache import precompute_reference
 from prefopt.loops.reference import Reference, is_peft, refresh_reference, resolve_mode
 
 
-@dataclass
-class Plan:
-    """Micro-batches per stage and the optimizer-step budget (per stage and in total)."""
-
-    stages: list[int]
-    batches: dict[int, list[list[Any]]]
-    total_steps: int
-    stage_steps: dict[int, int] = field(default_factory=dict)
-
-
-def make_plan(cfg: Any, items: list, spec: Any, rank: int, world: int) -> Plan:
-    """Order the data into this rank's micro-batches, stage by stage.
-
-    * Every epoch is a seeded shuffle of the stage's pool (no shuffle across curriculum stages;
-      ``curriculum: ordered`` keeps the file order inside a stage too, ``shuffled`` mixes all stages).
-    * Fractional ``epochs`` (e.g. 1.5) run ``ceil(epochs)`` shuffled epochs cut to
-      ``round(epochs * micro-batches per epoch)``. ``max_steps`` > 0 overrides ``epochs`` for a
-      single-stage run (epochs repeat as needed) and caps the total for a curriculum.
-    * Each stage holds a whole number of optimizer steps (``grad_accum`` micro-batches), so an
-      accumulation window never spans a stage boundary (iterative Curry-DPO swaps the reference there).
-    """
-    accum = cfg.optim.grad_accum
-    curriculum = spec.curriculum and cfg.curriculum != "shuffled"
-    stages = sorted({it.stage for it in items}) if curriculum else [1]
-    batches: dict[int, list] = {}
-    for s in stages:
-        pool = [it for it in items if not curriculum or it.stage == s]
-        shuffle = cfg.data.shuffle and not (curriculum and cfg.curriculum == "ordered")
-        per_epoch = len(micro_batches(pool, cfg.batch_size, rank, world))
-        if per_epoch == 0:
-            continue
-        if cfg.max_steps and len(stages) == 1:
-            want = cfg.max_steps * accum  # max_steps overrides epochs (data repeats as needed)
-        else:
-            want = round(max(cfg.epochs, 0.0) * per_epoch)
-        want = max(accum, want - want % accum)
-        seq: list = []
-        epoch = 0
-        while len(seq) < want:
-            seq += micro_batches(epoch_order(pool, epoch, cfg.run.seed, shuffle), cfg.batch_size, rank, world)
-            epoch += 1
-        batches[s] = seq[:want]
-    stages = [s for s in stages if s in batches]
-    if not stages:
-        raise DataError(f"not enough examples for one batch: {len(items)} usable item(s), batch_size "
-                        f"{cfg.batch_size} x {world} process(es)")
-    stage_steps = {s: len(batches[s]) // accum for s in stages}
-    steps = sum(stage_steps.values())
-    if cfg.max_steps:
-        steps = min(steps, cfg.max_steps)
-    return Plan(stages, batches, steps, stage_steps)
-
-
 def _build_context(cfg: Any, spec: Any, model: Any, tok: Any, backend: Any) -> StepContext:
-    hp = spec.build_hparams(cfg.loss)
+    hp = spec.build_hparams(cfg.loss)  # typed once in TrainConfig: returned as it is
     ctx = StepContext(spec=spec, loss_spec=spec.loss_spec(), hparams=hp, pad_id=tok.pad_token_id,
                       precision=cfg.precision, device=backend.device, layout=offline_layout(cfg, spec, model))
     mode = resolve_mode(cfg.reference.mode, model, spec.needs_ref)
@@ -195,11 +135,18 @@ def _micro_step(ctx: StepContext, model: Any, items: list, backend: Any, acc: Me
         ctx.extras["lcpo_counts"] = ctx.extras.get("lcpo_counts", 0) + counts
 
 
-def _after_optimizer_step(ctx: StepContext, backend: Any) -> None:
+def _after_optimizer_step(cfg: Any, ctx: StepContext, model: Any, backend: Any, step: int) -> int:
+    """Algorithm state after optimizer step ``step``: LCPO's eta update; TR-DPO's soft reference sync
+    every ``reference.sync_every`` steps. Returns the number of syncs made (0 or 1)."""
     if ctx.lcpo_state is not None and "lcpo_sums" in ctx.extras:
         sums = backend.all_reduce_sum(ctx.extras.pop("lcpo_sums"))
         counts = backend.all_reduce_sum(ctx.extras.pop("lcpo_counts"))
         ctx.lcpo_state.update(sums=sums, counts=counts)
+    sync_every = cfg.reference.sync_every
+    if sync_every and step % sync_every == 0:
+        ctx.reference.soft_sync(model, cfg.reference.sync_alpha)
+        return 1
+    return 0
 
 
 def _algo_state(ctx: StepContext) -> dict[str, Any]:
@@ -271,6 +218,71 @@ def _restore(cfg: Any, spec: Any, ctx: StepContext, model: Any, backend: Any, ru
     return ckpt, state["step"], state["stage_index"], state["data_pos"]
 
 
+def _load_data(cfg: Any, spec: Any, tok: Any, backend: Any) -> tuple[list, list, dict]:
+    """``(train items, eval items, train data stats)``; an empty eval file means no held-out eval."""
+    policy = LengthPolicy(cfg.data.max_length, cfg.data.max_prompt_length, cfg.data.overlong)
+    train_path, eval_path = train_eval_paths(cfg.data.path, cfg.data.eval_path)
+    items, data_stats = tokenize_items(train_path, spec.schema, tok, policy, cfg.data.max_train_examples,
+                                       cfg.data.on_error)
+    eval_items, eval_stats = (tokenize_items(eval_path, spec.schema, tok, policy, cfg.data.max_eval_examples,
+                                             cfg.data.on_error)
+                              if eval_path else ([], {}))
+    if backend.is_main:
+        print_data_summary(str(train_path), data_stats, len(items))
+        if eval_stats:
+            print_data_summary(str(eval_path), eval_stats, len(eval_items))
+    return items, eval_items, data_stats
+
+
+def _prepare(cfg: Any, spec: Any, model: Any, tok: Any, backend: Any, first_budget: int) -> tuple:
+    """``(step context, engine, unwrapped model)``: reference, algorithm state, optimizer (+ mask head)."""
+    model.train()
+    ctx = _build_context(cfg, spec, model, tok, backend)
+    extra_groups = None
+    if ctx.mask_head is not None:
+        extra_groups = [{"params": list(ctx.mask_head.parameters()), "weight_decay": cfg.sparsepo.weight_decay}]
+        ctx.mask_head.to(backend.device)
+    engine = backend.prepare(model, first_budget, extra_groups)
+    return ctx, engine, backend.unwrap()
+
+
+def _step_metrics(cfg: Any, ctx: StepContext, model: Any, eval_items: list, stats: dict, stage: int,
+                  step: int, syncs: int, acc: MetricAccumulator, backend: Any) -> dict[str, float]:
+    """One optimizer step's log row: reduced loss metrics, optimizer stats, algorithm state, eval."""
+    metrics = {**acc.reduce(backend), **stats, "curry/stage": float(stage)}
+    if cfg.reference.sync_every:
+        metrics["ref/syncs"] = float(syncs)
+    if ctx.lcpo_state is not None:
+        metrics.update({f"lcpo/eta_{k}": float(v) for k, v in enumerate(ctx.lcpo_state.eta)})
+    if cfg.run.eval_every and step % cfg.run.eval_every == 0:
+        metrics.update(evaluate(ctx, model, eval_items, cfg.batch_size))
+    return metrics
+
+
+def _next_stage_reference(cfg: Any, ctx: StepContext, model: Any, backend: Any, budget: int) -> tuple:
+    """Iterative Curry-DPO: the policy becomes the next stage's frozen reference; fresh optimizer."""
+    model, ctx.reference = refresh_reference(model, ctx.reference, cfg.model.lora)
+    ctx.reference.to(backend.device)
+    model.train()
+    engine = backend.prepare(model, budget)
+    return engine, backend.unwrap()
+
+
+def _finish(cfg: Any, ctx: StepContext, model: Any, tok: Any, backend: Any, run_dir: Path,
+            summary: dict[str, Any]) -> dict[str, Any]:
+    """Save the policy and ``summary.json`` (plus algorithm state and the TR-DPO sync count)."""
+    syncs = summary.pop("ref_syncs")
+    summary.update({"algorithm": cfg.algorithm,
+                    **{k: v for k, v in _algo_state(ctx).items() if k != "mask_head"}})
+    if cfg.reference.sync_every:
+        summary["ref_syncs"] = syncs
+    save_policy(model, tok, run_dir / "final", backend, cfg.model.name)
+    if backend.is_main:
+        atomic_write_json(run_dir / "summary.json", summary)
+    backend.barrier()
+    return summary
+
+
 def run_offline(cfg: Any) -> dict[str, Any]:  # noqa: C901, PLR0915 - the loop, top to bottom
     """Train an offline algorithm from ``cfg`` (a :class:`prefopt.configs.TrainConfig`)."""
     seed_everything(cfg.run.seed)
@@ -278,29 +290,12 @@ def run_offline(cfg: Any) -> dict[str, Any]:  # noqa: C901, PLR0915 - the loop, 
     backend = make_backend(cfg.backend, cfg.optim, cfg.batch_size)
     check_runtime(cfg, spec, backend)
     run_dir, logger = start_run(cfg, backend.is_main)
-    policy = LengthPolicy(cfg.data.max_length, cfg.data.max_prompt_length, cfg.data.overlong)
-    train_path, eval_path = train_eval_paths(cfg.data.path, cfg.data.eval_path)
     model, tok = load_model(cfg.model, seed=cfg.run.seed)
-    items, data_stats = tokenize_items(train_path, spec.schema, tok, policy, cfg.data.max_train_examples,
-                                       cfg.data.on_error)
-    eval_items, eval_stats = (tokenize_items(eval_path, spec.schema, tok, policy, cfg.data.max_eval_examples,
-                                             cfg.data.on_error)
-                              if eval_path and eval_path.stat().st_size > 0 else ([], {}))  # empty test: no eval
-    if backend.is_main:
-        print_data_summary(str(train_path), data_stats, len(items))
-        if eval_stats:
-            print_data_summary(str(eval_path), eval_stats, len(eval_items))
+    items, eval_items, data_stats = _load_data(cfg, spec, tok, backend)
     plan = make_plan(cfg, items, spec, backend.rank, backend.world_size)
     iterative = spec.curriculum and cfg.curriculum == "iterative" and len(plan.stages) > 1
-    model.train()
-    ctx = _build_context(cfg, spec, model, tok, backend)
-    extra_groups = ([{"params": list(ctx.mask_head.parameters()), "weight_decay": cfg.sparsepo.weight_decay}]
-                    if ctx.mask_head is not None else None)
-    if ctx.mask_head is not None:
-        ctx.mask_head.to(backend.device)
-    first_budget = plan.stage_steps[plan.stages[0]] if iterative else plan.total_steps
-    engine = backend.prepare(model, first_budget, extra_groups)
-    model = backend.unwrap()
+    budget = plan.stage_steps[plan.stages[0]] if iterative else plan.total_steps
+    ctx, engine, model = _prepare(cfg, spec, model, tok, backend, budget)
     if cfg.reference.mode == "precompute" and ctx.reference is not None:
         _prepare_reference_cache(ctx, model, items, eval_items, cfg, run_dir, backend)
     ckpt, step, stage_i, pos = _restore(cfg, spec, ctx, model, backend, run_dir)
@@ -312,13 +307,11 @@ def run_offline(cfg: Any) -> dict[str, Any]:  # noqa: C901, PLR0915 - the loop, 
     if first:
         logger.log(first, step)
     guard, acc = NonFiniteGuard(cfg.run.on_nonfinite), MetricAccumulator()
-    sync_every, syncs = cfg.reference.sync_every, 0
-    if sync_every:
-        syncs = step // sync_every  # syncs already made before a resumed step
+    sync_every = cfg.reference.sync_every
+    syncs = step // sync_every if sync_every else 0  # syncs made before a resumed step
     bar = progress(total=plan.total_steps, initial=step, desc=f"train {cfg.algorithm}")
     while stage_i < len(plan.stages) and step < plan.total_steps:
-        stage = plan.stages[stage_i]
-        for mb in plan.batches[stage][pos:]:
+        for mb in plan.batches[plan.stages[stage_i]][pos:]:
             _micro_step(ctx, engine, mb, backend, acc, guard, step)
             pos += 1
             stats = backend.step()
@@ -326,17 +319,9 @@ def run_offline(cfg: Any) -> dict[str, Any]:  # noqa: C901, PLR0915 - the loop, 
                 continue
             guard.grad_ok(stats, step + 1)
             step += 1
-            _after_optimizer_step(ctx, backend)
-            if sync_every and step % sync_every == 0:
-                ctx.reference.soft_sync(model, cfg.reference.sync_alpha)
-                syncs += 1
-            metrics = {**acc.reduce(backend), **stats, "curry/stage": float(stage)}
-            if sync_every:
-                metrics["ref/syncs"] = float(syncs)
-            if ctx.lcpo_state is not None:
-                metrics.update({f"lcpo/eta_{k}": float(v) for k, v in enumerate(ctx.lcpo_state.eta)})
-            if cfg.run.eval_every and step % cfg.run.eval_every == 0:
-                metrics.update(evaluate(ctx, model, eval_items, cfg.batch_size))
+            syncs += _after_optimizer_step(cfg, ctx, model, backend, step)
+            metrics = _step_metrics(cfg, ctx, model, eval_items, stats, plan.stages[stage_i], step, syncs,
+                                    acc, backend)
             if step % cfg.run.log_every == 0:
                 bar.set_postfix_str(short_postfix(logger.log(metrics, step)), refresh=False)
             bar.update(1)
@@ -348,45 +333,31 @@ def run_offline(cfg: Any) -> dict[str, Any]:  # noqa: C901, PLR0915 - the loop, 
                 break
         stage_i, pos = stage_i + 1, 0
         if iterative and stage_i < len(plan.stages) and step < plan.total_steps:
-            model, ctx.reference = refresh_reference(model, ctx.reference, cfg.model.lora)
-            ctx.reference.to(backend.device)
-            model.train()
-            engine = backend.prepare(model, plan.stage_steps[plan.stages[stage_i]])
-            model = backend.unwrap()
+            engine, model = _next_stage_reference(cfg, ctx, model, backend, plan.stage_steps[plan.stages[stage_i]])
     bar.close()
     final = evaluate(ctx, model, eval_items, cfg.batch_size)
     logger.log({**final, "train/skipped_nonfinite": float(guard.skipped)}, step)
     logger.close()
-    summary = {"steps": step, "first_eval": first, "final_eval": final, "data": data_stats,
-               "algorithm": cfg.algorithm, **{k: v for k, v in _algo_state(ctx).items() if k != "mask_head"}}
-    if sync_every:
-        summary["ref_syncs"] = syncs
-    save_policy(model, tok, run_dir / "final", backend, cfg.model.name)
-    if backend.is_main:
-        atomic_write_json(run_dir / "summary.json", summary)
-    backend.barrier()
-    return summary
+    return _finish(cfg, ctx, model, tok, backend, run_dir, {"steps": step, "first_eval": first,
+                                                             "final_eval": final, "data": data_stats,
+                                                             "ref_syncs": syncs})
 
 
 def save_policy(model: Any, tok: Any, out: Path, backend: Any = None, base_model: str = "") -> None:
     """Write the trained policy (main process): a LoRA adapter folder (PEFT ``adapter_model``, to load on
     top of ``base_model``) or a full safetensors model, plus the tokenizer and ``prefopt.json``.
 
-    Under ZeRO-3 the partitioned parameters are gathered first (a collective: every rank calls this).
+    With a ``backend`` this is a collective (:meth:`prefopt.core.backend.Backend.save_model` gathers
+    ZeRO-3 partitions); without one the caller is the only process that writes.
     """
-    is_main = backend is None or backend.is_main
-    gather, kwargs = contextlib.nullcontext(), {}
-    zero3 = backend is not None and getattr(backend, "zero_stage", 0) == 3
-    if zero3:
-        import deepspeed
+    def write(state_dict: dict | None) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        kwargs = {} if state_dict is None else {"state_dict": state_dict}
+        model.save_pretrained(str(out), safe_serialization=True, **kwargs)
+        tok.save_pretrained(str(out))
+        (out / "prefopt.json").write_text(json.dumps({"lora": is_peft(model), "base_model": base_model}))
 
-        gather = deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
-    with gather:
-        if is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            if zero3:
-                kwargs["state_dict"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            model.save_pretrained(str(out), safe_serialization=True, **kwargs)
-            tok.save_pretrained(str(out))
-            lora = is_peft(model)
-            (out / "prefopt.json").write_text(json.dumps({"lora": lora, "base_model": base_model}))
+    if backend is None:
+        write(None)
+    else:
+        backend.save_model(model, write)

@@ -6,8 +6,7 @@ curriculum data), so a resumed run replays exactly the same micro-batches.
 """
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,9 @@ from data_pipelines.tokenize import (
     tokenize_ranked,
 )
 from prefopt.core.errors import DataError
+from prefopt.core.loop import epoch_order, micro_batches, repeat_epochs, train_eval_paths, whole_steps
+
+__all__ = ["Item", "Plan", "make_plan", "tokenize_items", "train_eval_paths", "epoch_order", "micro_batches"]
 
 
 @dataclass(frozen=True)
@@ -31,27 +33,6 @@ class Item:
     index: int
     stage: int = 1
     annotator: int = 0
-
-
-def _resolve(path: str, name: str) -> Path | None:
-    p = Path(path)
-    if p.is_dir():
-        p = p / name
-        return p if p.is_file() else None
-    return p
-
-
-def train_eval_paths(path: str, eval_path: str | None) -> tuple[Path, Path | None]:
-    """``(train file, eval file or None)`` from a built folder or explicit files."""
-    if not path:
-        raise DataError("data.path is empty: point it at a folder from `prefopt data build` or a .jsonl")
-    train = _resolve(path, "train.jsonl")
-    if train is None or not train.is_file():
-        raise DataError(f"training data not found: {path} (expected a .jsonl file or a folder with train.jsonl)")
-    evalp = Path(eval_path) if eval_path else _resolve(path, "test.jsonl") if Path(path).is_dir() else None
-    if evalp is not None and not evalp.is_file():
-        raise DataError(f"eval data not found: {evalp}")
-    return train, evalp
 
 
 def tokenize_items(path: Path, schema: str, tokenizer: Any, policy: LengthPolicy,
@@ -76,20 +57,49 @@ def tokenize_items(path: Path, schema: str, tokenizer: Any, policy: LengthPolicy
     return items, counts
 
 
-def epoch_order(items: list[Item], epoch: int, seed: int, shuffle: bool) -> list[Item]:
-    """Seeded order for one epoch (deterministic, identical on every rank)."""
-    order = list(items)
-    if shuffle:
-        random.Random(seed * 1000003 + epoch).shuffle(order)
-    return order
+@dataclass
+class Plan:
+    """Micro-batches per stage and the optimizer-step budget (per stage and in total)."""
+
+    stages: list[int]
+    batches: dict[int, list[list[Any]]]
+    total_steps: int
+    stage_steps: dict[int, int] = field(default_factory=dict)
 
 
-def micro_batches(order: list[Item], batch_size: int, rank: int, world: int) -> list[list[Item]]:
-    """Split an epoch into global batches of ``batch_size * world``; this rank takes its slice.
+def make_plan(cfg: Any, items: list, spec: Any, rank: int, world: int) -> Plan:
+    """Order the data into this rank's micro-batches, stage by stage.
 
-    The tail that cannot fill every rank's micro-batch is dropped so all ranks step together.
+    * Every epoch is a seeded shuffle of the stage's pool (no shuffle across curriculum stages;
+      ``curriculum: ordered`` keeps the file order inside a stage too, ``shuffled`` mixes all stages).
+    * Fractional ``epochs`` (e.g. 1.5) run ``ceil(epochs)`` shuffled epochs cut to
+      ``round(epochs * micro-batches per epoch)``. ``max_steps`` > 0 overrides ``epochs`` for a
+      single-stage run (epochs repeat as needed) and caps the total for a curriculum.
+    * Each stage holds a whole number of optimizer steps (``grad_accum`` micro-batches), so an
+      accumulation window never spans a stage boundary (iterative Curry-DPO swaps the reference there).
     """
-    global_bs = batch_size * world
-    n = len(order) // global_bs
-    return [order[i * global_bs + rank * batch_size: i * global_bs + (rank + 1) * batch_size]
-            for i in range(n)]
+    accum = cfg.optim.grad_accum
+    curriculum = spec.curriculum and cfg.curriculum != "shuffled"
+    stages = sorted({it.stage for it in items}) if curriculum else [1]
+    batches: dict[int, list] = {}
+    for s in stages:
+        pool = [it for it in items if not curriculum or it.stage == s]
+        shuffle = cfg.data.shuffle and not (curriculum and cfg.curriculum == "ordered")
+        per_epoch = len(micro_batches(pool, cfg.batch_size, rank, world))
+        if per_epoch == 0:
+            continue
+        if cfg.max_steps and len(stages) == 1:
+            want = cfg.max_steps * accum  # max_steps overrides epochs (data repeats as needed)
+        else:
+            want = round(max(cfg.epochs, 0.0) * per_epoch)
+        batches[s] = repeat_epochs(pool, whole_steps(want, accum), batch_size=cfg.batch_size, rank=rank,
+                                   world=world, seed=cfg.run.seed, shuffle=shuffle)
+    stages = [s for s in stages if s in batches]
+    if not stages:
+        raise DataError(f"not enough examples for one batch: {len(items)} usable item(s), batch_size "
+                        f"{cfg.batch_size} x {world} process(es)")
+    stage_steps = {s: len(batches[s]) // accum for s in stages}
+    steps = sum(stage_steps.values())
+    if cfg.max_steps:
+        steps = min(steps, cfg.max_steps)
+    return Plan(stages, batches, steps, stage_steps)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -62,7 +63,7 @@ def online_config(cfg: Any) -> OnlineConfig:
 
 def total_steps(spec: Any, oc: OnlineConfig) -> int:
     """Optimizer steps of the run (EGPO: full extragradient updates)."""
-    if spec.driver in ("egpo", "online_ipo"):
+    if spec.rollout_every_step:
         return oc.rounds * oc.minibatches
     return oc.rounds * oc.num_iterations * oc.minibatches
 
@@ -87,8 +88,6 @@ def _vllm_model_source(cfg: Any, backend: Any, model: Any, tok: Any) -> tuple[st
     name (revision / trust_remote_code passed on); anything else (tiny-* models) -> the initial policy
     saved to ``<run_dir>/vllm_init`` (LoRA merged, i.e. the base weights).
     """
-    from pathlib import Path
-
     from prefopt.core.models import EMBEDDED_NAME, TINY_CONFIGS, prepare_embedded_model
     from prefopt.generation.sync import policy_state_for_inference, unwrap_model
 
@@ -143,10 +142,10 @@ def build_context(cfg: Any, spec: Any, backend: Any, model: Any, tok: Any, *, en
     from prefopt.rewards import PolicyReferee, build_reward_source
 
     oc = online_config(cfg)
-    if spec.name == "urpo":
+    if spec.self_referee:
         oc = _urpo_defaults(oc)
     oc = dataclasses.replace(oc, layout=online_layout(cfg, oc.layout, model))
-    hp = spec.build_hparams(cfg.loss)
+    hp = spec.build_hparams(cfg.loss)  # typed once in TrainConfig: returned as it is
     needs_ref = {"group": bool(getattr(hp, "beta", 0.0)), "dno": bool(getattr(hp, "tau", 0.0))}.get(spec.driver, True)
     mode = resolve_mode(cfg.reference.mode, model, needs_ref)
     if mode == "precompute":
@@ -218,11 +217,11 @@ def _round_prompts(prompts: Sequence[Any], r: int, per_round: int, seed: int) ->
 
 def run_round(ctx: OnlineContext, examples: Sequence[Any], r: int, step: int) -> Iterator[tuple[dict | None, dict]]:
     """Yield ``(optimizer stats, metrics)`` after each optimizer step of round ``r``."""
-    from prefopt.loops.online_egpo import collect_egpo, egpo_update
+    from prefopt.loops.online_egpo import STEP_UPDATES
 
     oc, driver = ctx.oc, ctx.spec.driver
     seed = ctx.cfg.run.seed * 1_000_003 + r * 1009 + ctx.backend.rank * 17
-    if driver in ("egpo", "online_ipo"):
+    if ctx.spec.rollout_every_step:
         # Rollouts are drawn between optimizer steps (EGPO: also at θ_{t+½} after the half step), so a
         # generator with its own weights (vLLM) is synced after every step. EGPO's restore of θ_t is
         # followed by the full step before anything is generated, so it needs no sync of its own.
@@ -233,12 +232,7 @@ def run_round(ctx: OnlineContext, examples: Sequence[Any], r: int, step: int) ->
 
         for k in range(oc.minibatches):
             part = list(examples)[k::oc.minibatches]
-            if driver == "egpo":
-                yield egpo_update(ctx, part, seed + 2 * k, synced_step)
-            else:
-                buf = collect_egpo(ctx, part, seed + 2 * k)
-                stats, m = synced_step(buf)
-                yield stats, {**buf.metrics, **m}
+            yield STEP_UPDATES[driver](ctx, part, seed + 2 * k, synced_step)
         return
     buf = COLLECTORS[driver](ctx, examples, seed)
     for _ in range(oc.num_iterations):
@@ -294,20 +288,21 @@ def _check(ctx: OnlineContext) -> None:
     if oc.prompts_per_round % w:
         raise ConfigError(f"online.prompts_per_round={oc.prompts_per_round} must be a multiple of the "
                           f"number of processes ({w})")
-    if ctx.spec.driver == "egpo" and not hasattr(ctx.backend, "state_dict"):
-        raise ConfigError("EGPO's extragradient step restores the optimizer state; it needs backend.kind=single")
-    if ctx.spec.driver == "p3o" and oc.num_generations != 2:
-        raise ConfigError("P3O compares two responses per prompt: set online.num_generations: 2")
+    spec = ctx.spec
+    if spec.restores_optimizer and not hasattr(ctx.backend, "state_dict"):
+        raise ConfigError(f"{spec.name}'s extragradient step restores the optimizer state; it needs "
+                          "backend.kind=single")
+    if spec.generations is not None and oc.num_generations != spec.generations:
+        raise ConfigError(f"{spec.name} compares {spec.generations} responses per prompt: set "
+                          f"online.num_generations: {spec.generations}")
 
 
 def run_online(cfg: Any, *, scorer: Any = None) -> dict[str, Any]:  # noqa: C901, PLR0915 - the loop
     """Train an online algorithm from ``cfg`` (a :class:`prefopt.configs.TrainConfig`)."""
     from prefopt.algorithms import get_algorithm
     from prefopt.core.backend import make_backend
-    from prefopt.core.io import atomic_write_json
     from prefopt.core.models import load_model
     from prefopt.data.prompts import load_prompts
-    from prefopt.loops.offline import save_policy
 
     seed_everything(cfg.run.seed)
     spec, oc = get_algorithm(cfg.algorithm), online_config(cfg)
@@ -351,12 +346,23 @@ def run_online(cfg: Any, *, scorer: Any = None) -> dict[str, Any]:  # noqa: C901
         if cfg.run.save_every and (r + 1) % cfg.run.save_every == 0:
             save_checkpoint(run_dir, step, ctx.model, backend, {"round": r + 1, "ref_texts": ref_texts},
                             cfg.run.keep_last)
-    final = evaluate(ctx, held_out, ref_texts)[0] if wr >= 0 and held_out else {}
-    logger.log({**final, "train/skipped_nonfinite": float(ctx.guard.skipped)}, step)
+    return _finish(ctx, tok, held_out, ref_texts, logger, run_dir,
+                   {"algorithm": cfg.algorithm, "steps": step, "rounds": oc.rounds, "first_eval": first,
+                    "reward_curve": curve})
+
+
+def _finish(ctx: OnlineContext, tok: Any, held_out: list, ref_texts: list[str] | None, logger: Any,
+            run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """Final held-out evaluation and log row; the policy and ``summary.json`` from the main process."""
+    from prefopt.core.io import atomic_write_json
+    from prefopt.loops.offline import save_policy
+
+    final = evaluate(ctx, held_out, ref_texts)[0] if ctx.oc.win_rate_every >= 0 and held_out else {}
+    logger.log({**final, "train/skipped_nonfinite": float(ctx.guard.skipped)}, summary["steps"])
     logger.close()
-    summary = {"algorithm": cfg.algorithm, "steps": step, "rounds": oc.rounds, "first_eval": first,
-               "final_eval": final, "reward_curve": curve}
-    if backend.is_main:
+    curve = summary.pop("reward_curve")
+    summary.update({"final_eval": final, "reward_curve": curve})
+    if ctx.backend.is_main:
         save_policy(ctx.model, tok, run_dir / "final")
         atomic_write_json(run_dir / "summary.json", summary)
     return summary

@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from prefopt.losses.dno import DNOPairParams
+
 
 @dataclass(frozen=True)
 class PromptSourceConfig:
@@ -72,13 +74,11 @@ class RewardSourceConfig:
 
 
 @dataclass(frozen=True)
-class DNOConfig:
+class DNOConfig(DNOPairParams):
     """DNO-Prct pair building: judge scores are integers 1 + round(5 · s), s ∈ [0, 1] the sample's
-    mean oracle win probability against the other K − 1 samples (or its scalar reward in [0, 1])."""
-
-    min_positive: int = 5
-    teacher_margin: int = 2
-    student_margin: int = 1
+    mean oracle win probability against the other K − 1 samples (or its scalar reward in [0, 1]).
+    The pair rule (``min_positive``, ``teacher_margin``, ``student_margin``) is
+    :class:`prefopt.losses.dno.DNOPairParams`."""
     # "preference": s = mean_j P(y_i > y_j) from the oracle; "reward": s = clamp(reward, 0, 1).
     score_from: Literal["preference", "reward"] = "preference"
     # Add PromptExample.answer as the teacher (gold) candidate.

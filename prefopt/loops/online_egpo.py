@@ -153,3 +153,15 @@ def egpo_update(ctx: Any, examples: Sequence[Any], seed: int,
     metrics.update(full.metrics)
     ctx.last_egpo = (snap, full)
     return stats, metrics
+
+
+def online_ipo_update(ctx: Any, examples: Sequence[Any], seed: int,
+                      step_fn: Callable[[Buffer], tuple[dict | None, dict]]) -> tuple[dict | None, dict]:
+    """One online-IPO update: a fresh pair batch at the current policy, then ``step_fn``'s optimizer step."""
+    buf = collect_egpo(ctx, examples, seed)
+    stats, metrics = step_fn(buf)
+    return stats, {**buf.metrics, **metrics}
+
+
+# Drivers whose rollouts are drawn between optimizer steps (spec.rollout_every_step): one update each.
+STEP_UPDATES = {"egpo": egpo_update, "online_ipo": online_ipo_update}

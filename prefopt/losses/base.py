@@ -34,27 +34,13 @@ sequence-level precomputed reference log-probs cannot serve the loss (SparsePO n
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor
 
-
-@dataclass(frozen=True)
-class LossOutput:
-    """Result of a loss function.
-
-    Attributes:
-        loss: per-example loss, shape (B,); the trainer takes the mean.
-        metrics: ``{name: detached tensor}`` to log (TRL names, spec section 7); scalars are batch means.
-        aux: detached per-example tensors the trainer needs beyond logging (e.g. LCPO's ``w`` for the
-            eta EMA); not logged.
-    """
-
-    loss: Tensor
-    metrics: dict[str, Tensor] = field(default_factory=dict)
-    aux: dict[str, Tensor] = field(default_factory=dict)
+from prefopt.core.loss_output import LossOutput  # noqa: F401  (re-exported: the one definition)
 
 
 @dataclass(frozen=True)

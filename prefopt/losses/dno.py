@@ -33,7 +33,8 @@ class DNOParams:
 
 @dataclass(frozen=True)
 class DNOPairParams:
-    """Large-margin pair rule of DNO-Prct (§3.2 of the paper; spec §2)."""
+    """Large-margin pair rule of DNO-Prct (Rosset et al. 2024, §3.2). The one place its defaults are written:
+    :func:`dno_pairs` and the online ``dno:`` config section take them from here."""
 
     min_positive: int = 5     # positive must score ≥ 5 (i.e. 5 or 6 on the 6-point rubric)
     teacher_margin: int = 2   # negative ≥ 2 points below a teacher (gold) positive
@@ -41,7 +42,8 @@ class DNOPairParams:
 
 
 def dno_pairs(scores: Mapping[Hashable, int], teacher_ids: Iterable[Hashable] = ("gold",), *,
-              min_positive: int = 5, teacher_margin: int = 2, student_margin: int = 1,
+              min_positive: int = DNOPairParams.min_positive, teacher_margin: int = DNOPairParams.teacher_margin,
+              student_margin: int = DNOPairParams.student_margin,
               bad_ids: Iterable[Hashable] = ()) -> list[tuple[Hashable, Hashable]]:
     """Every qualifying ``(positive, negative)`` pair from one prompt's judge scores.
 

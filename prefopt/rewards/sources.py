@@ -26,11 +26,15 @@ __all__ = ["RewardSource", "build_reward_source", "load_scorer"]
 
 
 def _is_gpm(scorer: Any) -> bool:
-    return getattr(scorer, "kind", None) == "gpm"
+    from reward_models.kinds import is_pairwise_scorer
+
+    return is_pairwise_scorer(scorer)
 
 
-def _members_are_polar(scorer: Any) -> bool:
-    return any(getattr(m, "kind", None) == "polar" for m in getattr(scorer, "members", ()))
+def _needs_reference(scorer: Any) -> bool:
+    from reward_models.kinds import needs_reference
+
+    return needs_reference(scorer)
 
 
 class RewardSource:
@@ -63,7 +67,7 @@ class RewardSource:
                         answers: Sequence[Any] | None = None) -> Tensor:
         if not _is_gpm(self.scorer):
             kw = {}
-            if getattr(self.scorer, "kind", None) == "polar" or _members_are_polar(self.scorer):
+            if _needs_reference(self.scorer):
                 if answers is None or any(a is None for a in answers):
                     raise ValueError("a POLAR reward model scores an answer against a reference answer: "
                                      "every prompt needs one (the `answer` column)")
@@ -147,22 +151,14 @@ class RewardSource:
 
 def load_scorer(paths: Sequence[str], tokenizer: Any = None, *, method: str = "mean", lam: float = 0.5,
                 device: Any = None, **scorer_kwargs: Any) -> Any:
-    """A ``ModelScorer`` for one reward-model directory, an ``EnsembleScorer`` for several.
+    """A ``ModelScorer`` for one reward-model directory, an ``EnsembleScorer`` for several; a folder
+    without tokenizer files uses ``tokenizer`` (the policy's), else its base model's.
 
     ``scorer_kwargs`` go to every :class:`~reward_models.scorer.ModelScorer` (``batch_size``,
     ``max_length``, ``layout``, ``bf16``)."""
-    from prefopt.core.models import load_tokenizer
-    from reward_models.models import RewardModel
-    from reward_models.scorer import EnsembleScorer, ModelScorer
+    from reward_models.scorer import EnsembleScorer, load_model_scorer
 
-    members = []
-    for path in paths:
-        model = RewardModel.load(path, device=device)
-        try:
-            tok = load_tokenizer(path)
-        except Exception:  # noqa: BLE001 - RM folders without a tokenizer use the policy's
-            tok = tokenizer
-        members.append(ModelScorer(model, tok, **scorer_kwargs))
+    members = [load_model_scorer(path, tokenizer, device=device, **scorer_kwargs) for path in paths]
     if len(members) == 1:
         return members[0]
     return EnsembleScorer(members, method, lam=lam)

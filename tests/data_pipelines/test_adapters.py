@@ -6,7 +6,7 @@ import json
 import pytest
 
 from data_pipelines.adapters import adapt, adapter_names
-from data_pipelines.adapters_ranked import html_to_text
+from data_pipelines.adapters.ranked import html_to_text
 from data_pipelines.errors import Issues
 from data_pipelines.schemas import PairwiseExample, PromptExample, RankedExample
 from data_pipelines.sources import RawRecord, read_records

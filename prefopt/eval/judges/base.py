@@ -40,7 +40,9 @@ class RMJudge:
 
     def __init__(self, scorer: Any, *, name: str = "rm", batch_size: int = 8, polar: bool | None = None):
         self.scorer, self.name, self.batch_size = scorer, name, batch_size
-        self.polar = getattr(scorer, "kind", None) == "polar" if polar is None else polar
+        from reward_models.kinds import needs_reference
+
+        self.polar = needs_reference(scorer) if polar is None else polar
 
     def annotate(self, instructions: Sequence[str], references: Sequence[str], outputs: Sequence[str], *,
                  keys: Sequence[Any] | None = None) -> list[dict[str, Any]]:

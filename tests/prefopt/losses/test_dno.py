@@ -93,3 +93,19 @@ def test_a_d1_minimiser_is_soft_policy_iteration():
     want = torch.softmax(torch.log(pi_t) + r / eta, -1)
     tv = 0.5 * (torch.softmax(theta.detach(), -1) - want).abs().sum().item()
     assert tv < 1e-3
+
+
+def test_pair_rule_defaults_are_written_once():
+    """dno_pairs' keyword defaults and the online ``dno:`` section come from DNOPairParams (5 / 2 / 1)."""
+    import dataclasses
+    import inspect
+
+    from prefopt.loops.online_config import DNOConfig
+
+    rule = DNOPairParams()
+    assert (rule.min_positive, rule.teacher_margin, rule.student_margin) == (5, 2, 1)
+    params = inspect.signature(dno_pairs).parameters
+    for f in dataclasses.fields(DNOPairParams):
+        assert params[f.name].default == getattr(rule, f.name)
+        assert getattr(DNOConfig(), f.name) == getattr(rule, f.name)
+    assert issubclass(DNOConfig, DNOPairParams)

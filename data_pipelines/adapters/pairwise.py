@@ -1,124 +1,17 @@
-"""Adapters: raw records -> schema records (``PairwiseExample``, ``RankedExample``, ...), with validation.
-
-Each adapter is registered in :data:`prefopt.core.registry.DATASETS` as an :class:`AdapterSpec` under a
-plain name (``hh_rlhf``, ``helpsteer``, ``stack_exchange``, ``rewardbench``, ``alpacaeval``,
-``trl_standard``, ``trl_conversational``, ``pairwise``, ``ranked``, ``group``, ``prompt``); builders are
-registered under ``builder.*`` names (see :mod:`data_pipelines.builders`). Call :func:`adapt`.
-
-Every bad record raises a :class:`~data_pipelines.errors.RecordError` naming file, line and field; with
-``on_error: skip`` it is counted by reason instead (``Issues.skipped``).
+"""Pairwise and prompt adapters: HH-RLHF transcripts, RewardBench, AlpacaEval, TRL standard and
+conversational rows, generic ``pairwise`` and ``prompt`` records.
 """
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import re
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from data_pipelines import fields as F
-from data_pipelines.errors import Issues, RecordError
+from data_pipelines.adapters.base import AdaptContext, per_record, record_meta, register_adapter
 from data_pipelines.schemas import Message, PairwiseExample, PromptExample
 from data_pipelines.sources import RawRecord
-from prefopt.core.config import from_dict
-from prefopt.core.errors import ConfigError
-from prefopt.core.registry import DATASETS
 
-
-@dataclass(frozen=True)
-class NoOptions:
-    """Adapters without options (any key given is an unknown-key error)."""
-
-
-@dataclass
-class AdaptContext:
-    """What an adapter sees besides the records: its options, the error policy and the source name."""
-
-    options: Any
-    issues: Issues
-    source: str
-    seen: F.SeenIds = dataclasses.field(default_factory=F.SeenIds)
-    # Loading built records back: keep each record's own ``source`` field (generic adapters).
-    keep_record_source: bool = False
-
-    def source_of(self, rec: RawRecord) -> str:
-        own = rec.data.get("source")
-        return own if self.keep_record_source and isinstance(own, str) else self.source
-
-
-@dataclass(frozen=True)
-class AdapterSpec:
-    """A registered adapter: ``fn(records, ctx) -> iterator of examples`` plus its options schema."""
-
-    name: str
-    fn: Callable[[Iterable[RawRecord], AdaptContext], Iterator[Any]]
-    options: type
-    output: str  # pairwise | ranked | group | prompt
-    doc: str = ""
-    kind: str = "adapter"
-
-
-def register_adapter(name: str, output: str, options: type = NoOptions) -> Callable:
-    """Decorator registering a stream adapter ``fn(records, ctx)`` in ``DATASETS``."""
-
-    def deco(fn: Callable) -> Callable:
-        DATASETS.register(name, AdapterSpec(name, fn, options, output, (fn.__doc__ or "").strip()))
-        return fn
-
-    return deco
-
-
-def per_record(fn: Callable[[RawRecord, AdaptContext], Any]) -> Callable:
-    """Turn ``fn(rec, ctx) -> example`` into a stream adapter applying the error policy per record."""
-
-    def stream(records: Iterable[RawRecord], ctx: AdaptContext) -> Iterator[Any]:
-        for rec in records:
-            try:
-                yield fn(rec, ctx)
-            except RecordError as err:
-                ctx.issues.handle(err)
-
-    stream.__doc__ = fn.__doc__
-    stream.__name__ = fn.__name__
-    return stream
-
-
-def adapt(name: str, records: Iterable[RawRecord], options: dict | None = None,
-          issues: Issues | None = None, source: str = "", keep_record_source: bool = False) -> Iterator[Any]:
-    """Run adapter ``name`` over ``records``.
-
-    Args:
-        name: a registered adapter name.
-        records: raw records from :func:`data_pipelines.sources.read_records`.
-        options: adapter options (unknown keys raise ``ConfigError``).
-        issues: error policy and skip counter (default: raise on the first bad record).
-        source: label stored in each example's ``source`` (and default ids ``<source>:<line>``).
-        keep_record_source: generic adapters keep a record's own ``source`` field (loading built data).
-    """
-    spec = get_adapter(name)
-    try:
-        opts = from_dict(spec.options, options or {}, where="options")
-    except ConfigError as exc:
-        raise ConfigError(f"adapter '{name}': {exc}") from None
-    ctx = AdaptContext(opts, issues or Issues("raise"), source or name, keep_record_source=keep_record_source)
-    return spec.fn(records, ctx)
-
-
-def get_adapter(name: str) -> AdapterSpec:
-    """Look up an adapter; ``ConfigError`` (with a did-you-mean hint) when ``name`` is not one."""
-    if name in DATASETS and getattr(DATASETS.get(name), "kind", None) == "adapter":
-        return DATASETS.get(name)
-    known = adapter_names()
-    hint = difflib.get_close_matches(name, known, n=1)
-    raise ConfigError(f"unknown adapter '{name}'" + (f" (did you mean '{hint[0]}'?)" if hint else "")
-                      + f"; adapters: {', '.join(known)}")
-
-
-def adapter_names() -> list[str]:
-    return [n for n in DATASETS.names() if getattr(DATASETS.get(n), "kind", None) == "adapter"]
-
-
-# --------------------------------------------------------------------------- hh-rlhf transcripts
 _TURN = re.compile(r"\n\n(Human|Assistant):")
 _ROLE = {"Human": "user", "Assistant": "assistant"}
 
@@ -284,7 +177,7 @@ def pairwise(rec: RawRecord, ctx: AdaptContext) -> PairwiseExample:
     """Already-built pairs ``{prompt (str|messages), chosen, rejected, margin?, id?, meta?}``."""
     ex = _checked_pair(rec, ctx, F.prompt(rec, F.require(rec, "prompt")), F.require(rec, "chosen"),
                        F.require(rec, "rejected"))
-    return dataclasses.replace(ex, meta=_meta(rec), source=ctx.source_of(rec))
+    return dataclasses.replace(ex, meta=record_meta(rec), source=ctx.source_of(rec))
 
 
 @register_adapter("prompt", output="prompt")
@@ -296,15 +189,4 @@ def prompt_only(rec: RawRecord, ctx: AdaptContext) -> PromptExample:
     rid = F.record_id(rec, ctx.source)
     if "id" in rec.data:
         ctx.seen.check(rec, rid)
-    return PromptExample(prompt=prompt, id=rid, source=ctx.source_of(rec), answer=answer, meta=_meta(rec))
-
-
-def _meta(rec: RawRecord) -> dict:
-    meta = rec.data.get("meta") or {}
-    if not isinstance(meta, dict):
-        raise F.RecordError("wrong_type", f"expected an object, got {type(meta).__name__}",
-                            file=rec.file, line=rec.line, field="meta")
-    return dict(meta)
-
-
-from data_pipelines import adapters_ranked  # noqa: E402,F401  (registers the ranked/group adapters)
+    return PromptExample(prompt=prompt, id=rid, source=ctx.source_of(rec), answer=answer, meta=record_meta(rec))

@@ -1,6 +1,6 @@
 """Ranked and group adapters: HelpSteer, Stack Exchange, generic ranked/group records, HTML-to-text.
 
-Imported (and so registered) by :mod:`data_pipelines.adapters`.
+Imported (and so registered) by the :mod:`data_pipelines.adapters` package.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from html.parser import HTMLParser
 from typing import Iterable, Iterator, Literal
 
 from data_pipelines import fields as F
-from data_pipelines.adapters import AdaptContext, _meta, per_record, register_adapter
+from data_pipelines.adapters.base import AdaptContext, per_record, record_meta, register_adapter
 from data_pipelines.errors import RecordError
 from data_pipelines.schemas import GroupExample, RankedExample
 from data_pipelines.sources import RawRecord
@@ -179,7 +179,7 @@ def ranked(rec: RawRecord, ctx: AdaptContext) -> RankedExample:
     prompt = F.prompt(rec, F.require(rec, "prompt"))
     responses, scores = F.responses_and_scores(rec, "responses", "scores")
     return RankedExample(prompt=prompt, responses=responses, scores=scores, id=_generic_id(rec, ctx),
-                         source=ctx.source_of(rec), meta=_meta(rec))
+                         source=ctx.source_of(rec), meta=record_meta(rec))
 
 
 @register_adapter("group", output="group")
@@ -189,4 +189,4 @@ def group(rec: RawRecord, ctx: AdaptContext) -> GroupExample:
     prompt = F.prompt(rec, F.require(rec, "prompt"))
     responses, rewards = F.responses_and_scores(rec, "responses", "rewards")
     return GroupExample(prompt=prompt, responses=responses, rewards=rewards, id=_generic_id(rec, ctx),
-                        source=ctx.source_of(rec), meta=_meta(rec))
+                        source=ctx.source_of(rec), meta=record_meta(rec))

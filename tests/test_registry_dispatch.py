@@ -1,0 +1,71 @@
+"""The registries are the dispatch: trainers, loops and the scorer factory never branch on a kind or
+algorithm name (``if kind == "gpm"``); they ask the registered spec (``get_kind(kind).pairwise``)."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCANNED = [*sorted((ROOT / "reward_models").glob("*.py")), *sorted((ROOT / "prefopt" / "loops").glob("*.py")),
+           ROOT / "prefopt" / "eval" / "scorers.py", ROOT / "prefopt" / "eval" / "alpacaeval.py",
+           ROOT / "prefopt" / "eval" / "judges" / "base.py", ROOT / "prefopt" / "rewards" / "sources.py",
+           ROOT / "prefopt" / "export.py", ROOT / "prefopt" / "train.py"]
+NAMES = {"kind", "algorithm", "driver", "name"}  # what a registry key is called in this code base
+# (file, literal): comparisons that are not dispatch.
+ALLOWED = {
+    ("prefopt/eval/scorers.py", "auto"),  # --kind auto: read the kind from the checkpoint first
+    ("reward_models/ensemble.py", "shared_backbone"),  # a file-format tag in ensemble.json, not a kind
+}
+
+
+def _key_name(node: ast.AST) -> str | None:
+    """``kind`` for ``kind``, ``cfg.rm.kind``, ``spec.driver``, ``meta.get("kind")``; else None."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
+            and node.args and isinstance(node.args[0], ast.Constant)):
+        return str(node.args[0].value)
+    return None
+
+
+def _literals(node: ast.AST) -> list[str]:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return [node.value]
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+        return [e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)]
+    return []
+
+
+def name_branches(source: str) -> list[tuple[int, str, str]]:
+    """``(line, key name, literal)`` of every ``key ==/!=/in/not in "literal"`` comparison."""
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Compare):
+            continue
+        sides = [node.left, *node.comparators]
+        for a, b in zip(sides, sides[1:], strict=False):
+            for key_side, lit_side in ((a, b), (b, a)):
+                key = _key_name(key_side)
+                if key in NAMES:
+                    out += [(node.lineno, key, lit) for lit in _literals(lit_side)]
+    return out
+
+
+def test_scanner_finds_the_branch_shapes():
+    src = ('if kind == "gpm": pass\nif cfg.rm.kind != "polar": pass\nif spec.driver in ("egpo", "x"): pass\n'
+           'if "bt" == meta.get("kind"): pass\nif spec.pairwise: pass\nif mode == "skip": pass\n')
+    assert name_branches(src) == [(1, "kind", "gpm"), (2, "kind", "polar"), (3, "driver", "egpo"),
+                                  (3, "driver", "x"), (4, "kind", "bt")]
+
+
+def test_no_kind_or_algorithm_name_branches_in_trainers_loops_and_scorer_factory():
+    bad = []
+    for path in SCANNED:
+        rel = path.relative_to(ROOT).as_posix()
+        for line, key, lit in name_branches(path.read_text(encoding="utf-8")):
+            if (rel, lit) not in ALLOWED:
+                bad.append(f"{rel}:{line}: {key} vs {lit!r}")
+    assert not bad, ("string dispatch found; give the registered spec a trait instead "
+                     "(reward_models/kinds.py, prefopt/algorithms.py):\n" + "\n".join(bad))
