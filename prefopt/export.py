@@ -91,16 +91,10 @@ def _tokenizer_and_generation(final: Path, out: Path, base: str) -> None:
 
 
 def _public_adapter_base(final: Path, out: Path) -> None:
-    """Name a policy adapter's base by its public name in ``out/adapter_config.json`` (the embedded model's
-    hub id instead of the training machine's cache folder; hub ids and user paths unchanged). The run
-    folder's ``prefopt.json`` keeps the local name for prefopt's own loading."""
-    from prefopt.core.adapters import adapter_base
-    from prefopt.core.models import public_model_name
+    """Name a policy adapter's base by its public name in ``out/adapter_config.json``."""
+    from prefopt.core.adapters import adapter_base, publish_adapter_base
 
-    cfg = out / "adapter_config.json"
-    data = json.loads(cfg.read_text(encoding="utf-8"))
-    data["base_model_name_or_path"] = public_model_name(adapter_base(final))
-    cfg.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    publish_adapter_base(out, adapter_base(final))
 
 
 def base_model_name(final: Path) -> str:

@@ -66,10 +66,6 @@ def resolve_layout(cfg: Any, model: Any, log: bool = True) -> str:
     return resolve_auto_layout(getattr(cfg.data, "layout", "padded"), reasons, f"rm train {cfg.rm.kind}", log)
 
 
-def _layout(cfg: Any) -> str:
-    return getattr(cfg.data, "layout", "padded")
-
-
 def to_device(batch: RMBatch, device: torch.device) -> RMBatch:
     moved = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
     return RMBatch(**{k: None if v is None else v.to(device) for k, v in moved.items()})

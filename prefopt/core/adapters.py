@@ -11,7 +11,7 @@ from typing import Any
 
 from prefopt.core.errors import ModelLoadError
 
-__all__ = ["adapter_base", "load_merged_adapter"]
+__all__ = ["adapter_base", "load_merged_adapter", "publish_adapter_base"]
 
 
 def adapter_base(folder: Path) -> str:
@@ -25,6 +25,20 @@ def adapter_base(folder: Path) -> str:
     if not base:
         raise ModelLoadError(f"{folder}/adapter_config.json names no base_model_name_or_path")
     return str(base)
+
+
+def publish_adapter_base(folder: Path, base: str) -> None:
+    """Name the base of the adapter in ``folder`` by its public name in ``adapter_config.json`` (the
+    embedded model's hub id instead of this machine's cache folder; hub ids and user paths unchanged),
+    so plain PEFT elsewhere finds it. prefopt's own ``prefopt.json`` keeps the local name."""
+    from prefopt.core.models import public_model_name
+
+    cfg = folder / "adapter_config.json"
+    if not cfg.is_file() or not base:
+        return
+    data = json.loads(cfg.read_text(encoding="utf-8"))
+    data["base_model_name_or_path"] = public_model_name(base)
+    cfg.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def load_merged_adapter(folder: Path, dtype: str = "float32", trust_remote_code: bool = False) -> tuple[Any, Any]:

@@ -167,14 +167,16 @@ def _cell(v: float | None, se: float | None) -> str:
 
 
 def format_table(res: dict) -> str:
-    """Markdown table: N, the scorer's / random / oracle expected gold and win rate (± SE)."""
+    """Markdown table: N, the scorer's / random / oracle expected gold and win rate (± SE), and the
+    scorer's paired gain over a random pick."""
     lines = [f"best-of-N, scorer {res['kind']} ({', '.join(res['model'])}), {res['n_prompts']} prompts; "
              f"win = {res['win_definition'] or 'not defined (give --win-threshold)'}",
-             "| N | scorer gold | random gold | oracle gold | scorer win | random win | oracle win |",
-             "|---|---|---|---|---|---|---|"]
+             "| N | scorer gold | random gold | oracle gold | scorer win | random win | oracle win | "
+             "scorer - random gold (paired) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in res["curve"]:
         cells = [_cell(r[k], r[k + "_se"]) for k in ("scorer_gold", "random_gold", "oracle_gold", "scorer_win",
-                                                     "random_win", "oracle_win")]
+                                                     "random_win", "oracle_win", "gain_gold")]
         lines.append(f"| {r['n']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -16,6 +16,8 @@ scorer keeps its favourite candidate ``pick(S)``; we report ``E_S[g_pick(S)]`` a
 Baselines: a random pick has expectation mean(g) for every N; the oracle pick is the closed form applied
 to the gold order itself (the expected maximum of N of the M golds).
 Uncertainty: the per-prompt expectations are exact, so the SE is over prompts, std(ddof=1)/sqrt(P).
+``gain_gold``/``gain_win`` are the scorer's pick minus a random pick, paired per prompt (their SE is
+over the per-prompt differences, so it is much smaller than the unpaired SEs of the two curves).
 """
 from __future__ import annotations
 
@@ -115,7 +117,8 @@ def prompt_curve(gold: Sequence[float], ns: Sequence[int], *, scores: Sequence[f
 
 
 def aggregate_curves(curves: Sequence[dict[int, dict[str, float | None]]], ns: Sequence[int]) -> list[dict]:
-    """Mean and SE over prompts of every per-prompt number, one row per N (``n_prompts`` included)."""
+    """Mean and SE over prompts of every per-prompt number, one row per N (``n_prompts`` included), plus
+    the paired gain of the scorer's pick over a random pick (``gain_gold``, ``gain_win``)."""
     rows = []
     for n in ns:
         row: dict = {"n": n, "n_prompts": len(curves)}
@@ -125,6 +128,11 @@ def aggregate_curves(curves: Sequence[dict[int, dict[str, float | None]]], ns: S
                 row[key], row[key + "_se"] = None, None
             else:
                 row[key], row[key + "_se"] = mean_se(vals)
+        for key, a, b in (("gain_gold", "scorer_gold", "random_gold"), ("gain_win", "scorer_win", "random_win")):
+            if row[a] is None:
+                row[key], row[key + "_se"] = None, None
+            else:  # paired over prompts: the scorer's pick minus a random pick on the same candidates
+                row[key], row[key + "_se"] = mean_se([c[n][a] - c[n][b] for c in curves])
         rows.append(row)
     return rows
 

@@ -19,6 +19,7 @@ import torch
 
 from data_pipelines.tokenize import LengthPolicy, print_data_summary
 from prefopt.algorithms import get_algorithm
+from prefopt.core.adapters import publish_adapter_base
 from prefopt.core.backend import make_backend
 from prefopt.core.checkpoint import (
     CheckpointError,
@@ -356,6 +357,7 @@ def save_policy(model: Any, tok: Any, out: Path, backend: Any = None, base_model
         model.save_pretrained(str(out), safe_serialization=True, **kwargs)
         tok.save_pretrained(str(out))
         (out / "prefopt.json").write_text(json.dumps({"lora": is_peft(model), "base_model": base_model}))
+        publish_adapter_base(out, base_model)  # adapter_config.json names the public base, not a cache path
 
     if backend is None:
         write(None)

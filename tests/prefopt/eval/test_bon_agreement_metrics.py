@@ -80,7 +80,10 @@ def test_aggregate_curves_mean_and_se():
     assert rows[1]["scorer_gold"] == pytest.approx(1.5)
     assert rows[1]["scorer_gold_se"] == pytest.approx(math.sqrt(0.5) / math.sqrt(2))  # std([2,1]) / sqrt 2
     assert rows[0]["random_gold_se"] == 0.0 and rows[1]["oracle_gold"] == 2.0 and rows[0]["n_prompts"] == 2
-    assert rows[0]["scorer_win"] is None
+    assert rows[0]["scorer_win"] is None and rows[0]["gain_win"] is None
+    # paired gain at N=2: prompt 1 picks 2.0 (random 1.5): +0.5; prompt 2 picks 1.0: -0.5
+    assert rows[1]["gain_gold"] == pytest.approx(0.0) and rows[1]["gain_gold_se"] == pytest.approx(0.5)
+    assert rows[0]["gain_gold"] == 0.0 and rows[0]["gain_gold_se"] == 0.0  # N=1 is a random pick
 
 
 def test_bad_n_and_default_ns():
