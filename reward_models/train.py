@@ -78,21 +78,21 @@ def _reward_stats(cfg: Any, model: Any, items: list, pad: int, device: Any, fina
 
 
 def _start(cfg: Any, seed: int, boot: bool) -> tuple:
-    """Run folder, logger, model, data and plan: ``(backend, run_dir, logger, model, tok, items,
-    eval_items, stats, plan, total steps)``."""
+    """Run folder, logger, model, data and plan: ``(cfg with its concrete data.layout, backend, run_dir,
+    logger, model, tok, items, eval_items, stats, plan, total steps)``."""
     backend = make_backend(cfg.backend, cfg.optim, cfg.batch_size)
     run_dir = Path(cfg.run.output_dir)
-    if backend.is_main:
+    model, tok = build_model(cfg, seed)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, layout=resolve_layout(cfg, model)))
+    if backend.is_main:  # the saved config holds the concrete layout ("auto" resolved)
         run_dir.mkdir(parents=True, exist_ok=True)
         save_resolved(cfg, run_dir)
     logger = MetricLogger(run_dir, report_to=cfg.run.report_to, names=REWARD_MODEL, config=to_dict(cfg))
-    model, tok = build_model(cfg, seed)
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, layout=resolve_layout(cfg, model)))
     items, eval_items, stats = load_items(cfg, tok, seed)
     if boot:
         items = D.bootstrap(items, seed)
     plan, total = make_plan(cfg, items, backend.rank, backend.world_size, seed)
-    return backend, run_dir, logger, model, tok, items, eval_items, stats, plan, total
+    return cfg, backend, run_dir, logger, model, tok, items, eval_items, stats, plan, total
 
 
 def _micro_step(cfg: Any, engine: Any, mb: list, pad: int, backend: Any, acc: MetricAccumulator,
@@ -129,7 +129,7 @@ def train_one(cfg: Any, final_dir: Path, member_seed: int | None = None, boot: b
     """Train one reward model (or a shared-backbone ensemble) from ``cfg``; returns the summary."""
     seed = cfg.run.seed if member_seed is None else member_seed
     seed_everything(seed)
-    backend, run_dir, logger, model, tok, items, eval_items, stats, plan, total = _start(cfg, seed, boot)
+    cfg, backend, run_dir, logger, model, tok, items, eval_items, stats, plan, total = _start(cfg, seed, boot)
     pad, dev = tok.pad_token_id, backend.device
     model.train()
     engine = backend.prepare(model, total)
