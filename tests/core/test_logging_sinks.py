@@ -34,6 +34,19 @@ def test_tensorboard_gets_trl_names_and_jsonl_keeps_prefopt_names(tmp_path):
 
 
 @pytest.mark.slow
+def _wandb_records(path, wait_s: float = 60.0) -> bytes:
+    """The run file's bytes once wandb's service process has written the history records to it (it
+    writes asynchronously, and on a loaded machine finish() can return before the file has them)."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    data = path.read_bytes()
+    while b"max_reward" not in data and time.monotonic() < deadline:
+        time.sleep(0.5)
+        data = path.read_bytes()
+    return data
+
+
 def test_wandb_offline_run_records_trl_names(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -44,7 +57,7 @@ def test_wandb_offline_run_records_trl_names(tmp_path, monkeypatch):
         log.log({"loss": 0.6, "reward_mean": 0.25, "reward_max": 2.0}, step=2)
     runs = list((tmp_path / "rm_run" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1  # the offline run file `wandb sync` uploads later
-    data = runs[0].read_bytes()  # protobuf history records: keys and JSON values as plain bytes
+    data = _wandb_records(runs[0])  # protobuf history records: keys and JSON values as plain bytes
     for key in (b"loss", b"mean_reward", b"max_reward"):
         assert key in data
     assert b"reward_mean" not in data and b"reward_max" not in data
