@@ -120,6 +120,20 @@ class OnlineAlgorithmSpec(AlgorithmSpec):
     generations: int | None = None
     # The policy is also its own referee (URPO): player + referee reward defaults when none are given.
     self_referee: bool = False
+    # The advantage estimator (ADVANTAGES) the method is defined by (RLOO: the leave-one-out baseline);
+    # online.advantage must name it. None = any estimator.
+    advantage: str | None = None
+
+    def check(self, cfg: Any) -> None:
+        super().check(cfg)
+        if self.advantage is None:
+            return
+        from prefopt.loops.online_config import OnlineConfig
+
+        oc = getattr(cfg, "online", None) or OnlineConfig()
+        if oc.advantage != self.advantage:
+            raise ConfigError(f"{self.name} is defined by the {self.advantage!r} advantage estimator: set "
+                              f"online.advantage: {self.advantage} (got {oc.advantage!r})")
 
     def loss_spec(self) -> Any:
         import prefopt.losses  # noqa: F401  (registration)
@@ -137,6 +151,8 @@ _online("grpo", "grpo", "group", "Shao et al. 2024, DeepSeekMath (GRPO), eq. 3")
 _online("gspo", "gspo", "group", "Zheng et al. 2025, Group Sequence Policy Optimization, eq. 7")
 _online("urpo", "grpo", "group", "URPO: one model as player and referee in one GRPO loop (spec section 5)",
         self_referee=True)
+_online("rloo", "rloo", "group", "Ahmadian et al. 2024, Back to Basics (REINFORCE leave-one-out), Sec. 3.3",
+        advantage="rloo")
 _online("dno", "dno", "dno", "Rosset et al. 2024, Direct Nash Optimization, Algorithm 2 (DNO-Prct)")
 _online("egpo", "egpo", "egpo", "Zhou, Fazel, Du 2025, Extragradient Preference Optimization",
         rollout_every_step=True, restores_optimizer=True)

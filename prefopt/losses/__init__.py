@@ -10,7 +10,7 @@ import importlib
 from prefopt.losses import irpo, kl, lcpo, pairwise, sparsepo  # noqa: F401  (registration)
 from prefopt.losses.base import LossOutput, LossSpec, pair_inputs, seq_lengths, seq_logps, seq_mean_logps
 
-_OPTIONAL = ("group", "advantages", "aggregate", "p3o", "dno", "egpo")
+_OPTIONAL = ("group", "advantages", "aggregate", "p3o", "dno", "egpo", "rloo")
 for _name in _OPTIONAL:
     try:
         importlib.import_module(f"prefopt.losses.{_name}")
