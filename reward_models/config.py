@@ -3,7 +3,7 @@
 A reward-model YAML looks like::
 
     kind: rm
-    rm: {kind: bt}                          # bt | gpm | polar | ensemble
+    rm: {kind: bt}                          # bt | gpm | polar | ensemble | rao_kupper
     model: {name: smollm2-135m-instruct, lora: {r: 16}}
     data: {path: runs/data/hh_rlhf_helpful_pairs, max_length: 256, overlong: truncate_left}
     optim: {lr: 1.0e-5, betas: [0.9, 0.95]}
@@ -20,6 +20,7 @@ from prefopt.core.backend import BackendConfig, OptimConfig
 from prefopt.core.models import ModelConfig
 from prefopt.core.registry import CONFIG_KINDS
 from reward_models.kinds import get_kind, kind_names
+from reward_models.rao_kupper import RaoKupperSection
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,7 @@ class EnsembleSection:
 class RMSection:
     """Which reward model to train and its head settings."""
 
-    # A registered kind (reward_models.kinds): bt | gpm | polar | ensemble.
+    # A registered kind (reward_models.kinds): bt | gpm | polar | ensemble | rao_kupper.
     kind: str = "bt"
     head_init: Literal["normal", "zeros"] = "normal"
     # Pad id for batching and the saved config; None = the tokenizer's, unless it equals EOS, then
@@ -149,6 +150,7 @@ class RMSection:
     gpm: GPMSection = field(default_factory=GPMSection)
     polar: POLARSection = field(default_factory=POLARSection)
     ensemble: EnsembleSection = field(default_factory=EnsembleSection)
+    rao_kupper: RaoKupperSection = field(default_factory=RaoKupperSection)
 
     def __post_init__(self) -> None:
         if self.kind not in kind_names():

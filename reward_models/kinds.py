@@ -14,8 +14,9 @@ from typing import Any, Callable
 from prefopt.core.registry import RM_KINDS
 from reward_models import kind_steps as S
 from reward_models.items import load_checked_items, load_polar_items
+from reward_models.rao_kupper import rao_kupper_batch_loss
 
-__all__ = ["RMKind", "get_kind", "kind_names", "model_kinds", "scorer_kind", "is_pairwise_scorer", "needs_reference"]
+__all__ = ["RMKind", "get_kind", "kind_names", "model_kinds", "scorer_kind", "serving_kind", "is_pairwise_scorer", "needs_reference"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class RMKind:
         head_init: default head initialisation of a freshly built head.
         hf_seq_cls: a full checkpoint is written as HF ``*ForSequenceClassification`` (BT).
         members: trains K members (ensemble); without a shared backbone each member is a ``bt`` run.
+        serves_as: the kind whose evaluation adapters score it (a scalar-head kind scores like ``bt``);
+            None = its own name.
     """
 
     name: str
@@ -50,6 +53,7 @@ class RMKind:
     head_init: str = "normal"
     hf_seq_cls: bool = False
     members: bool = False
+    serves_as: str | None = None
 
     @property
     def ranked_lists(self) -> bool:
@@ -69,6 +73,8 @@ for _kind in (
            reward_token=True, head_init="zeros"),
     RMKind("ensemble", "bt", False, False, "reward_models.ensemble:EnsembleRewardModel",
            S.build_shared_ensemble, S.ensemble_batch_loss, members=True),
+    RMKind("rao_kupper", "rao_kupper", False, False, _MODEL, S.build_bt, rao_kupper_batch_loss, hf_seq_cls=True,
+           serves_as="bt"),
 ):
     if _kind.name not in RM_KINDS:
         RM_KINDS.register(_kind.name, _kind)
@@ -87,6 +93,12 @@ def kind_names() -> tuple[str, ...]:
 def model_kinds() -> tuple[str, ...]:
     """Kinds a single :class:`reward_models.models.RewardModel` can be (``reward_config.json`` kinds)."""
     return tuple(k for k in kind_names() if RM_KINDS.get(k).target == _MODEL)
+
+
+def serving_kind(name: str) -> str:
+    """The name evaluation adapters are registered under for kind ``name`` (``serves_as``); a name that is
+    not a reward-model kind (dpo, judge) is returned as it is."""
+    return (RM_KINDS.get(name).serves_as or name) if name in RM_KINDS else name
 
 
 def scorer_kind(scorer: Any) -> RMKind | None:

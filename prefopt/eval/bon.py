@@ -105,7 +105,9 @@ def score_prompts(args: argparse.Namespace, rows: list[dict], store: ResultStore
     kind, pair_scorer = build_pair_scorer(
         args.kind, args.model, batch_size=args.batch_size, max_length=args.max_length, bf16=args.bf16,
         reduce=args.reduce, ref_model=args.ref_model, polar_reference=lambda r: r.get("reference"))
-    fn = BON_SCORERS.get(kind)
+    from reward_models.kinds import serving_kind
+
+    fn = BON_SCORERS.get(serving_kind(kind))
     bar = progress(total=len(rows), desc="bon score")
     bar.update(len(rows) - len(todo))
     for row in todo:

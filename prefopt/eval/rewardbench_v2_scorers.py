@@ -118,4 +118,6 @@ GROUP_SCORERS.register("judge", JudgeGroups)
 
 def build_group_scorer(kind: str, pair_scorer: Any, batch_size: int) -> Callable[[list[dict]], list[dict]]:
     """The registered adapter of ``kind`` (a resolved kind from ``build_pair_scorer``) over ``pair_scorer``."""
-    return GROUP_SCORERS.get(kind)(pair_scorer, batch_size)
+    from reward_models.kinds import serving_kind
+
+    return GROUP_SCORERS.get(serving_kind(kind))(pair_scorer, batch_size)

@@ -9,18 +9,19 @@ import torch
 
 from prefopt.core.registry import RM_KINDS, RegistryError
 from reward_models.data import RMBatch
-from reward_models.kinds import get_kind, kind_names, model_kinds, needs_reference, scorer_kind
+from reward_models.kinds import get_kind, kind_names, model_kinds, needs_reference, scorer_kind, serving_kind
 
 
 def test_one_kind_list_with_its_traits():
-    assert kind_names() == ("bt", "ensemble", "gpm", "polar") == tuple(RM_KINDS.names())
-    assert model_kinds() == ("bt", "gpm", "polar")
+    assert kind_names() == ("bt", "ensemble", "gpm", "polar", "rao_kupper") == tuple(RM_KINDS.names())
+    assert model_kinds() == ("bt", "gpm", "polar", "rao_kupper")
     traits = {k: (s.pairwise, s.needs_reference, s.reward_token, s.hf_seq_cls, s.members, s.head_init)
               for k in kind_names() for s in [get_kind(k)]}
     assert traits == {"bt": (False, False, False, True, False, "normal"),
                       "ensemble": (False, False, False, False, True, "normal"),
                       "gpm": (True, False, False, False, False, "normal"),
-                      "polar": (False, True, True, False, False, "zeros")}
+                      "polar": (False, True, True, False, False, "zeros"),
+                      "rao_kupper": (False, False, False, True, False, "normal")}
     assert not get_kind("gpm").ranked_lists and get_kind("bt").ranked_lists
     with pytest.raises(RegistryError, match="unknown reward_model 'gmp' \\(did you mean 'gpm'\\?\\)"):
         get_kind("gmp")
@@ -31,6 +32,8 @@ def test_scorer_traits_read_the_registry():
     assert scorer_kind(bt) is get_kind("bt") and scorer_kind(SimpleNamespace()) is None
     assert needs_reference(polar) and not needs_reference(bt)
     assert needs_reference(SimpleNamespace(members=[bt, polar]))  # an ensemble with a POLAR member
+    # evaluation adapters: a scalar kind registered as serving like bt; other names pass through
+    assert [serving_kind(k) for k in ("rao_kupper", "bt", "gpm", "dpo")] == ["bt", "bt", "gpm", "dpo"]
 
 
 class _Rewards(torch.nn.Module):
