@@ -9,8 +9,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SCANNED = [*sorted((ROOT / "reward_models").glob("*.py")), *sorted((ROOT / "prefopt" / "loops").glob("*.py")),
            ROOT / "prefopt" / "eval" / "scorers.py", ROOT / "prefopt" / "eval" / "alpacaeval.py",
            ROOT / "prefopt" / "eval" / "judges" / "base.py", ROOT / "prefopt" / "rewards" / "sources.py",
-           ROOT / "prefopt" / "export.py", ROOT / "prefopt" / "train.py"]
-NAMES = {"kind", "algorithm", "driver", "name"}  # what a registry key is called in this code base
+           ROOT / "prefopt" / "export.py", ROOT / "prefopt" / "train.py", ROOT / "prefopt" / "eval" / "bon.py",
+           ROOT / "prefopt" / "eval" / "rewardbench_v2_scorers.py"]
+NAMES = {"kind", "algorithm", "driver", "name", "advantage"}  # what a registry key is called in this code base
 # (file, literal): comparisons that are not dispatch.
 ALLOWED = {
     ("prefopt/eval/scorers.py", "auto"),  # --kind auto: read the kind from the checkpoint first

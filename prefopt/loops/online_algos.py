@@ -182,13 +182,12 @@ def _flatten(examples: Sequence[Any], outs: list[list[Completion]]):
 
 
 def _advantages(ctx: Any, rewards: Tensor, group: Sequence[int]) -> Tensor:
+    """``ADVANTAGES[online.advantage]`` with the online options it reads (``advantage_options``)."""
     from prefopt.core.registry import ADVANTAGES
+    from prefopt.losses.advantages import advantage_options
 
-    fn = ADVANTAGES.get(ctx.oc.advantage)
-    gid = torch.as_tensor(list(group))
-    if ctx.oc.advantage == "grpo":
-        return fn(rewards, gid, scale=ctx.oc.scale_rewards)
-    return fn(rewards, gid)
+    name = ctx.oc.advantage
+    return ADVANTAGES.get(name)(rewards, torch.as_tensor(list(group)), **advantage_options(name, ctx.oc))
 
 
 def collect_group(ctx: Any, examples: Sequence[Any], seed: int) -> Buffer:

@@ -15,9 +15,18 @@ import torch
 from prefopt.core.registry import ADVANTAGES
 
 __all__ = ["GRPOAdvantageParams", "grpo_advantages", "dr_grpo_advantages", "rloo_advantages",
-           "group_reward_stats"]
+           "group_reward_stats", "CONFIG_OPTIONS", "advantage_options"]
 
 SCALES = ("group", "batch", "none")
+
+# The ``online:`` fields an estimator reads: {estimator: {keyword: online config field}}. The online loop
+# passes ``advantage_options(name, online)``; an estimator without an entry takes no options.
+CONFIG_OPTIONS: dict[str, dict[str, str]] = {"grpo": {"scale": "scale_rewards"}}
+
+
+def advantage_options(name: str, online: object) -> dict[str, object]:
+    """Keyword options of estimator ``name`` read from the online config (``{}`` when it has none)."""
+    return {kw: getattr(online, field) for kw, field in CONFIG_OPTIONS.get(name, {}).items()}
 
 
 @dataclass(frozen=True)

@@ -91,3 +91,17 @@ def test_reward_stats_and_params():
     assert GRPOAdvantageParams() == GRPOAdvantageParams(scale="group", eps=1e-4)
     with pytest.raises(ValueError, match="unknown advantage scale 'row'"):
         ADVANTAGES.get("grpo")(torch.ones(2), torch.zeros(2, dtype=torch.long), scale="row")
+
+
+def test_advantage_options_come_from_the_online_config():
+    """The loop passes ``advantage_options``: grpo reads ``online.scale_rewards`` as ``scale``; rloo and
+    dr_grpo read nothing. scale=none on r = (1, 0) gives the centred (½, −½)."""
+    from types import SimpleNamespace
+
+    from prefopt.losses.advantages import advantage_options
+
+    oc = SimpleNamespace(scale_rewards="none")
+    assert advantage_options("grpo", oc) == {"scale": "none"}
+    assert advantage_options("rloo", oc) == {} == advantage_options("dr_grpo", oc)
+    adv = ADVANTAGES.get("grpo")(torch.tensor([1.0, 0.0]), torch.zeros(2, dtype=torch.long), **advantage_options("grpo", oc))
+    torch.testing.assert_close(adv, torch.tensor([0.5, -0.5]))
