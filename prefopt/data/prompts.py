@@ -119,7 +119,7 @@ def read_prompt_file(kind: str, path: str) -> list[PromptExample]:
 
 
 def _pref_item(i: int, rng: random.Random) -> PromptExample:
-    from prefopt.losses.urpo import format_referee_prompt
+    from prefopt.rewards.urpo_text import format_referee_prompt
 
     a, b = rng.randint(0, 9), rng.randint(0, 9)
     wrong = a + b + rng.choice([-2, -1, 1, 2])
@@ -135,7 +135,7 @@ def _pref_item(i: int, rng: random.Random) -> PromptExample:
 def urpo_prompts(n: int, *, mix: tuple[float, ...] = (1.0, 1.0, 1.0), seed: int = 0) -> list[PromptExample]:
     """URPO mixture: verifiable sums (player format), 2-candidate referee items whose gold is the
     correct sum (spec A-U5), and open-ended prompts ranked by the policy itself."""
-    from prefopt.losses.urpo import format_player_prompt
+    from prefopt.rewards.urpo_text import format_player_prompt
 
     rng = random.Random(seed)
     tasks = rng.choices(["verifiable", "pref_rank", "open"], weights=list(mix), k=n)

@@ -35,7 +35,7 @@ def extract_number(text: str | None, mode: str = "auto") -> str | None:
     ``last_number``: the last number; ``first_number``: the first number; ``answer_line``: only
     ``\\boxed{}`` / ``Answer:``. Example: ``"3 + 4 = 7."`` → ``"7"`` (auto).
     """
-    from prefopt.losses.urpo import extract_final_answer
+    from prefopt.rewards.urpo_text import extract_final_answer
 
     if not text:
         return None

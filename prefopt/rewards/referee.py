@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import torch
 
 from prefopt.core.registry import REWARD_FNS
-from prefopt.losses.urpo import (
+from prefopt.rewards.urpo_text import (
     chunk_indices,
     format_referee_prompt,
     parse_ranking,

@@ -8,8 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prefopt.losses import urpo
 from prefopt.losses.advantages import grpo_advantages
+from prefopt.rewards import urpo_text as urpo
 
 
 @pytest.mark.parametrize("text", ["reasoning...\nRANKING: C > A > B",
@@ -97,3 +97,11 @@ def test_verifiable_reward():
     assert urpo.verifiable_reward("Answer: 8", "7", format_bonus=0.1) == pytest.approx(0.1)
     assert urpo.verifiable_reward("no idea", "7", format_bonus=0.1) == 0.0
     assert "Answer:" in urpo.format_player_prompt("1+1?")
+
+
+def test_old_import_name_still_works():
+    """``prefopt.losses.urpo`` re-exports the moved helpers (the same objects)."""
+    from prefopt.losses import urpo as old
+
+    assert old.parse_ranking is urpo.parse_ranking and set(old.__all__) == set(urpo.__all__)
+    assert old.parse_ranking("RANKING: B > A", 2) == [1, 0]
