@@ -149,7 +149,7 @@ def _online(name: str, loss: str, driver: str, paper: str = "", **traits: Any) -
 
 _online("grpo", "grpo", "group", "Shao et al. 2024, DeepSeekMath (GRPO), eq. 3")
 _online("gspo", "gspo", "group", "Zheng et al. 2025, Group Sequence Policy Optimization, eq. 7")
-_online("urpo", "grpo", "group", "URPO: one model as player and referee in one GRPO loop (spec section 5)",
+_online("urpo", "grpo", "group", "URPO: one model as player and referee in one GRPO loop (docs/online.md)",
         self_referee=True)
 _online("rloo", "rloo", "group", "Ahmadian et al. 2024, Back to Basics (REINFORCE leave-one-out), Sec. 3.3",
         advantage="rloo")

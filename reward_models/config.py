@@ -81,7 +81,7 @@ class RMDataConfig:
 
 @dataclass(frozen=True)
 class BTSection:
-    """Bradley-Terry loss options (spec section 1)."""
+    """Bradley-Terry loss options (Bradley & Terry 1952; Ouyang et al. 2022 eq. 1; see losses.bt_loss)."""
 
     tau: float = 1.0
     center_coef: float = 0.0
@@ -94,7 +94,7 @@ class BTSection:
 
 @dataclass(frozen=True)
 class GPMSection:
-    """GPM heads (spec section 2)."""
+    """GPM heads (Zhang et al. 2025, arXiv 2410.02197)."""
 
     embed_dim: int = 6
     beta: float = 0.1
@@ -104,7 +104,7 @@ class GPMSection:
 
 @dataclass(frozen=True)
 class POLARSection:
-    """POLAR template (spec section 3). Tokens missing from the vocab are added (full fine-tune only)."""
+    """POLAR template (Dou et al. 2025, arXiv 2507.05197). Tokens missing from the vocab are added (full fine-tune only)."""
 
     split_token: str = "<|split|>"
     reward_token: str = "<|reward|>"
@@ -116,7 +116,7 @@ class POLARSection:
 
 @dataclass(frozen=True)
 class EnsembleSection:
-    """K BT members differing by seed (spec section 4)."""
+    """K BT members differing by seed (Coste et al. 2024, arXiv 2310.02743)."""
 
     members: int = 3
     # Member i uses seed run.seed + i (head init + data order); "bootstrap" resamples its data too.

@@ -1,4 +1,4 @@
-"""Reward-model ensembles (spec section 4; Coste et al., ICLR 2024, arXiv 2310.02743).
+"""Reward-model ensembles (Coste et al., ICLR 2024, arXiv 2310.02743).
 
 Reductions over member scores ``R [K, ...]`` (member dimension first) are pure functions:
 

@@ -85,7 +85,7 @@ def make_linear_head(d: int, out: int, head_init: str = "normal", seed: int | No
 
 
 def gate_values(logits: Tensor, gate: str | None, hidden_size: int) -> Tensor | None:
-    """GPM gate ``lam [.., k]`` from prompt-head logits ``g`` (spec section 2).
+    """GPM gate ``lam [.., k]`` from prompt-head logits ``g`` (Zhang et al. 2025, arXiv 2410.02197).
 
     ``scaled_softmax``: ``k * softmax(g / sqrt(d))`` (sums to k, mean 1); ``softmax``: ``softmax(g)``;
     ``softplus``: ``softplus(g)``. ``gate=None`` returns None (all blocks weight 1).

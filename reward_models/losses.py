@@ -2,7 +2,7 @@
 
 Every loss is a pure function on float tensors with explicit keyword hyper-parameters. It returns a
 frozen :class:`LossOutput` holding the **per-example** loss (reduce with ``.mean()``) and detached
-metrics. Maths runs in float32. Spec: ``shared/spec/reward_models.md`` sections 1-3.
+metrics. Maths runs in float32. Usage: docs/reward_models.md.
 
 Registered in :data:`prefopt.core.registry.RM_LOSSES` as ``bt``, ``listwise_bt``, ``plackett_luce``,
 ``gpm`` and ``polar``.
@@ -44,7 +44,7 @@ def _barrier(r: Tensor, bound: float) -> Tensor:
 def bt_loss(chosen_rewards: Tensor, rejected_rewards: Tensor, *, margin: Tensor | float | None = None,
             tau: float = 1.0, center_coef: float = 0.0, l2_coef: float = 0.0, barrier_coef: float = 0.0,
             barrier_bound: float = 5.0, focal: bool = False) -> LossOutput:
-    """Bradley-Terry pairwise loss (spec section 1).
+    """Bradley-Terry pairwise loss (Bradley & Terry 1952; Ouyang et al. 2022 eq. 1).
 
     ``z_i = (r_i^+ - r_i^- - m_i) / tau`` and the per-pair loss is::
 
@@ -102,7 +102,7 @@ def _pair_mask(mask: Tensor) -> Tensor:
 def listwise_bt_loss(rewards: Tensor, *, mask: Tensor | None = None, scores: Tensor | None = None) -> LossOutput:
     """Listwise BT over a ranked list (best first): mean over ordered pairs of ``softplus(-(r_a - r_b))``.
 
-    Spec section 1 (optional extension); the Open-Assistant ``RMLoss`` without its L2 term. With
+    The Open-Assistant ``RMLoss`` without its L2 term. With
     ``K = 2`` it equals :func:`bt_loss`. Example: rewards ``(2, 1, 0)`` have pairs with gaps 1, 2, 1, so
     the loss is ``(2 softplus(-1) + softplus(-2)) / 3 = (2 * 0.313262 + 0.126928) / 3 = 0.251151``.
 
@@ -176,7 +176,7 @@ def skew_score(v_a: Tensor, v_b: Tensor, lam: Tensor | None = None) -> Tensor:
 def gpm_loss(chosen_embeddings: Tensor, rejected_embeddings: Tensor, *, gate: Tensor | None = None,
              beta: float = 0.1, margin: Tensor | float | None = None,
              label_prob: Tensor | float | None = None) -> LossOutput:
-    """General-preference loss on skew-symmetric scores (spec section 2).
+    """General-preference loss on skew-symmetric scores (Zhang et al. 2025, arXiv 2410.02197).
 
     ``s = skew_score(v^+, v^-, lam)`` and, with soft label ``q`` (1 for hard labels) and margin ``m``::
 
@@ -208,7 +208,7 @@ def gpm_loss(chosen_embeddings: Tensor, rejected_embeddings: Tensor, *, gate: Te
 
 @RM_LOSSES.register("polar")
 def polar_loss(chosen_rewards: Tensor, rejected_rewards: Tensor) -> LossOutput:
-    """POLAR ranking loss ``softplus(-(r(p, ref, pos) - r(p, ref, neg)))`` (spec section 3).
+    """POLAR ranking loss ``softplus(-(r(p, ref, pos) - r(p, ref, neg)))`` (Dou et al. 2025, arXiv 2507.05197).
 
     Dou et al. 2025 (arXiv 2507.05197) Eq. 7 (pre-training) and Eq. 8 (fine-tuning): the same BT
     ranking loss over two sequences sharing one reference. Equal rewards give ``ln 2``.

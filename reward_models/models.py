@@ -1,6 +1,6 @@
 """``RewardModel``: a transformers backbone (base model, no LM head) + a BT / GPM / POLAR head.
 
-Kinds (spec sections 1-3):
+Kinds (docs/reward_models.md):
 
 * ``bt``    - ``score: Linear(d, 1, bias=False)`` on the last real token -> one scalar per row.
 * ``gpm``   - ``embed_head: Linear(d, 2k)`` on the last real token (L2-normalised by default) and an
@@ -128,7 +128,7 @@ class RewardModel(nn.Module):
         Args:
             input_ids: ``[B, T]`` token ids.
             attention_mask: ``[B, T]`` 1 on real tokens (default: all real).
-            prompt_lengths: ``[B]`` prompt token counts; required by a GPM gate (spec section 2).
+            prompt_lengths: ``[B]`` prompt token counts; required by a GPM gate (Zhang et al. 2025, arXiv 2410.02197).
             rows: instead of the above, :class:`reward_models.layouts.RMRows` in any layout (packed,
                 shared prompt, ...); outputs follow its sequence order. Not for POLAR.
         """
@@ -181,7 +181,7 @@ class RewardModel(nn.Module):
         return (rewards - self.config.reward_mean) / self.config.reward_std
 
     def set_reward_stats(self, mean: float, std: float, normalize: bool | None = None) -> None:
-        """Store held-out reward mean/std (spec section 1) for optional serving-time normalisation."""
+        """Store held-out reward mean/std (docs/reward_models.md) for optional serving-time normalisation."""
         self.config = dataclasses.replace(self.config, reward_mean=float(mean), reward_std=float(std),
                                           normalize=self.config.normalize if normalize is None else normalize)
 

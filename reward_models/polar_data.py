@@ -1,4 +1,4 @@
-"""POLAR inputs and training data (spec section 3; Dou et al. 2025, arXiv 2507.05197).
+"""POLAR inputs and training data (Dou et al. 2025, arXiv 2507.05197).
 
 * :func:`polar_text` / :func:`polar_truncate` / :func:`encode_polar` - the input template, byte-identical
   between training and serving (P1, P2).

@@ -6,7 +6,7 @@
   ``s(y > y_k)`` over the other K-1 samples).
 * POLAR: ``score(prompts, responses, references=...)`` (reference required);
   ``preference = sigmoid(r(ref, a) - r(ref, b))``.
-* Ensembles (:class:`EnsembleScorer`) aggregate member scores (spec section 4).
+* Ensembles (:class:`EnsembleScorer`) aggregate member scores (Coste et al. 2024, arXiv 2310.02743).
 
 Text -> tokens goes through a small injectable ``encode_fn(prompt, response) -> (ids, prompt_len)``;
 the default :class:`ChatEncoder` applies the tokenizer's chat template (later replaceable by
@@ -231,7 +231,7 @@ class ModelScorer:
 
 
 class EnsembleScorer:
-    """Aggregate K member scorers (spec section 4); ``preference = sigmoid(A(a) - A(b))``."""
+    """Aggregate K member scorers (Coste et al. 2024, arXiv 2310.02743); ``preference = sigmoid(A(a) - A(b))``."""
 
     def __init__(self, members: Sequence[RewardScorer], method: str = "mean", *, lam: float = 0.5,
                  ddof: int = 0, penalty: str = "var", calibration: tuple[list, list] | None = None):

@@ -74,7 +74,7 @@ def check_runtime(cfg: Any, spec: Any, backend: Any) -> None:
 
 
 def check_reference_sync(cfg: Any, spec: Any, zero3: bool = False) -> None:
-    """TR-DPO soft sync needs a separate, whole reference copy to update (spec section 6)."""
+    """TR-DPO soft sync needs a separate, whole reference copy to update (Gorbatovski et al. 2024, TR-DPO, arXiv 2404.09656)."""
     ref = cfg.reference
     if not ref.sync_every:
         return

@@ -58,7 +58,7 @@ def _ref_token_logps(ctx: StepContext, policy: Any, batch: Any) -> Tensor | None
 
 
 def policy_forward(policy: Any, batch: Any, need_logits: bool = False) -> tuple[Any, dict[str, Tensor], Tensor | None]:
-    """Policy forward: :class:`ForwardLogps`, cheap logit statistics (spec section 7) and the logits.
+    """Policy forward: :class:`ForwardLogps`, cheap logit statistics (names: prefopt/core/metric_names.py) and the logits.
 
     Default: :func:`forward_token_logps` with statistics (the LM head runs on completion positions
     only; no logits are returned): entropy, mean_token_accuracy (argmax == label) and the mean logit
@@ -73,7 +73,7 @@ def policy_forward(policy: Any, batch: Any, need_logits: bool = False) -> tuple[
 
 
 def _logit_stats(mask: Tensor, ent: Tensor, hit: Tensor | None, mean_logit: Tensor | None) -> dict[str, Tensor]:
-    """Spec section 7 statistics over the completion tokens ``mask`` of a ``[chosen; rejected]`` batch."""
+    """Logit statistics (names: prefopt/core/metric_names.py) over the completion tokens ``mask`` of a ``[chosen; rejected]`` batch."""
     with torch.no_grad():
         m = mask.float()
         n = m.sum().clamp(min=1.0)
@@ -128,7 +128,7 @@ def pairwise_loss(ctx: StepContext, policy: Any, items: list) -> LossOutput:
 
 def _with_common_metrics(result: LossOutput, inputs: dict, mask: Tensor,
                          stats: dict[str, Tensor] | None = None) -> LossOutput:
-    """Add spec section 7 names every pairwise method shares: loss, logps/*, KL estimate, num_tokens."""
+    """Add the metric names every pairwise method shares (prefopt/core/metric_names.py): loss, logps/*, KL estimate, num_tokens."""
     metrics = dict(result.metrics)
     c, r = inputs["policy_chosen_logps"].detach(), inputs["policy_rejected_logps"].detach()
     metrics["loss"] = result.loss.detach().float().mean()
@@ -229,7 +229,7 @@ def sparsepo_loss(ctx: StepContext, policy: Any, items: list) -> LossOutput:
 
     Mask providers: ``learned`` reads the reference's per-layer residual hidden states; ``activation``
     (variant A) averages z-normalised, min-max rescaled maps of the reference's MLP outputs, attention
-    outputs, residual stream per layer and final logits (spec section 2), all taken with forward hooks
+    outputs, residual stream per layer and final logits (Christopoulou et al. 2024, SparsePO, arXiv 2410.05102), all taken with forward hooks
     in the same reference forward and shifted onto the label positions.
     """
     from prefopt.logprobs import token_logps

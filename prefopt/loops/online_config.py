@@ -33,7 +33,7 @@ class PromptSourceConfig:
     max_operand: int = 9
     # Appended to every arithmetic question (e.g. "Reply with the number only.").
     instruction: str = ""
-    # URPO task mixture (verifiable : pref_rank : open), spec section 5 default 1:1:1.
+    # URPO task mixture (verifiable : pref_rank : open), default 1:1:1 (our design; docs/online.md).
     urpo_mix: tuple[float, ...] = (1.0, 1.0, 1.0)
     # Held-out prompts (win rate vs the reference, URPO referee accuracy); taken from the end.
     n_eval: int = 8
@@ -89,7 +89,7 @@ class DNOConfig(DNOPairParams):
 
 @dataclass(frozen=True)
 class EGPOConfig:
-    """EGPO / online-IPO sampling (spec section 3)."""
+    """EGPO / online-IPO sampling (Zhou, Fazel, Du 2025, arXiv 2503.08942; docs/online.md)."""
 
     # Contrast pair (y, y') sampler μ: temperature / top-k and token-level geometric mixture
     # (1 − c)·log π_θ + c·log π_ref (c = 0: π_θ alone; Nash-MD baseline: 0.125).
@@ -124,7 +124,7 @@ class VLLMConfig:
 
 @dataclass(frozen=True)
 class OnlineConfig:
-    """Rollouts, rewards and update schedule of the online loop (spec sections 0-5)."""
+    """Rollouts, rewards and update schedule of the online loop (docs/online.md)."""
 
     prompts: PromptSourceConfig = field(default_factory=PromptSourceConfig)
     reward: RewardSourceConfig = field(default_factory=RewardSourceConfig)

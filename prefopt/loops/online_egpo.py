@@ -1,4 +1,4 @@
-"""EGPO / online IPO pieces of the online loop (spec section 3).
+"""EGPO / online IPO pieces of the online loop (Zhou, Fazel, Du 2025, arXiv 2503.08942; docs/online.md).
 
 * :func:`collect_egpo` draws the contrast pair (y, y') from the sampler μ (π_θ at a temperature/top-k,
   or the token-level geometric mixture (1 − c)·log π_θ + c·log π_ref) and y'' from the opponent π_θ at

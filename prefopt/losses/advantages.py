@@ -31,7 +31,7 @@ def advantage_options(name: str, online: object) -> dict[str, object]:
 
 @dataclass(frozen=True)
 class GRPOAdvantageParams:
-    """Spec §1 defaults (TRL parity). ``scale``: group | batch | none (none = Dr. GRPO)."""
+    """Defaults as in TRL's GRPOConfig. ``scale``: group | batch | none (none = Dr. GRPO)."""
 
     scale: str = "group"
     eps: float = 1e-4

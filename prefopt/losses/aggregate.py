@@ -11,7 +11,7 @@ loss, the trainer takes the mean"): they return ``loss = B_local · c``, so ``ou
 shard's share and, with default (local) counts, simply the usual aggregated loss. Under DDP, whose
 gradient all-reduce *averages* over W ranks, multiply by W (or pass global counts divided by W).
 
-Modes (spec §1, ``loss_type``):
+Modes (``loss_type``, named as in TRL's GRPOTrainer):
 - ``token_mean``            Σ_{i,t} m ℓ / N_tok                    (``dapo``; ``bnpo`` with local N_tok)
 - ``seq_mean_token_mean``   (1/N_seq) Σ_i (Σ_t m ℓ / |y_i|)        (``grpo``)
 - ``seq_mean_token_sum_norm`` Σ_{i,t} m ℓ / (N_seq · L_max)        (``dr_grpo``)

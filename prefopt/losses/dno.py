@@ -1,4 +1,4 @@
-"""DNO / DNO-Prct (Rosset et al. 2024, arXiv 2404.03715; spec §2): pair builder + loss.
+"""DNO / DNO-Prct (Rosset et al. 2024, arXiv 2404.03715): pair builder + loss.
 
 Loss (Algorithm 1, line 5 / Algorithm 2): with Δ = η[(log π(y1) − log π_t(y1)) − (log π(y2) − log π_t(y2))]
 ``L = −[z log σ(Δ) + (1 − z) log σ(−Δ)]``; z = 1 (DNO-Prct hard label, y1 = y+) or the soft target
@@ -70,7 +70,7 @@ def dno_pairs(scores: Mapping[Hashable, int], teacher_ids: Iterable[Hashable] = 
 
 
 def replay_fractions(iteration: int, first: float = 0.3) -> list[float]:
-    """Replay shares of pairs from iterations t−1, t−2, … (30%, 15%, halving; spec §2).
+    """Replay shares of pairs from iterations t−1, t−2, … (30%, 15%, halving).
 
     ``iteration`` is 1-based; iteration 1 has no history. Example: t = 4 → [0.3, 0.15, 0.075].
     """

@@ -1,4 +1,4 @@
-"""EGPO (Zhou, Fazel, Du 2025, arXiv 2503.08942; spec §3): online IPO loss + extragradient helpers.
+"""EGPO (Zhou, Fazel, Du 2025, arXiv 2503.08942): online IPO loss + extragradient helpers.
 
 Online IPO loss with opponent π_s (Calandriello et al. 2024; EGPO code ``loss_funcs.py``):
 ``L = E[(h(y) − h(y') − target/β)²]``, h = log π_θ − log π_ref (length-normalised for LMs) and
@@ -42,7 +42,7 @@ def _seq(logps, mask, normalize):
 def online_ipo_loss(policy_token_logps: torch.Tensor, ref_token_logps: torch.Tensor,
                     completion_mask: torch.Tensor, target: torch.Tensor, *, beta: float = 0.1, normalize: bool = True,
                     num_pairs: torch.Tensor | float | None = None) -> LossOutput:
-    """Online IPO regression loss (EGPO eq. for L_OIPO; spec §3).
+    """Online IPO regression loss (Zhou, Fazel, Du 2025, the online-IPO objective L_OIPO).
 
     Args:
         policy_token_logps, ref_token_logps: ``[2P, T]`` per-token log-probs under π_θ and π_ref (``[y; y']``).
@@ -114,7 +114,7 @@ def extragradient_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                        full_loss: Callable[[Any], torch.Tensor],
                        grad_clip: float | None = None,
                        snapshot_device: torch.device | str | None = None):
-    """One EGPO update θ_t → θ_{t+1} (spec §3 pseudo-code).
+    """One EGPO update θ_t → θ_{t+1} (Zhou, Fazel, Du 2025, the extragradient update).
 
     1. save θ_t + optimizer state; take a step on ``half_loss()`` (opponent π_{θ_t}) → θ_{t+½};
     2. ``batch = sample_opponent()`` runs *at θ_{t+½}* (sync weights / draw y, y', y'' there);

@@ -1,6 +1,6 @@
 """GRPO clipped surrogate (token ratio) and its sequence-ratio variant GSPO (``GROUP_LOSSES``).
 
-Per-token term (spec §1; DeepSeekMath eq. 3, DAPO eq. 8 for ε_low/ε_high):
+Per-token term (DeepSeekMath eq. 3, DAPO eq. 8 for ε_low/ε_high):
 ``ℓ_{i,t} = −min(ρ A_i, clip(ρ, 1−ε_low, 1+ε_high) A_i) + β · KL_{i,t}``,
 ``ρ_{i,t} = exp(log π_θ − log π_old)`` (``importance_sampling_level="token"``) or the sequence
 geometric mean ``exp(mean_t(log π_θ − log π_old))`` broadcast to every token (``"sequence"``, GSPO,
@@ -34,7 +34,7 @@ __all__ = ["GRPOParams", "GSPOParams", "grpo_loss"]
 
 @dataclass(frozen=True)
 class GRPOParams:
-    """Loss keyword defaults for ``grpo`` (spec §1: paper → ours). Rollout defaults live in the
+    """Loss keyword defaults for ``grpo`` (TRL GRPOConfig parity). Rollout defaults live in the
     trainer config: G 8, max completion 512, temperature 1.0, lr 1e-6, μ 1, scale_rewards group."""
 
     epsilon_low: float = 0.2

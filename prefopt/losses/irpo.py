@@ -1,4 +1,4 @@
-"""IRPO: in-context ranking preference optimisation (arXiv 2504.15477; spec section 4).
+"""IRPO: in-context ranking preference optimisation (arXiv 2504.15477).
 
 ``g_i = (2^psi_i - 1)/log2(1 + tau_i)``, ``Lambda_i = log(1/(N-1) sum_{j != i} exp(beta(h_j - h_i)))``,
 ``L = -(1/N) sum_i g_i log s(-Lambda_i)``; item score = mean token log-prob over the item's tokens.

@@ -1,4 +1,4 @@
-"""LCPO / RE-PO: EM wrapper for noisy preference labels (arXiv 2509.24159; spec section 3).
+"""LCPO / RE-PO: EM wrapper for noisy preference labels (arXiv 2509.24159).
 
 ``Delta_i = L_swap - L_orig`` of a base pairwise loss, ``p_i = s(Delta_i)``,
 ``w_i = stopgrad(s(Delta_i + logit(eta_k)))`` (E-step) and the M-step loss

@@ -1,4 +1,4 @@
-"""P3O: pairwise proximal policy optimisation (Wu et al. 2023, arXiv 2310.00212; spec §4).
+"""P3O: pairwise proximal policy optimisation (Wu et al. 2023, arXiv 2310.00212).
 
 Batch layout (CONTRIBUTING pairwise rule): ``[y1 block; y2 block]`` along B, so rows i and i+P are
 the two responses to prompt i (P pairs, B = 2P). With s_i = Σ_t (log π_θ − log π_ref):

@@ -1,4 +1,4 @@
-"""SparsePO: token-masked TDPO1 (Christopoulou et al. 2024, arXiv 2410.05102; spec section 2).
+"""SparsePO: token-masked TDPO1 (Christopoulou et al. 2024, arXiv 2410.05102).
 
 ``U(y) = sum_t c_t m_u,t rho_t``, ``D(y) = sum_t c_t m_d,t KL_t``, and
 ``L = -log s(beta[(U_w - U_l) - (D_l - D_w)]) + lambda_u ||m_u||_1 + lambda_d ||m_d||_1``

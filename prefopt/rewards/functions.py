@@ -1,6 +1,6 @@
 """Rule-based / verifiable reward functions (registered in ``REWARD_FNS``) and their weighted sum.
 
-TRL-compatible signature (spec section 0): ``fn(prompts, completions, **columns) -> list[float | None]``,
+TRL-compatible signature (TRL GRPOTrainer reward functions): ``fn(prompts, completions, **columns) -> list[float | None]``,
 ``None`` = not applicable (e.g. a URPO referee reward on a player prompt). Columns the loop passes:
 ``answer`` (PromptExample.answer, may be None), ``completion_ids`` (token ids), ``task``, ``meta``.
 Hyper-parameters are keyword arguments bound from the YAML (``kwargs:``).
@@ -119,7 +119,7 @@ def contains(prompts: Sequence[Any], completions: Sequence[str], *, text: str = 
 
 
 class CombinedReward:
-    """Weighted sum ``r = Σ_k w_k R_k`` of reward functions (spec section 0).
+    """Weighted sum ``r = Σ_k w_k R_k`` of reward functions (docs/online.md).
 
     A function returning None for a sample is left out of that sample's sum; when every function
     returns None the reward is NaN ("no reward": excluded from advantages and statistics).

@@ -1,4 +1,4 @@
-"""URPO: the policy as its own referee, and the URPO reward functions (spec section 5, our design).
+"""URPO: the policy as its own referee, and the URPO reward functions (our design; docs/online.md).
 
 * ``urpo_verifiable`` (REWARD_FNS): player reward on ``task == "verifiable"`` rows - 1 when the extracted
   final answer matches, plus an optional format bonus; None on other tasks.

@@ -1,4 +1,4 @@
-"""ONE reward/preference interface for the online loop (spec section 0).
+"""ONE reward/preference interface for the online loop (docs/online.md).
 
 :class:`RewardSource` combines, by weighted sum, any of:
 

@@ -1,4 +1,4 @@
-"""URPO pure helpers (spec §5, all formats are our design): referee prompts, verdict parsing and
+"""URPO pure helpers (all formats are our design; docs/online.md): referee prompts, verdict parsing and
 the rewards derived from it. No torch, no model calls; the trainer does generation.
 
 Referee output contract: brief reasoning, then a last line ``RANKING: B > A > C`` naming every

@@ -1,4 +1,4 @@
-"""Toy preference games for acceptance checks (spec §0 "toy harness", §2, §3).
+"""Toy preference games for acceptance checks (docs/online.md).
 
 A K-arm prompt-free bandit with tabular logits θ ∈ R^K, π = softmax(θ). ``P[i, j]`` is the
 probability that arm i beats arm j. ``P_CYC`` (rock-paper-scissors) has the unique Nash
@@ -28,7 +28,7 @@ def max_abs_to_uniform(pi: torch.Tensor) -> float:
 
 
 def mirror_step(pi, pi_ref, P, opp, eta: float, beta: float) -> torch.Tensor:
-    """``π' ∝ π^{1−ηβ} π_ref^{ηβ} exp(η P π_s)`` (spec §3), computed in log space."""
+    """``π' ∝ π^{1−ηβ} π_ref^{ηβ} exp(η P π_s)`` (the KL-regularised mirror step of EGPO, Zhou, Fazel, Du 2025, arXiv 2503.08942), computed in log space."""
     logits = (1 - eta * beta) * torch.log(pi) + eta * beta * torch.log(pi_ref) + eta * (P @ opp)
     return torch.softmax(logits, -1)
 
@@ -123,7 +123,7 @@ def _kl(p, q) -> torch.Tensor:
 
 
 def duality_gap(pi, P, pi_ref, beta: float) -> float:
-    """Regularised duality gap ``J_β(b, π) − J_β(π, b)``, b ∝ π_ref exp(Pπ/β) (spec §0)."""
+    """Regularised duality gap ``J_β(b, π) − J_β(π, b)``, b ∝ π_ref exp(Pπ/β) (the regularised preference game of Munos et al. 2023, Nash Learning from Human Feedback)."""
     b = torch.softmax(torch.log(pi_ref) + (P @ pi) / beta, -1)
 
     def j(p1, p2):
