@@ -151,7 +151,7 @@ _online("grpo", "grpo", "group", "Shao et al. 2024, DeepSeekMath (GRPO), eq. 3")
 _online("gspo", "gspo", "group", "Zheng et al. 2025, Group Sequence Policy Optimization, eq. 7")
 _online("urpo", "grpo", "group", "URPO: one model as player and referee in one GRPO loop (docs/online.md)",
         self_referee=True)
-_online("rloo", "rloo", "group", "Ahmadian et al. 2024, Back to Basics (REINFORCE leave-one-out), Sec. 3.3",
+_online("rloo", "rloo", "group", "Ahmadian et al. 2024, Back to Basics (REINFORCE leave-one-out), arXiv 2402.14740",
         advantage="rloo")
 _online("dno", "dno", "dno", "Rosset et al. 2024, Direct Nash Optimization, Algorithm 2 (DNO-Prct)")
 _online("egpo", "egpo", "egpo", "Zhou, Fazel, Du 2025, Extragradient Preference Optimization",

@@ -1,7 +1,7 @@
 """RLOO: REINFORCE with the leave-one-out baseline, the whole completion as one action (``GROUP_LOSSES``).
 
 Ahmadian et al. 2024, "Back to Basics: Revisiting REINFORCE Style Optimization for Learning from Human
-Feedback in LLMs", Sec. 3.3 (RLOO estimator): with k samples ``y_1..y_k`` of one prompt,
+Feedback in LLMs", arXiv 2402.14740 (the RLOO estimator): with k samples ``y_1..y_k`` of one prompt,
 ``∇J ≈ (1/k) Σ_i (r_i − 1/(k−1) Σ_{j≠i} r_j) ∇ log π_θ(y_i|x)``. The bracket is the advantage
 ``ADVANTAGES.get("rloo")`` (:func:`prefopt.losses.advantages.rloo_advantages`); this module is the
 surrogate whose gradient is that estimator. Per sequence
