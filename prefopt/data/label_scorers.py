@@ -180,30 +180,36 @@ def _check_judge(cfg: Any) -> None:
     j = cfg.judge
     if not j.model:
         raise ConfigError(f"scorer.kind=judge needs scorer.judge.model (the {j.kind} judge's model)")
-    if j.kind == "http" and not j.base_url.startswith(("http://", "https://")):
+    needs_url = "base_url" in _JUDGE_ARGS[j.kind](j)  # the kind's judge talks to a server
+    if needs_url and not j.base_url.startswith(("http://", "https://")):
         raise ConfigError(f"scorer.judge.base_url must be an http(s) URL, got {j.base_url!r}")
+
+
+# judge kind -> make_judge keyword arguments from the scorer.judge section
+_JUDGE_ARGS: dict[str, Callable[[Any], dict[str, Any]]] = {
+    "lm": lambda j: {"model": j.model, "max_length": j.max_length, "batch_size": 1},
+    "http": lambda j: {"base_url": j.base_url, "model": j.model, "api_key_env": j.api_key_env},
+}
 
 
 def _build_judge(cfg: Any, out_dir: Path) -> Callable[[PromptExample, list[str]], GroupScores]:
     from prefopt.eval.judges import make_judge
 
     j = cfg.judge
-    if j.kind == "lm":
-        judge = make_judge("lm", model=j.model, max_length=j.max_length, batch_size=1)
-    else:
-        judge = make_judge("http", base_url=j.base_url, model=j.model, api_key_env=j.api_key_env)
-    return JudgeMatrix(judge, out_dir / "judgements.jsonl")
+    return JudgeMatrix(make_judge(j.kind, **_JUDGE_ARGS[j.kind](j)), out_dir / "judgements.jsonl")
 
 
-def _describe_matrix(cfg: Any) -> dict[str, Any]:
-    if cfg.kind == "gpm":
-        return {"kind": "gpm", "model": cfg.reward.models[0], "temperature": cfg.reward.temperature,
-                "rank": "copeland"}
+def _describe_gpm(cfg: Any) -> dict[str, Any]:
+    return {"kind": "gpm", "model": cfg.reward.models[0], "temperature": cfg.reward.temperature,
+            "rank": "copeland"}
+
+
+def _describe_judge(cfg: Any) -> dict[str, Any]:
     return {"kind": "judge", "judge": cfg.judge.kind, "model": cfg.judge.model, "rank": "copeland"}
 
 
 for _spec in (LabelScorerSpec("reward", _check_reward, _build_reward, _describe_reward),
-              LabelScorerSpec("gpm", _check_gpm, _build_gpm, _describe_matrix),
-              LabelScorerSpec("judge", _check_judge, _build_judge, _describe_matrix)):
+              LabelScorerSpec("gpm", _check_gpm, _build_gpm, _describe_gpm),
+              LabelScorerSpec("judge", _check_judge, _build_judge, _describe_judge)):
     if _spec.name not in LABEL_SCORERS:
         LABEL_SCORERS.register(_spec.name, _spec)

@@ -7,7 +7,7 @@ Generation is seeded, so the same config gives the same prompts.
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, Callable
 
 from data_pipelines.schemas import PromptExample
 from prefopt.core.errors import ConfigError, DataError
@@ -110,12 +110,19 @@ def read_prompt_file(kind: str, path: str) -> list[PromptExample]:
 
     if not Path(path).exists():
         raise ConfigError(f"prompt file not found: {path}")
-    if kind == "hh_rlhf":
-        return hh_rlhf_prompts(path, None)
-    if kind == "alpaca_eval":
-        return alpaca_eval_prompts(path)
+    return _FILE_READERS.get(kind, _numbered_jsonl_prompts)(path)
+
+
+def _numbered_jsonl_prompts(path: str) -> list[PromptExample]:
     return [ex if ex.id else PromptExample(ex.prompt, f"p-{i}", ex.source, ex.answer, ex.meta)
             for i, ex in enumerate(jsonl_prompts(path, None))]
+
+
+# prompt file format -> reader of every prompt in the file (anything else: jsonl with ``prompt``)
+_FILE_READERS: dict[str, Callable[[str], list[PromptExample]]] = {
+    "hh_rlhf": lambda path: hh_rlhf_prompts(path, None),
+    "alpaca_eval": alpaca_eval_prompts,
+}
 
 
 def _pref_item(i: int, rng: random.Random) -> PromptExample:
@@ -157,12 +164,17 @@ def urpo_prompts(n: int, *, mix: tuple[float, ...] = (1.0, 1.0, 1.0), seed: int 
 def load_prompts(cfg: Any, seed: int = 0) -> list[PromptExample]:
     """Prompts for a :class:`~prefopt.loops.online_config.PromptSourceConfig` (train + held-out)."""
     total = cfg.n + cfg.n_eval
-    if cfg.kind == "arithmetic":
-        return arithmetic_prompts(total, max_operand=cfg.max_operand, instruction=cfg.instruction, seed=seed)
-    if cfg.kind == "urpo":
-        return urpo_prompts(total, mix=tuple(cfg.urpo_mix), seed=seed)
+    if cfg.kind in _GENERATED:
+        return _GENERATED[cfg.kind](cfg, total, seed)
     if not cfg.path:
         raise ConfigError(f"online.prompts.kind={cfg.kind} needs online.prompts.path")
-    if cfg.kind == "hh_rlhf":
-        return hh_rlhf_prompts(cfg.path, total)
-    return jsonl_prompts(cfg.path, total)
+    return _FROM_FILE.get(cfg.kind, jsonl_prompts)(cfg.path, total)
+
+
+# online prompt source kind -> builder: generated sources, then file sources (default jsonl)
+_GENERATED: dict[str, Callable[[Any, int, int], list[PromptExample]]] = {
+    "arithmetic": lambda cfg, total, seed: arithmetic_prompts(total, max_operand=cfg.max_operand,
+                                                              instruction=cfg.instruction, seed=seed),
+    "urpo": lambda cfg, total, seed: urpo_prompts(total, mix=tuple(cfg.urpo_mix), seed=seed),
+}
+_FROM_FILE: dict[str, Callable[[str, int], list[PromptExample]]] = {"hh_rlhf": hh_rlhf_prompts}

@@ -33,7 +33,9 @@ from prefopt.eval.judge_cli import (
     add_judge_args,
     agreement_text,
     check_judge_name,
+    judge_pending,
     judge_settings,
+    judgement_fields,
     make_cli_judge,
     read_agreement,
 )
@@ -95,22 +97,10 @@ def judge_all(args: argparse.Namespace, rows: list[dict], a: list[dict], b: list
     An unparsable judge answer (``retry``) is kept as a failed attempt and asked again by the next run.
     """
     store = ResultStore(out / "judgements.jsonl", key_fields=("index",), retry_field="retry")
-    todo = store.pending(rows)
-    if todo:
-        judge = make_cli_judge(args)
-        bar = progress(total=len(rows), desc="judge")
-        bar.update(len(rows) - len(todo))
-        for s in range(0, len(todo), args.judge_batch_size):
-            batch = todo[s:s + args.judge_batch_size]
-            ann = judge.annotate([r["prompt"] for r in batch], [a[r["index"]]["output"] for r in batch],
-                                 [b[r["index"]]["output"] for r in batch], keys=[r["index"] for r in batch])
-            store.append({"index": r["index"], "judge": judge.name,
-                          "p_b": None if x.get("preference") is None else x["preference"] - 1.0,
-                          "p_b_first": x.get("p_output_first"), "p_a_first": x.get("p_reference_first"),
-                          "retry": bool(x.get("retry")), "error": x.get("error")}
-                         for r, x in zip(batch, ann, strict=True))
-            bar.update(len(batch))
-        bar.close()
+    judge_pending(store, rows, lambda: make_cli_judge(args), args.judge_batch_size, "judge",
+                  ask=lambda batch: ([r["prompt"] for r in batch], [a[r["index"]]["output"] for r in batch],
+                                     [b[r["index"]]["output"] for r in batch], [r["index"] for r in batch]),
+                  to_row=lambda r, x, name: {"index": r["index"], "judge": name, **judgement_fields(x, "b", "a")})
     done = {r["index"]: r for r in store.rows()}
     return [done[r["index"]] for r in rows]
 

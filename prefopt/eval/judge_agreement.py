@@ -29,9 +29,15 @@ from typing import Sequence
 
 from prefopt.core.errors import ConfigError, DataError
 from prefopt.core.io import atomic_write_json
-from prefopt.core.logging import progress
 from prefopt.eval import agreement as AG
-from prefopt.eval.judge_cli import add_judge_args, check_judge_name, judge_settings, make_cli_judge
+from prefopt.eval.judge_cli import (
+    add_judge_args,
+    check_judge_name,
+    judge_pending,
+    judge_settings,
+    judgement_fields,
+    make_cli_judge,
+)
 from prefopt.eval.resumable import ResultStore
 
 
@@ -112,24 +118,12 @@ def load_pairs(data: str, limit: int | None, seed: int) -> tuple[list[dict], int
 def judge_pairs(args: argparse.Namespace, pairs: list[dict], store: ResultStore) -> None:
     """Judge the pending pairs in batches (each batch appended when done); an unparsable answer (``retry``)
     is kept as a failed attempt and asked again by the next run."""
-    todo = store.pending(pairs)
-    if not todo:
-        return
-    judge = make_cli_judge(args)
-    bar = progress(total=len(pairs), desc="judge-agreement")
-    bar.update(len(pairs) - len(todo))
-    for s in range(0, len(todo), args.judge_batch_size):
-        batch = todo[s:s + args.judge_batch_size]
-        ann = judge.annotate([b["prompt"] for b in batch], [b["first"] for b in batch],
-                             [b["second"] for b in batch], keys=[f"{b['file']}:{b['row']}" for b in batch])
-        store.append({"file": b["file"], "row": b["row"], "label_second": b["label_second"],
-                      "len_first": len(b["first"]), "len_second": len(b["second"]), "judge": judge.name,
-                      "p_second": None if a.get("preference") is None else a["preference"] - 1.0,
-                      "p_second_first": a.get("p_output_first"), "p_first_first": a.get("p_reference_first"),
-                      "retry": bool(a.get("retry")), "error": a.get("error")}
-                     for b, a in zip(batch, ann, strict=True))
-        bar.update(len(batch))
-    bar.close()
+    judge_pending(store, pairs, lambda: make_cli_judge(args), args.judge_batch_size, "judge-agreement",
+                  ask=lambda batch: ([b["prompt"] for b in batch], [b["first"] for b in batch],
+                                     [b["second"] for b in batch], [f"{b['file']}:{b['row']}" for b in batch]),
+                  to_row=lambda b, a, name: {"file": b["file"], "row": b["row"], "label_second": b["label_second"],
+                                             "len_first": len(b["first"]), "len_second": len(b["second"]),
+                                             "judge": name, **judgement_fields(a, "second", "first")})
 
 
 def summarize(rows: list[dict], ties: int) -> dict:

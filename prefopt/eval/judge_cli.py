@@ -75,3 +75,36 @@ def agreement_text(agr: dict | None) -> str:
     from prefopt.eval.alpacaeval_metrics import agreement_cell
 
     return agreement_cell(agr) if not agr else "judge agreement " + agreement_cell(agr)
+
+
+def judge_pending(store: Any, items: list[dict], new_judge: Any, batch_size: int, desc: str,
+                  ask: Any, to_row: Any) -> None:
+    """Judge the items ``store`` does not hold yet, in batches, each batch appended when done.
+
+    ``new_judge()`` builds the judge (only when something is pending); ``ask(batch)`` gives
+    ``(instructions, first answers, second answers, keys)``; ``to_row(item, annotation, judge name)`` the
+    stored row. A resumed run starts where the last stopped; failed attempts (``retry``) are asked again.
+    """
+    todo = store.pending(items)
+    if not todo:
+        return
+    from prefopt.core.logging import progress
+
+    judge = new_judge()
+    bar = progress(total=len(items), desc=desc)
+    bar.update(len(items) - len(todo))
+    for s in range(0, len(todo), batch_size):
+        batch = todo[s:s + batch_size]
+        instructions, firsts, seconds, keys = ask(batch)
+        ann = judge.annotate(instructions, firsts, seconds, keys=keys)
+        store.append(to_row(item, a, judge.name) for item, a in zip(batch, ann, strict=True))
+        bar.update(len(batch))
+    bar.close()
+
+
+def judgement_fields(a: dict, second: str, first: str) -> dict:
+    """The judged fields of one annotation: P(second answer wins) as ``p_<second>`` (None if
+    unparsable), the per-order probabilities of an order-sensitive judge, and the retry marker."""
+    return {f"p_{second}": None if a.get("preference") is None else a["preference"] - 1.0,
+            f"p_{second}_first": a.get("p_output_first"), f"p_{first}_first": a.get("p_reference_first"),
+            "retry": bool(a.get("retry")), "error": a.get("error")}

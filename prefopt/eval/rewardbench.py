@@ -179,28 +179,41 @@ def score_rows(pair_scorer: Any, rows: list[dict], store: ResultStore, batch_siz
     bar.close()
 
 
+def run_settings(args: argparse.Namespace) -> dict:
+    """The settings a results folder is scored with (``run_config.json``; a rerun with others is refused)."""
+    return {"model": list(args.model), "kind": args.kind, "reduce": args.reduce, "data": args.data,
+            "max_length": args.max_length, "bf16": args.bf16, "ref_model": args.ref_model, "beta": args.beta,
+            "polar_reference": args.polar_reference, "judge_labels": args.judge_labels,
+            "limit_per_subset": args.limit_per_subset}
+
+
+def scorer_for(args: argparse.Namespace, rows: list[dict], out: Path) -> tuple[str, Any]:
+    """``(resolved kind, pair scorer)`` from the CLI arguments (POLAR references generated first)."""
+    refs = polar_references(args.polar_reference, rows, out, max_new_tokens=args.polar_max_new_tokens,
+                            batch_size=args.batch_size)
+    return build_pair_scorer(
+        args.kind, args.model, batch_size=args.batch_size, bf16=args.bf16, max_length=args.max_length,
+        reduce=args.reduce, ref_model=args.ref_model, beta=args.beta, polar_reference=refs,
+        judge_labels=tuple(args.judge_labels.split(",")), device=args.device)
+
+
+def stored_rows(store: ResultStore, rows: list[dict]) -> list[dict]:
+    """The stored results of ``rows`` (a folder may hold more), in store order."""
+    keys = {(r["id"], r["subset"]) for r in rows}
+    return [r for r in store.rows() if (r["id"], r["subset"]) in keys]
+
+
 def run(args: argparse.Namespace) -> M.RewardBenchResult:
     """Evaluate, write every output, return the result."""
     rows = load_rows(args.data, args.limit_per_subset)
     out = Path(args.out or Path("runs") / "eval" / "rewardbench" / Path(args.model[0]).name)
     out.mkdir(parents=True, exist_ok=True)
-    config = {"model": list(args.model), "kind": args.kind, "reduce": args.reduce, "data": args.data,
-              "max_length": args.max_length, "bf16": args.bf16, "ref_model": args.ref_model, "beta": args.beta,
-              "polar_reference": args.polar_reference, "judge_labels": args.judge_labels,
-              "limit_per_subset": args.limit_per_subset}
-    check_run_config(out, config)
+    check_run_config(out, run_settings(args))
     store = ResultStore(out / "scores.jsonl", key_fields=("id", "subset"))
     start = time.perf_counter()
     if store.pending(rows):
-        refs = polar_references(args.polar_reference, rows, out, max_new_tokens=args.polar_max_new_tokens,
-                                batch_size=args.batch_size)
-        kind, pair_scorer = build_pair_scorer(
-            args.kind, args.model, batch_size=args.batch_size, bf16=args.bf16, max_length=args.max_length,
-            reduce=args.reduce, ref_model=args.ref_model, beta=args.beta, polar_reference=refs,
-            judge_labels=tuple(args.judge_labels.split(",")), device=args.device)
-        score_rows(pair_scorer, rows, store, args.batch_size)
-    keys = {(r["id"], r["subset"]) for r in rows}
-    scored = [r for r in store.rows() if (r["id"], r["subset"]) in keys]
+        score_rows(scorer_for(args, rows, out)[1], rows, store, args.batch_size)
+    scored = stored_rows(store, rows)
     meta = {"model": ",".join(args.model), "model_type": resolve_kind(args.kind, args.model)[0], "chat_template": "tokenizer",
             "dtype": "bfloat16" if args.bf16 else "float32", "max_length": args.max_length,
             "batch_size": args.batch_size, "seed": args.seed, "data": args.data}

@@ -32,9 +32,16 @@ from prefopt.core.io import atomic_write_json, atomic_write_text
 from prefopt.core.logging import progress
 from prefopt.eval import rewardbench_v2_metrics as M2
 from prefopt.eval.resumable import ResultStore
-from prefopt.eval.rewardbench import DELAY_ENV, _read_hub_or_file, check_run_config, polar_references
+from prefopt.eval.rewardbench import (
+    DELAY_ENV,
+    _read_hub_or_file,
+    check_run_config,
+    run_settings,
+    scorer_for,
+    stored_rows,
+)
 from prefopt.eval.rewardbench_v2_scorers import build_group_scorer
-from prefopt.eval.scorers import build_pair_scorer, resolve_kind
+from prefopt.eval.scorers import resolve_kind
 
 DEFAULT_DATA = "hf:allenai/reward-bench-2@test"
 _HUB_NAME = re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")
@@ -160,23 +167,13 @@ def run(args: argparse.Namespace) -> M2.RewardBench2Result:
     rows = load_rows(args.data, args.limit_per_subset)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    config = {"benchmark": "v2", "model": list(args.model), "kind": args.kind, "reduce": args.reduce,
-              "data": args.data, "max_length": args.max_length, "bf16": args.bf16, "ref_model": args.ref_model,
-              "beta": args.beta, "polar_reference": args.polar_reference, "judge_labels": args.judge_labels,
-              "limit_per_subset": args.limit_per_subset}
-    check_run_config(out, config)
+    check_run_config(out, {"benchmark": "v2", **run_settings(args)})
     store = ResultStore(out / "scores.jsonl", key_fields=("id", "subset"))
     start = time.perf_counter()
     if store.pending(rows):
-        refs = polar_references(args.polar_reference, rows, out, max_new_tokens=args.polar_max_new_tokens,
-                                batch_size=args.batch_size)
-        kind, pair_scorer = build_pair_scorer(
-            args.kind, args.model, batch_size=args.batch_size, bf16=args.bf16, max_length=args.max_length,
-            reduce=args.reduce, ref_model=args.ref_model, beta=args.beta, polar_reference=refs,
-            judge_labels=tuple(args.judge_labels.split(",")), device=args.device)
+        kind, pair_scorer = scorer_for(args, rows, out)
         score_rows(build_group_scorer(kind, pair_scorer, args.batch_size), rows, store, args.batch_size)
-    keys = {(r["id"], r["subset"]) for r in rows}
-    scored = [r for r in store.rows() if (r["id"], r["subset"]) in keys]
+    scored = stored_rows(store, rows)
     meta = {"model": ",".join(args.model), "model_type": resolve_kind(args.kind, args.model)[0],
             "chat_template": "tokenizer", "dtype": "bfloat16" if args.bf16 else "float32",
             "max_length": args.max_length, "batch_size": args.batch_size, "seed": args.seed, "data": args.data}

@@ -11,7 +11,12 @@ import torch
 
 __all__ = ["KL_ESTIMATORS", "kl_estimate"]
 
-KL_ESTIMATORS = ("k1", "k2", "k3")
+_ESTIMATORS = {
+    "k1": lambda log_r: -log_r,
+    "k2": lambda log_r: 0.5 * log_r.pow(2),
+    "k3": lambda log_r: torch.exp(log_r) - log_r - 1.0,
+}
+KL_ESTIMATORS = tuple(_ESTIMATORS)
 
 
 def kl_estimate(logps: torch.Tensor, ref_logps: torch.Tensor, kind: str = "k3") -> torch.Tensor:
@@ -20,11 +25,6 @@ def kl_estimate(logps: torch.Tensor, ref_logps: torch.Tensor, kind: str = "k3") 
     Example: log π_θ = 0, log π_ref = log ½ → k1 = log 2 ≈ 0.6931, k2 = ½ (log 2)² ≈ 0.2402,
     k3 = ½ + log 2 − 1 ≈ 0.1931.
     """
-    log_r = ref_logps.to(torch.float32) - logps.to(torch.float32)
-    if kind == "k1":
-        return -log_r
-    if kind == "k2":
-        return 0.5 * log_r.pow(2)
-    if kind == "k3":
-        return torch.exp(log_r) - log_r - 1.0
-    raise ValueError(f"unknown KL estimator '{kind}'; known: {', '.join(KL_ESTIMATORS)}")
+    if kind not in _ESTIMATORS:
+        raise ValueError(f"unknown KL estimator '{kind}'; known: {', '.join(KL_ESTIMATORS)}")
+    return _ESTIMATORS[kind](ref_logps.to(torch.float32) - logps.to(torch.float32))
