@@ -24,6 +24,7 @@ from benchmarks.common import (
     matmul_peak,
     print_table,
     probe_memory,
+    release_memory,
     run_probe_subprocess,
     set_threads,
     summarize,
@@ -118,7 +119,8 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
     names = [s.name for s in sides]
     payload_extra = mod.finish(env, args) if hasattr(mod, "finish") else {}
     del sides
-    gc.collect()
+    env = {k: env[k] for k in ("tokens", "n_params", "extra") if k in env}
+    release_memory()  # the probes below run in fresh processes; give them this process's freed heap
     if args.memory:
         fwd = _forward_argv(argv)
         for name in names:

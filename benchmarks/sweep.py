@@ -53,6 +53,23 @@ def slope(xs: Sequence[float], ys: Sequence[float]) -> float | None:
     return sum((p[0] - mx) * (p[1] - my) for p in pts) / den if den else None
 
 
+def finished_point(path: str, sub: Sequence[str]) -> dict[str, Any] | None:
+    """A point's JSON from an earlier, interrupted run of the same sweep (same command, memory probed).
+
+    Sweeps take hours on small machines; rerunning the same command measures only the missing points.
+    """
+    p = Path(path)
+    if not p.is_file():
+        return None
+    payload = json.loads(p.read_text())
+    if payload.get("command") != "prefopt bench " + " ".join(sub):
+        return None
+    if payload["config"].get("memory") and any("memory" not in r for r in payload["results"].values()):
+        return None
+    print(f"reusing the finished point {path} (same command)", flush=True)
+    return payload
+
+
 def run_sweep(argv: Sequence[str], args: Any) -> dict[str, Any]:
     from benchmarks.cli import run
     from benchmarks.common import write_json
@@ -63,7 +80,8 @@ def run_sweep(argv: Sequence[str], args: Any) -> dict[str, Any]:
     runs = []
     for v in vals:
         sub = [*base, FLAG[args.sweep], str(v), "--out", f"{stem}_{v}.json"]
-        runs.append(run(sub))
+        done = finished_point(f"{stem}_{v}.json", sub)
+        runs.append(done if done is not None else run(sub))
     curves: dict[str, dict[str, list]] = {}
     for payload in runs:
         for name, r in payload["results"].items():

@@ -231,6 +231,14 @@ def test_sweep_length_and_group(tmp_path):
         assert len(c["s_per_step"]) == 2 and all(t > 0 for t in c["s_per_step"])
         assert isinstance(s["slopes"][name]["s_per_step"], float) and s["slopes"][name]["peak_step_mb"] is None
     assert (tmp_path / "dpo_len.png").stat().st_size > 0
+    # Rerunning the same sweep reuses the finished points instead of measuring them again.
+    (tmp_path / "dpo_len_64.json").unlink()
+    stamp = (tmp_path / "dpo_len_32.json").stat().st_mtime_ns
+    assert cli_main(["dpo", *base, "--synthetic", "--sweep", "length", "--sweep-values", "32,64",
+                     "--out", str(out)]) == 0
+    assert (tmp_path / "dpo_len_32.json").stat().st_mtime_ns == stamp
+    assert (tmp_path / "dpo_len_64.json").is_file()
+    assert json.loads(out.read_text())["curves"]["trl"]["s_per_step"][0] == s["curves"]["trl"]["s_per_step"][0]
     out = tmp_path / "grpo_g.json"
     assert cli_main(["grpo", *base, "--completion-length", "4", "--max-length", "96", "--sweep", "group",
                      "--sweep-values", "2,4", "--out", str(out)]) == 0
