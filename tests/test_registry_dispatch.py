@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SCANNED = [*sorted((ROOT / "reward_models").glob("*.py")), *sorted((ROOT / "prefopt" / "loops").glob("*.py")),
+SCANNED = [*sorted((ROOT / "reward_models").glob("*.py")), *sorted((ROOT / "prefopt" / "loops").rglob("*.py")),
            ROOT / "prefopt" / "eval" / "scorers.py", ROOT / "prefopt" / "eval" / "alpacaeval.py",
            ROOT / "prefopt" / "eval" / "judges" / "base.py", ROOT / "prefopt" / "rewards" / "sources.py",
            ROOT / "prefopt" / "export.py", ROOT / "prefopt" / "train.py", ROOT / "prefopt" / "eval" / "bon.py",
