@@ -24,8 +24,11 @@ class AlgorithmSpec:
         loss: name in :data:`prefopt.core.registry.LOSSES` (offline) or ``GROUP_LOSSES`` (online).
         loop: ``offline`` (fixed preference data) or ``online`` (rollouts each step).
         schema: ``pairwise`` ([chosen; rejected] batches) or ``ranked`` (K responses per prompt).
-        extras: extra inputs the loop must build: ``token_kl`` (full-vocab KL per token, needs a live
-            reference forward), ``sparse_mask`` (SparsePO masks), ``lcpo_state`` (noise-rate EM state).
+        extras: traits the settings checks read: ``token_kl`` (full-vocab KL per token, needs a live
+            reference forward and padded rows), ``sparse_mask`` (reads the ``sparsepo:`` mask section).
+        hooks: offline-loop hooks the algorithm always uses, by name in
+            :data:`prefopt.core.registry.OFFLINE_HOOKS` (:mod:`prefopt.loops.hooks`): state, extra loss
+            inputs or its own input builder, extra optimizer groups, per-stage reference.
         curriculum: train stage by stage on ``meta.stage`` (Curry-DPO).
         paper: citation shown by ``prefopt ls algorithms`` and the docs.
     """
@@ -35,6 +38,7 @@ class AlgorithmSpec:
     loop: Literal["offline", "online"] = "offline"
     schema: Literal["pairwise", "ranked"] = "pairwise"
     extras: frozenset[str] = field(default_factory=frozenset)
+    hooks: tuple[str, ...] = ()
     curriculum: bool = False
     paper: str = ""
 
@@ -95,12 +99,12 @@ _offline("sigmoid_norm", paper="length-normalised DPO")
 _offline("simpo", paper="Meng et al. 2024, SimPO, eq. 6")
 _offline("cpo", paper="Xu et al. 2024, Contrastive Preference Optimization, eq. 11")
 _offline("orpo", paper="Hong et al. 2024, ORPO, eq. 6")
-_offline("sparsepo", extras=frozenset({"token_kl", "sparse_mask"}),
+_offline("sparsepo", extras=frozenset({"token_kl", "sparse_mask"}), hooks=("sparsepo_masks",),
          paper="Christopoulou et al. 2024, SparsePO, eq. 10")
-_offline("lcpo", extras=frozenset({"lcpo_state"}),
+_offline("lcpo", hooks=("lcpo_eta",),
          paper="Latent-collective preference optimisation / RE-PO (EM over label noise)")
 _offline("irpo", schema="ranked", paper="In-context Ranking Preference Optimization (IRPO), eq. 9")
-_offline("curry_dpo", loss="dpo", curriculum=True,
+_offline("curry_dpo", loss="dpo", curriculum=True, hooks=("stage_reference",),
          paper="Pattnaik et al. 2024, Curry-DPO: curriculum learning with ranked preferences")
 
 

@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SCANNED = [*sorted((ROOT / "reward_models").glob("*.py")), *sorted((ROOT / "prefopt" / "loops").glob("*.py")),
+SCANNED = [*sorted((ROOT / "reward_models").glob("*.py")), *sorted((ROOT / "prefopt" / "loops").rglob("*.py")),
            ROOT / "prefopt" / "eval" / "scorers.py", ROOT / "prefopt" / "eval" / "alpacaeval.py",
            ROOT / "prefopt" / "eval" / "judges" / "base.py", ROOT / "prefopt" / "rewards" / "sources.py",
            ROOT / "prefopt" / "export.py", ROOT / "prefopt" / "train.py", ROOT / "prefopt" / "eval" / "bon.py",
@@ -70,3 +70,44 @@ def test_no_kind_or_algorithm_name_branches_in_trainers_loops_and_scorer_factory
                 bad.append(f"{rel}:{line}: {key} vs {lit!r}")
     assert not bad, ("string dispatch found; give the registered spec a trait instead "
                      "(reward_models/kinds.py, prefopt/algorithms.py):\n" + "\n".join(bad))
+
+
+# --------------------------------------------------------------------------- offline loop and step
+GENERIC_OFFLINE = ("prefopt/loops/offline.py", "prefopt/loops/offline_step.py")
+# Method words that are not registry names but name an extra (hooks in prefopt/loops/hooks/).
+EXTRA_WORDS = ("curry", "tr-dpo", "trdpo", "sparse", "lcpo")
+# The listwise (ranked-schema) step still computes IRPO's margins itself (its only listwise loss).
+OFFLINE_ALLOWED = {("prefopt/loops/offline_step.py", "irpo"), ("prefopt/loops/offline.py", "irpo")}
+
+
+def method_words(source: str, words: list[str]) -> list[tuple[int, str]]:
+    """``(line, word)`` for every whole-word, case-insensitive occurrence (``_`` joins words) in code,
+    strings, comments and docstrings alike."""
+    import re
+
+    out = []
+    for i, line in enumerate(source.splitlines(), 1):
+        for w in words:
+            if re.search(rf"(?<![A-Za-z0-9_]){re.escape(w)}(?![A-Za-z0-9_])", line, re.IGNORECASE):
+                out.append((i, w))
+    return out
+
+
+def test_method_word_scanner():
+    src = 'x = 1\n"""Curry-DPO stages"""\nif ctx.lcpo_state: pass\nuse_sparse = 1\n# dpo and lcpo here\n'
+    assert method_words(src, ["dpo", "lcpo", "curry", "sparse"]) == [(2, "dpo"), (2, "curry"), (5, "dpo"),
+                                                                    (5, "lcpo")]
+
+
+def test_offline_loop_and_step_name_no_algorithm():
+    """Algorithm extras are hook objects (prefopt/loops/hooks/): the generic loop and step never name an
+    algorithm or a method's extra, not even in a comment."""
+    import prefopt.algorithms  # noqa: F401  (registration)
+    from prefopt.core.registry import ALGORITHMS
+
+    words = [*ALGORITHMS.names(), *EXTRA_WORDS]
+    assert {"lcpo", "sparsepo", "curry_dpo", "dpo"} <= set(words)
+    bad = [f"{rel}:{line}: {w}" for rel in GENERIC_OFFLINE
+           for line, w in method_words((ROOT / rel).read_text(encoding="utf-8"), words)
+           if (rel, w) not in OFFLINE_ALLOWED]
+    assert not bad, "move the method's part into a hook (prefopt/loops/hooks/, CONTRIBUTING.md):\n" + "\n".join(bad)

@@ -84,6 +84,7 @@ LOSSES = registry("loss")                # offline pairwise/listwise losses (pre
 GROUP_LOSSES = registry("group_loss")    # online policy-gradient surrogates
 ADVANTAGES = registry("advantage")       # advantage estimators
 ALGORITHMS = registry("algorithm")       # AlgorithmSpec objects
+OFFLINE_HOOKS = registry("offline_hook")  # offline-loop hook factories (prefopt.loops.hooks)
 RM_KINDS = registry("reward_model")      # reward-model kinds (bt, gpm, polar, ensemble)
 RM_LOSSES = registry("rm_loss")          # reward-model losses
 DATASETS = registry("dataset")           # dataset adapters/builders

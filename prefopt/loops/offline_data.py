@@ -22,7 +22,12 @@ from data_pipelines.tokenize import (
 from prefopt.core.errors import DataError
 from prefopt.core.loop import epoch_order, micro_batches, repeat_epochs, train_eval_paths, whole_steps
 
-__all__ = ["Item", "Plan", "make_plan", "tokenize_items", "train_eval_paths", "epoch_order", "micro_batches"]
+__all__ = ["Item", "Plan", "STAGE_METRIC", "make_plan", "tokenize_items", "train_eval_paths", "epoch_order",
+           "micro_batches"]
+
+# The data stage (``meta.stage``) of each optimizer step, logged by every offline run (1 without stages);
+# the name comes from the curriculum method that introduced stages (Curry-DPO).
+STAGE_METRIC = "curry/stage"
 
 
 @dataclass(frozen=True)

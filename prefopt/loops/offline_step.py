@@ -1,13 +1,15 @@
 """One offline micro-batch: items -> batch -> policy/reference log-probs -> registered loss.
 
 The loss maths lives in :mod:`prefopt.losses`; this module only assembles the inputs each loss
-declares (sequence log-probs, token log-probs, token KL and SparsePO masks, LCPO's eta, IRPO's
-per-response margins) from one forward of the policy and one no-grad forward of the reference.
+declares (sequence log-probs, IRPO's per-response margins) from one forward of the policy and one
+no-grad forward of the reference. An algorithm's hooks (:mod:`prefopt.loops.hooks`, ``ctx.hooks``)
+add loss inputs (:meth:`~prefopt.loops.hooks.base.OfflineHook.loss_inputs`) or build a pairwise
+micro-batch's inputs themselves (``ctx.forward``, e.g. token-level inputs from full logits).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -32,10 +34,26 @@ class StepContext:
     layout: str = "padded"
     reference: Any = None        # prefopt.loops.reference.Reference or None
     ref_cache: dict[int, Tensor] | None = None  # precomputed (2,) reference seq log-probs by item index
-    lcpo_state: Any = None
-    mask_head: Any = None        # SparsePO learned mask head
-    mask_provider: str = "learned"
-    extras: dict[str, Any] = field(default_factory=dict)
+    eval_ref_cache: dict[int, Tensor] | None = None  # the same for the held-out pairs
+    hooks: list = field(default_factory=list)  # the run's OfflineHook objects (prefopt.loops.hooks)
+    forward: Callable[..., "StepInputs"] | None = None  # a hook's pairwise input builder; None: sequence_inputs
+
+
+@dataclass
+class StepInputs:
+    """One pairwise micro-batch after the forward passes.
+
+    Attributes:
+        inputs: the tensors the registered loss reads (the vocabulary of :mod:`prefopt.losses.base`).
+        mask: completion mask of the ``[chosen; rejected]`` rows.
+        stats: logit statistics of the policy forward (names: prefopt/core/metric_names.py).
+        seq: sequence log-probs for the shared metrics (``policy_chosen_logps`` ...); None = ``inputs``.
+    """
+
+    inputs: dict[str, Tensor]
+    mask: Tensor
+    stats: dict[str, Tensor]
+    seq: dict[str, Tensor] | None = None
 
 
 def collate(items: list, ctx: StepContext) -> Any:
@@ -63,7 +81,7 @@ def policy_forward(policy: Any, batch: Any, need_logits: bool = False) -> tuple[
     Default: :func:`forward_token_logps` with statistics (the LM head runs on completion positions
     only; no logits are returned): entropy, mean_token_accuracy (argmax == label) and the mean logit
     of the chosen / rejected completion tokens (logits/chosen, logits/rejected), token-weighted over
-    each block. ``need_logits`` (SparsePO's token KL): one padded full-logits forward, same statistics.
+    each block. ``need_logits`` (e.g. a per-token KL): one padded full-logits forward, same statistics.
     """
     if need_logits:
         return _padded_full_forward(policy, batch)
@@ -107,10 +125,8 @@ def _padded_full_forward(policy: Any, batch: Any) -> tuple[Any, dict[str, Tensor
     return out, _logit_stats(mask.bool(), ent, hit, mean_logit), logits
 
 
-def pairwise_loss(ctx: StepContext, policy: Any, items: list) -> LossOutput:
-    """Loss for a micro-batch of preference pairs (every pairwise loss, LCPO and SparsePO)."""
-    if "token_kl" in ctx.spec.extras:
-        return sparsepo_loss(ctx, policy, items)
+def sequence_inputs(ctx: StepContext, policy: Any, items: list) -> StepInputs:
+    """Sequence log-probs of a pairwise micro-batch: policy forward, reference forward or cache."""
     batch = collate(items, ctx)
     with autocast(ctx.precision, ctx.device):
         out, stats, _ = policy_forward(policy, batch)
@@ -119,11 +135,17 @@ def pairwise_loss(ctx: StepContext, policy: Any, items: list) -> LossOutput:
     if ctx.ref_cache is not None:
         ref = torch.stack([ctx.ref_cache[it.index] for it in items]).to(pol.device)
         inputs["ref_chosen_logps"], inputs["ref_rejected_logps"] = ref[:, 0], ref[:, 1]
-    if ctx.lcpo_state is not None:
-        inputs["eta"] = ctx.lcpo_state.eta
-        inputs["annotator_id"] = torch.tensor([it.annotator for it in items], dtype=torch.long)
-    result = ctx.loss_spec(inputs, ctx.hparams)
-    return _with_common_metrics(result, inputs, out.completion_mask, stats)
+    return StepInputs(inputs, out.completion_mask, stats)
+
+
+def pairwise_loss(ctx: StepContext, policy: Any, items: list) -> LossOutput:
+    """Loss for a micro-batch of preference pairs: inputs (``ctx.forward`` or sequence log-probs) plus
+    each hook's extra inputs -> the registered loss -> the shared metrics."""
+    step = (ctx.forward or sequence_inputs)(ctx, policy, items)
+    for hook in ctx.hooks:
+        step.inputs.update(hook.loss_inputs(items))
+    result = ctx.loss_spec(step.inputs, ctx.hparams)
+    return _with_common_metrics(result, step.seq or step.inputs, step.mask, step.stats)
 
 
 def _with_common_metrics(result: LossOutput, inputs: dict, mask: Tensor,
@@ -195,82 +217,12 @@ def ranked_loss(ctx: StepContext, policy: Any, items: list) -> LossOutput:
     return LossOutput(loss, metrics)
 
 
-def _shift(x: Tensor) -> Tensor:
-    """Align a per-position activation with the token it predicts: ``out[:, t] = x[:, t - 1]``."""
-    x = x[:, :-1]
-    return torch.cat([x.new_zeros((x.shape[0], 1) + tuple(x.shape[2:])), x], dim=1)
-
-
-def _hooked_reference_forward(model: Any, kw: dict, collect: bool) -> tuple[Any, dict[str, list[Tensor]]]:
-    """Reference forward with hidden states; with ``collect`` also the per-layer MLP and attention
-    outputs via forward hooks (modules whose name ends in ``.mlp`` / ``.self_attn``)."""
-    acts: dict[str, list[Tensor]] = {"mlp": [], "attn": []}
-    handles = []
-    if collect:
-        for name, mod in model.named_modules():
-            kind = "mlp" if name.endswith(".mlp") else "attn" if name.endswith(".self_attn") else None
-            if kind is None:
-                continue
-
-            def hook(_m: Any, _inp: Any, out: Any, kind: str = kind) -> None:
-                acts[kind].append((out[0] if isinstance(out, tuple) else out).detach())
-
-            handles.append(mod.register_forward_hook(hook))
-    try:
-        out = model(**kw, output_hidden_states=True)
-    finally:
-        for h in handles:
-            h.remove()
-    return out, {k: v for k, v in acts.items() if v}
-
-
-def sparsepo_loss(ctx: StepContext, policy: Any, items: list) -> LossOutput:
-    """SparsePO: token log-ratios, per-token KL from both full logits, masks from the reference.
-
-    Mask providers: ``learned`` reads the reference's per-layer residual hidden states; ``activation``
-    (variant A) averages z-normalised, min-max rescaled maps of the reference's MLP outputs, attention
-    outputs, residual stream per layer and final logits (Christopoulou et al. 2024, SparsePO, arXiv 2410.05102), all taken with forward hooks
-    in the same reference forward and shifted onto the label positions.
-    """
-    from prefopt.logprobs import token_logps
-    from prefopt.losses.kl import token_kl  # noqa: I001
-    from prefopt.losses.sparsepo import MASK_PROVIDERS
-
-    batch = collate_pairwise([it.tok for it in items], ctx.pad_id)
-    kw = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
-          "position_ids": batch.position_ids, "use_cache": False}
-    collect = ctx.mask_provider == "activation"
-    with autocast(ctx.precision, ctx.device):
-        out, stats, pol_logits = policy_forward(policy, batch, need_logits=True)
-        ref_out, acts = ctx.reference.run(policy, lambda m: _hooked_reference_forward(m, kw, collect))
-    pol = out.token_logps.float()
-    ref = token_logps(ref_out.logits, batch.input_ids).float()
-    # token t's distribution comes from logits at t-1: shift KL onto the label positions
-    kl = token_kl(pol_logits[:, :-1].float(), ref_out.logits[:, :-1].float())
-    kl = torch.cat([kl.new_zeros(kl.shape[0], 1), kl], dim=1)
-    hidden = [_shift(h) for h in ref_out.hidden_states[1:]]
-    mask = batch.completion_mask
-    if ctx.mask_provider == "learned":
-        m_u = ctx.mask_head(hidden, mask)
-    elif ctx.mask_provider == "activation":
-        acts = {k: [_shift(a) for a in v] for k, v in acts.items()}
-        acts.update({"residual": hidden, "logits": [_shift(ref_out.logits.detach())]})
-        m_u = MASK_PROVIDERS.get("activation")(acts, mask)
-    else:
-        m_u = MASK_PROVIDERS.get(ctx.mask_provider)(mask)
-    inputs = {"policy_token_logps": pol, "ref_token_logps": ref, "completion_mask": mask,
-              "token_kl": kl, "mask_u": m_u}
-    result = ctx.loss_spec(inputs, ctx.hparams)
-    seq = pair_inputs(pol, mask, ref)
-    return _with_common_metrics(result, seq, mask, stats)
-
-
 def implicit_reward_margins(ctx: StepContext, policy: Any, items: list) -> Tensor:
     """Held-out metric: per pair ``(r_w - r_l)`` with r = policy - reference summed log-probs
     (reference-free algorithms: the difference of mean log-probs). Under ``reference.mode:
-    precompute`` the reference side comes from the eval cache (``ctx.extras["eval_ref_cache"]``)."""
+    precompute`` the reference side comes from the eval cache (``ctx.eval_ref_cache``)."""
     batch = collate_pairwise([it.tok for it in items], ctx.pad_id)
-    cache = ctx.extras.get("eval_ref_cache")
+    cache = ctx.eval_ref_cache
     with torch.no_grad(), autocast(ctx.precision, ctx.device):
         pol = forward_token_logps(policy, batch)
         ref = None

@@ -58,7 +58,7 @@ def test_algorithm_trains_and_loss_goes_down(algo, tmp_path):
 
 def test_sparsepo_activation_hooks_collect_mlp_and_attention(tiny_model):
     """Variant A reads MLP and attention outputs of every layer (forward hooks), plus hidden states."""
-    from prefopt.loops.offline_step import _hooked_reference_forward
+    from prefopt.loops.hooks.sparsepo import _hooked_reference_forward
 
     ids = torch.tensor([[1, 5, 7, 9, 11]])
     kw = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "use_cache": False}

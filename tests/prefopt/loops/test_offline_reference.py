@@ -87,11 +87,12 @@ def _base_key(name: str) -> str:
 @pytest.mark.parametrize("lora", [False, True])
 def test_curry_iterative_reference_is_previous_stage_policy(tmp_path, monkeypatch, lora):
     from prefopt.loops import offline, reference
+    from prefopt.loops.hooks import curriculum
 
     stage = [1]
     expected: dict[int, dict[str, torch.Tensor]] = {}
     seen: dict[int, list[dict[str, torch.Tensor]]] = {}
-    real_refresh = offline.refresh_reference
+    real_refresh = curriculum.refresh_reference
 
     def refresh(policy, ref, lora_cfg):
         import copy
@@ -113,7 +114,7 @@ def test_curry_iterative_reference_is_previous_stage_policy(tmp_path, monkeypatc
 
         return real_run(self, policy, capture)
 
-    monkeypatch.setattr(offline, "refresh_reference", refresh)
+    monkeypatch.setattr(curriculum, "refresh_reference", refresh)
     monkeypatch.setattr(reference.Reference, "run", run)
     data = write_set(tmp_path / "data", pair_records(8, stages=2))
     model = {"name": "tiny-llama", "lora": {"r": 4, "dropout": 0.0}} if lora else {"name": "tiny-llama"}

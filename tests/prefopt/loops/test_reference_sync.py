@@ -169,7 +169,9 @@ def test_resume_after_sync_is_exact(tmp_path, monkeypatch):
         assert resumed[key] == pytest.approx(full[3][key], abs=1e-6, rel=1e-6), key
 
     # without restoring the synced reference the resumed step would differ (the test can fail)
-    monkeypatch.setattr(offline, "_restore_reference", lambda *a, **k: None)
+    from prefopt.loops.hooks.reference_sync import ReferenceSync
+
+    monkeypatch.setattr(ReferenceSync, "load_state", lambda *a, **k: None)
     offline.run_offline(make_cfg(data, tmp_path / "run", **over))
     unsynced = train_rows(tmp_path / "run")[-1]
     assert abs(unsynced["loss"] - full[3]["loss"]) > 1e-4
@@ -177,7 +179,8 @@ def test_resume_after_sync_is_exact(tmp_path, monkeypatch):
 
 def test_incompatible_settings_are_config_errors(tmp_path):
     from prefopt.algorithms import get_algorithm
-    from prefopt.loops.offline import check_reference_sync, run_offline
+    from prefopt.loops.hooks.reference_sync import check_reference_sync
+    from prefopt.loops.offline import run_offline
 
     with pytest.raises(ConfigError, match="reference.sync_every needs a frozen reference copy to update; "
                                           "reference.mode=precompute has none"):
