@@ -113,9 +113,19 @@ def adapter_names() -> list[str]:
 
 
 def record_meta(rec: RawRecord) -> dict:
-    """The record's ``meta`` object (a copy); anything but an object is a ``wrong_type`` error."""
+    """The record's ``meta`` object (a copy); anything but an object is a ``wrong_type`` error, and so
+    is a curriculum ``stage`` or an LCPO ``annotator_id`` that is not a non-negative integer."""
     meta = rec.data.get("meta") or {}
     if not isinstance(meta, dict):
         raise F.RecordError("wrong_type", f"expected an object, got {type(meta).__name__}",
                             file=rec.file, line=rec.line, field="meta")
+    for key in INTEGER_META:
+        value = meta.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise F.RecordError("wrong_type", f"expected a non-negative integer, got {value!r}",
+                                file=rec.file, line=rec.line, field=f"meta.{key}")
     return dict(meta)
+
+
+# Meta keys the training loops read as integers: Curry-DPO's stage, LCPO's annotator id.
+INTEGER_META = ("stage", "annotator_id")

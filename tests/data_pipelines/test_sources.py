@@ -113,6 +113,17 @@ def test_load_examples_round_trip(tmp_path):
         load_examples(p, kind="pairwise")
 
 
+@pytest.mark.parametrize("meta", [{"annotator_id": "a"}, {"annotator_id": -1}, {"stage": 1.5}, {"stage": True}])
+def test_integer_meta_fields_are_checked(tmp_path, meta):
+    """Curry-DPO's ``meta.stage`` and LCPO's ``meta.annotator_id`` are read as integers by the loops."""
+    p = tmp_path / "train.jsonl"
+    row = {"prompt": "q", "chosen": "a", "rejected": "b", "meta": {"stage": 1}}
+    p.write_text(_jsonl([row, {**row, "meta": meta}]))
+    key = next(iter(meta))
+    with pytest.raises(DataError, match=rf"train.jsonl, line 2, field 'meta.{key}': .*non-negative integer"):
+        load_examples(p, kind="pairwise")
+
+
 def test_json_file_errors_name_file_and_line(tmp_path):
     scalar, broken, corrupt = tmp_path / "s.json", tmp_path / "b.json", tmp_path / "c.parquet"
     scalar.write_text("3")

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from prefopt.core.checkpoint import CheckpointError
+from prefopt.core.errors import ConfigError
 from prefopt.core.registry import OFFLINE_HOOKS
 from prefopt.loops.hooks.base import OfflineHook
 from prefopt.losses.lcpo import LCPOState
@@ -29,6 +30,12 @@ class LCPOEta(OfflineHook):
         self._counts: Tensor | None = None
 
     def loss_inputs(self, items: list) -> dict[str, Tensor]:
+        k = self.state.eta.numel()
+        for it in items:
+            if it.annotator >= k:
+                raise ConfigError(f"training example #{it.index} has meta.annotator_id {it.annotator}, but "
+                                  f"loss.num_annotators is {k} (ids run 0..{k - 1}); raise "
+                                  "loss.num_annotators or fix the record's meta.annotator_id")
         return {"eta": self.state.eta,
                 "annotator_id": torch.tensor([it.annotator for it in items], dtype=torch.long)}
 

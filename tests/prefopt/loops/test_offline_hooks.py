@@ -16,6 +16,7 @@ from offline_helpers import make_cfg, pair_records, train_rows, write_set
 
 from prefopt.algorithms import get_algorithm
 from prefopt.core.checkpoint import CheckpointError
+from prefopt.core.errors import ConfigError
 from prefopt.loops.hooks import OfflineHook, offline_hooks
 from prefopt.loops.hooks.curriculum import StageReference
 from prefopt.loops.hooks.lcpo import LCPOEta
@@ -68,6 +69,9 @@ def test_lcpo_hook_ema_by_hand(tmp_path):
     assert torch.equal(fresh.state.eta, hook.state.eta) and fresh.summary(2) == saved
     with pytest.raises(CheckpointError, match="must hold lcpo_eta"):
         fresh.load_state(None, {"step": 2}, tmp_path)
+    bad = [type("It", (), {"annotator": a, "index": i})() for i, a in enumerate((1, 2))]
+    with pytest.raises(ConfigError, match=r"example #1 has meta.annotator_id 2, but loss.num_annotators is 2"):
+        hook.loss_inputs(bad)
 
 
 def test_reference_sync_counts_and_is_silent_when_off(tmp_path):
