@@ -2,10 +2,10 @@
 
 ``run_online(cfg)`` is ``prefopt train`` for algorithms whose spec says ``loop: online`` (GRPO, GSPO,
 URPO, DNO, EGPO, online IPO, P3O). One round samples ``prompts_per_round`` prompts (sharded over
-processes), draws rollouts with the :class:`~prefopt.generation.base.Generator` (``online.generator``:
-HF backend on the live policy, or an in-process vLLM engine whose weights :func:`sync_rollout_weights`
-replaces after every round's updates, EGPO / online IPO after every step), scores them with the
-:class:`~prefopt.rewards.RewardSource`, turns them into loss inputs with the algorithm's collector
+processes), draws rollouts with the :class:`~prefopt.generation.base.Generator` that ``online.generator``
+names in the :mod:`prefopt.generation.rollout` registry (one holding its own weights, vLLM, gets them
+from :func:`sync_rollout_weights` after every round's updates, EGPO / online IPO after every step),
+scores them with the :class:`~prefopt.rewards.RewardSource`, turns them into loss inputs with the algorithm's collector
 (:mod:`prefopt.loops.online_algos`) and runs ``num_iterations`` passes of ``minibatches`` optimizer steps
 (old log-probs come from the rollout policy). EGPO replaces the step by its extragradient update.
 Rounds are seeded by their index, and checkpoints hold the round (DNO: iteration), so a killed run
@@ -81,50 +81,16 @@ def _urpo_defaults(oc: OnlineConfig) -> OnlineConfig:
     return replace(oc, reward=rw)
 
 
-def _vllm_model_source(cfg: Any, backend: Any, model: Any, tok: Any) -> tuple[str, dict[str, Any]]:
-    """What the vLLM engine loads first (the policy's initial weights): ``(name or directory, kwargs)``.
+def _rollout_generator(cfg: Any, oc: OnlineConfig, backend: Any, model: Any, tok: Any) -> Any:
+    """``online.generator`` from the ``rollout_generator`` registry (:mod:`prefopt.generation.rollout`)."""
+    from prefopt.generation.rollout import RolloutRequest, engine_options, make_rollout_generator
 
-    The embedded model -> its converted cache folder; a local model folder -> itself; a hub name -> the
-    name (revision / trust_remote_code passed on); anything else (tiny-* models) -> the initial policy
-    saved to ``<run_dir>/vllm_init`` (LoRA merged, i.e. the base weights).
-    """
-    from prefopt.core.models import EMBEDDED_NAME, TINY_CONFIGS, prepare_embedded_model
-    from prefopt.generation.sync import policy_state_for_inference, unwrap_model
-
-    name = cfg.model.name
-    kwargs: dict[str, Any] = {"trust_remote_code": True} if cfg.model.trust_remote_code else {}
-    if name == EMBEDDED_NAME:
-        return str(prepare_embedded_model()), kwargs
-    path = Path(name).expanduser()
-    if path.is_dir() and (path / "config.json").is_file():
-        return str(path), kwargs
-    if name not in TINY_CONFIGS and not path.exists():
-        return name, {**kwargs, **({"revision": cfg.model.revision} if cfg.model.revision else {})}
-    out = Path(cfg.run.output_dir) / ("vllm_init" if backend.world_size == 1 else f"vllm_init-rank{backend.rank}")
-    inner = unwrap_model(model)
-    base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
-    state = {k: v.detach().cpu().contiguous() for k, v in policy_state_for_inference(inner).items()}
-    base.save_pretrained(str(out), state_dict=state, safe_serialization=True)
-    tok.save_pretrained(str(out))
-    return str(out), kwargs
-
-
-def _make_rollout_generator(cfg: Any, oc: OnlineConfig, backend: Any, model: Any, tok: Any) -> Any:
-    """``online.generator``: ``hf`` runs on the live policy; ``vllm`` starts an in-process engine on the
-    initial weights (imported only here, so ``hf`` runs never import vLLM) that :func:`sync_rollout_weights`
-    keeps up to date."""
-    from prefopt.generation import make_generator
-
-    if oc.generator == "hf":
-        return make_generator("hf", model=model, tokenizer=tok, batch_size=oc.generation_batch_size,
-                              max_prompt_length=oc.max_prompt_length)
-    if getattr(backend, "zero_stage", 0) == 3:
-        raise ConfigError("online.generator=vllm syncs full weights from every process; it does not support "
-                          "ZeRO-3 (partitioned parameters): use backend.zero_stage 2 or generator hf")
-    source, extra = _vllm_model_source(cfg, backend, model, tok)
-    v = oc.vllm
-    return make_generator(oc.generator, model=source, gpu_memory_utilization=v.gpu_memory_utilization,
-                          dtype=v.dtype, seed=cfg.run.seed, **{**extra, **v.kwargs})
+    req = RolloutRequest(model=model, tokenizer=tok, model_cfg=cfg.model, output_dir=Path(cfg.run.output_dir),
+                         seed=cfg.run.seed, rank=backend.rank, world_size=backend.world_size,
+                         zero_stage=getattr(backend, "zero_stage", 0), batch_size=oc.generation_batch_size,
+                         max_prompt_length=oc.max_prompt_length,
+                         engine_options=engine_options(oc.vllm))
+    return make_rollout_generator(oc.generator, req)
 
 
 def sync_rollout_weights(ctx: "OnlineContext") -> bool:
@@ -155,7 +121,7 @@ def build_context(cfg: Any, spec: Any, backend: Any, model: Any, tok: Any, *, en
         raise ConfigError("reference.sync_every (TR-DPO soft sync) is an offline-loop option; online algorithms "
                           "define their own reference (DNO: previous iterate); set reference.sync_every=0")
     reference = Reference(mode, model) if mode != "none" else None
-    gen = _make_rollout_generator(cfg, oc, backend, model, tok)
+    gen = _rollout_generator(cfg, oc, backend, model, tok)
     referee = PolicyReferee(gen, seed=cfg.run.seed) if oc.reward.policy_referee else None
     source = build_reward_source(oc.reward, tokenizer=tok, referee=referee, scorer=scorer, device=backend.device)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
