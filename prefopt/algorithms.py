@@ -126,12 +126,17 @@ class OnlineAlgorithmSpec(AlgorithmSpec):
 
     def check(self, cfg: Any) -> None:
         super().check(cfg)
-        if self.advantage is None:
-            return
+        from prefopt.core.registry import ADVANTAGES
         from prefopt.loops.online_config import OnlineConfig
+        from prefopt.losses.advantages import unread_options
 
         oc = getattr(cfg, "online", None) or OnlineConfig()
-        if oc.advantage != self.advantage:
+        ADVANTAGES.get(oc.advantage)  # an unknown estimator fails here, naming the registered ones
+        for name, readers in unread_options(oc.advantage, oc, OnlineConfig()).items():
+            raise ConfigError(f"online.{name}={getattr(oc, name)!r} is read only by the {', '.join(readers)} "
+                              f"advantage estimator; online.advantage={oc.advantage} would ignore it: remove "
+                              f"online.{name} or use an estimator that reads it")
+        if self.advantage is not None and oc.advantage != self.advantage:
             raise ConfigError(f"{self.name} is defined by the {self.advantage!r} advantage estimator: set "
                               f"online.advantage: {self.advantage} (got {oc.advantage!r})")
 
