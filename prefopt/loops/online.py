@@ -222,7 +222,7 @@ def evaluate(ctx: OnlineContext, examples: Sequence[Any],
     outs = ctx.generator.generate([ex.prompt for ex in examples],
                                   SamplingParams(temperature=0.0, max_new_tokens=ctx.oc.max_new_tokens))
     comps = [o[0] for o in outs]
-    rewards = score_rows(ctx, examples, comps, list(range(len(comps))))
+    rewards = score_rows(ctx, examples, comps, list(range(len(comps)))).total
     ok = ~torch.isnan(rewards)
     out = {"eval/reward": float(rewards[ok].mean()) if ok.any() else float("nan")}
     for task in sorted({ex.meta.get("task") for ex in examples if ex.meta.get("task")}):

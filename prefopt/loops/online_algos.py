@@ -24,6 +24,7 @@ from torch import Tensor
 
 from prefopt.generation.base import Completion, SamplingParams
 from prefopt.loops.common import autocast
+from prefopt.rewards.sources import ScoredRewards
 
 __all__ = ["RolloutBatch", "Buffer", "make_batch", "rollout", "score_rows", "collect_group",
            "collect_p3o", "collect_dno", "buffer_loss", "weights_checksum", "repeats_ngrams", "COLLECTORS"]
@@ -124,9 +125,10 @@ def rollout(ctx: Any, prompts: Sequence[Any], n: int, seed: int, **overrides: An
     return ctx.generator.generate(list(prompts), SamplingParams(n=n, seed=seed, **kw))
 
 
-def score_rows(ctx: Any, examples: Sequence[Any], comps: Sequence[Completion], group: Sequence[int]) -> Tensor:
-    """Rewards ``[N]`` (NaN = none) for rows ``(examples[i], comps[i])`` from the reward source."""
-    return ctx.source.rewards([ex.prompt for ex in examples], [c.text for c in comps],
+def score_rows(ctx: Any, examples: Sequence[Any], comps: Sequence[Completion], group: Sequence[int]) -> ScoredRewards:
+    """Rewards ``[N]`` (NaN = none) and their parts for rows ``(examples[i], comps[i])`` from the reward
+    source."""
+    return ctx.source.score([ex.prompt for ex in examples], [c.text for c in comps],
                               answer=[ex.answer for ex in examples],
                               completion_ids=[c.token_ids for c in comps],
                               task=[ex.meta.get("task") for ex in examples],
@@ -152,15 +154,16 @@ def _no_grad_logps(ctx: Any, batch: RolloutBatch, reference: bool = False) -> Te
             ctx.model.train(was)
 
 
-def _rollout_metrics(ctx: Any, rewards: Tensor, group: Sequence[int], comps: Sequence[Completion],
+def _rollout_metrics(scored: ScoredRewards, group: Sequence[int], comps: Sequence[Completion],
                      examples: Sequence[Any]) -> dict[str, float]:
     from prefopt.losses.advantages import group_reward_stats
 
+    rewards = scored.total
     stats = {k: float(v) for k, v in group_reward_stats(rewards, torch.as_tensor(list(group))).items()}
     lens = torch.tensor([len(c.token_ids) for c in comps], dtype=torch.float32)
     stats.update({"completions/mean_length": float(lens.mean()), "completions/max_length": float(lens.max()),
                   "completions/clipped_ratio": float(sum(c.finish_reason == "length" for c in comps) / len(comps))})
-    for name, vals in ctx.source.last_components.items():
+    for name, vals in scored.components.items():
         if vals.numel() == rewards.numel() and (~torch.isnan(vals)).any():
             stats[f"rewards/{name}/mean"] = float(vals[~torch.isnan(vals)].mean())
     tasks = [ex.meta.get("task") for ex in examples]
@@ -195,7 +198,8 @@ def collect_group(ctx: Any, examples: Sequence[Any], seed: int) -> Buffer:
     oc = ctx.oc
     rows_ex, comps, group = _flatten(examples, rollout(ctx, [ex.prompt for ex in examples],
                                                        oc.num_generations, seed))
-    rewards = score_rows(ctx, rows_ex, comps, group)
+    scored = score_rows(ctx, rows_ex, comps, group)
+    rewards = scored.total
     adv = _advantages(ctx, rewards, group)
     drop = [oc.mask_truncated and c.finish_reason == "length" for c in comps]
     batch = make_batch([c.prompt_ids for c in comps], [c.token_ids for c in comps], ctx.pad_id, drop)
@@ -204,7 +208,7 @@ def collect_group(ctx: Any, examples: Sequence[Any], seed: int) -> Buffer:
         tensors["old_token_logps"] = _no_grad_logps(ctx, batch)
     if getattr(ctx.hparams, "beta", 0.0) and ctx.reference is not None:
         tensors["ref_token_logps"] = _no_grad_logps(ctx, batch, reference=True)
-    return Buffer(batch, tensors, False, _rollout_metrics(ctx, rewards, group, comps, rows_ex),
+    return Buffer(batch, tensors, False, _rollout_metrics(scored, group, comps, rows_ex),
                   [c.text for c in comps])
 
 
@@ -214,11 +218,13 @@ def collect_p3o(ctx: Any, examples: Sequence[Any], seed: int) -> Buffer:
     comps = [o[0] for o in outs] + [o[1] for o in outs]
     rows_ex = list(examples) + list(examples)
     group = list(range(len(examples))) * 2
-    rewards = torch.nan_to_num(score_rows(ctx, rows_ex, comps, group))
+    scored = score_rows(ctx, rows_ex, comps, group)
+    scored = replace(scored, total=torch.nan_to_num(scored.total))
+    rewards = scored.total
     batch = make_batch([c.prompt_ids for c in comps], [c.token_ids for c in comps], ctx.pad_id)
     tensors = {"rewards": rewards.to(ctx.device), "old_token_logps": _no_grad_logps(ctx, batch),
                "ref_token_logps": _no_grad_logps(ctx, batch, reference=True)}
-    return Buffer(batch, tensors, True, _rollout_metrics(ctx, rewards, group, comps, rows_ex),
+    return Buffer(batch, tensors, True, _rollout_metrics(scored, group, comps, rows_ex),
                   [c.text for c in comps])
 
 

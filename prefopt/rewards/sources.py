@@ -8,13 +8,15 @@
   gives the GPO-style group score (mean of s(y_i > y_k) over the other samples of the prompt);
 * the policy itself as referee (URPO open-ended prompts, :class:`~prefopt.rewards.referee.PolicyReferee`).
 
-``rewards(prompts, completions, **columns) -> Tensor[N]`` (NaN = no reward) and
+``rewards(prompts, completions, **columns) -> Tensor[N]`` (NaN = no reward; :meth:`RewardSource.score` also
+returns every part of the sum, for logging) and
 ``preference(prompts, a, b, **columns) -> Tensor[N]`` = P(a ≻ b | x): a GPM's native preference, else the
 BT adapter σ((r(a) − r(b)) / T) over the combined scalar reward.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
@@ -22,7 +24,20 @@ from torch import Tensor
 
 from prefopt.rewards.functions import CombinedReward
 
-__all__ = ["RewardSource", "build_reward_source", "load_scorer"]
+__all__ = ["RewardSource", "ScoredRewards", "build_reward_source", "load_scorer"]
+
+
+@dataclass(frozen=True)
+class ScoredRewards:
+    """What :meth:`RewardSource.score` returns: the ``[N]`` rewards and the parts of their sum.
+
+    ``components``: ``[N]`` tensors (NaN = that part gave none) under ``functions`` (their weighted sum),
+    each rule-based function's name, ``model``, ``referee``; an ensemble scorer adds ``model_variance``
+    ``[N]`` and ``model_members`` ``[N, M]``.
+    """
+
+    total: Tensor
+    components: dict[str, Tensor] = field(default_factory=dict)
 
 
 def _is_gpm(scorer: Any) -> bool:
@@ -57,14 +72,13 @@ class RewardSource:
             raise ValueError("a reward source needs reward functions, a reward model or a referee")
         self.functions, self.scorer, self.referee = functions, scorer, referee
         self.scorer_weight, self.temperature, self.clip = scorer_weight, temperature, clip
-        self.last_components: dict[str, Tensor] = {}
 
     @property
     def has_oracle(self) -> bool:
         return True  # the BT adapter over any scalar reward is an oracle
 
     def _scorer_rewards(self, prompts: Sequence[Any], completions: Sequence[str], groups: Sequence[int],
-                        answers: Sequence[Any] | None = None) -> Tensor:
+                        answers: Sequence[Any] | None, parts: dict[str, Tensor]) -> Tensor:
         if not _is_gpm(self.scorer):
             kw = {}
             if _needs_reference(self.scorer):
@@ -74,8 +88,8 @@ class RewardSource:
                 kw["references"] = list(answers)
             if hasattr(self.scorer, "score_members"):  # an ensemble: keep each member's score and the variance
                 agg, var, member = self.scorer.score_members(list(prompts), list(completions), **kw)
-                self.last_components["model_variance"] = var.float().cpu()
-                self.last_components["model_members"] = member.float().cpu().T
+                parts["model_variance"] = var.float().cpu()
+                parts["model_members"] = member.float().cpu().T
                 return agg.float().cpu()
             return self.scorer.score(list(prompts), list(completions), **kw).float().cpu()
         out = torch.zeros(len(completions))
@@ -89,30 +103,34 @@ class RewardSource:
 
         Columns: ``answer``, ``completion_ids``, ``task``, ``group`` (prompt index of each row), ...
         """
+        return self.score(prompts, completions, **columns).total
+
+    def score(self, prompts: Sequence[Any], completions: Sequence[str], **columns: Any) -> ScoredRewards:
+        """:meth:`rewards` and the parts of their sum (:class:`ScoredRewards`)."""
         n = len(completions)
         groups = list(columns.get("group") or range(n))
         total = torch.full((n,), float("nan"))
-        self.last_components = {}
+        parts: dict[str, Tensor] = {}
 
         def add(values: Tensor, weight: float, name: str) -> None:
             nonlocal total
-            self.last_components[name] = values
+            parts[name] = values
             ok = ~torch.isnan(values)
             total = torch.where(ok, torch.nan_to_num(total) + weight * torch.nan_to_num(values), total)
 
         if self.functions is not None:
-            add(torch.tensor(self.functions(prompts, completions, **columns), dtype=torch.float32), 1.0,
-                "functions")
-            for name, vals in self.functions.last_components.items():
-                self.last_components[name] = torch.tensor([math.nan if v is None else float(v) for v in vals])
+            sums, by_fn = self.functions.with_components(prompts, completions, **columns)
+            add(torch.tensor(sums, dtype=torch.float32), 1.0, "functions")
+            for name, vals in by_fn.items():
+                parts[name] = torch.tensor([math.nan if v is None else float(v) for v in vals])
         if self.scorer is not None:
-            add(self._scorer_rewards(prompts, completions, groups, columns.get("answer")), self.scorer_weight,
-                "model")
+            add(self._scorer_rewards(prompts, completions, groups, columns.get("answer"), parts),
+                self.scorer_weight, "model")
         if self.referee is not None:
             add(self.referee.rewards(prompts, completions, groups, columns.get("task")), 1.0, "referee")
         if self.clip:
             total = total.clamp(-self.clip, self.clip)
-        return total
+        return ScoredRewards(total, parts)
 
     def preference(self, prompts: Sequence[Any], a: Sequence[str], b: Sequence[str], **columns: Any) -> Tensor:
         """``[N]`` probabilities that ``a[i]`` beats ``b[i]`` for ``prompts[i]`` (no grad)."""
