@@ -18,7 +18,7 @@ import dataclasses
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 
@@ -29,6 +29,20 @@ from prefopt.loops.layouts import online_layout
 from prefopt.loops.online_algos import COLLECTORS, Buffer, buffer_loss, make_batch, score_rows
 from prefopt.loops.online_config import OnlineConfig
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from data_pipelines.schemas import PromptExample
+    from prefopt.algorithms import OnlineAlgorithmSpec
+    from prefopt.configs import TrainConfig
+    from prefopt.core.backend import Backend
+    from prefopt.core.logging import MetricLogger
+    from prefopt.generation.base import Generator
+    from prefopt.loops.reference import Reference
+    from prefopt.losses.base import LossSpec
+    from prefopt.rewards.sources import RewardSource
+    from reward_models.scorer import RewardScorer
+
 __all__ = ["OnlineContext", "run_online", "build_context", "optimizer_step", "run_round", "sync_rollout_weights",
            "total_steps"]
 
@@ -37,31 +51,31 @@ __all__ = ["OnlineContext", "run_online", "build_context", "optimizer_step", "ru
 class OnlineContext:
     """Everything a round needs (built once by :func:`build_context`)."""
 
-    cfg: Any
+    cfg: TrainConfig
     oc: OnlineConfig
-    spec: Any
-    loss_spec: Any
-    hparams: Any
-    backend: Any
-    model: Any          # the unwrapped policy (generation, no-grad forwards, checkpoints)
-    engine: Any         # what the training forward runs (DeepSpeed engine or the model)
-    tok: Any
-    generator: Any
-    source: Any
-    reference: Any = None
+    spec: OnlineAlgorithmSpec
+    loss_spec: LossSpec
+    hparams: Any        # the loss's hyper-parameter dataclass (``loss_spec.hparams_cls``)
+    backend: Backend
+    model: torch.nn.Module   # the unwrapped policy (generation, no-grad forwards, checkpoints)
+    engine: torch.nn.Module  # what the training forward runs (DeepSpeed engine or the model)
+    tok: PreTrainedTokenizerBase
+    generator: Generator
+    source: RewardSource
+    reference: Reference | None = None
     device: torch.device = torch.device("cpu")
     precision: str = "fp32"
     pad_id: int = 0
     guard: NonFiniteGuard = field(default_factory=NonFiniteGuard)
-    last_egpo: Any = None
+    last_egpo: tuple[Buffer, Buffer] | None = None  # EGPO: the (half, full) step buffers of the last update
 
 
-def online_config(cfg: Any) -> OnlineConfig:
+def online_config(cfg: TrainConfig) -> OnlineConfig:
     oc = getattr(cfg, "online", None)
     return oc if oc is not None else OnlineConfig()
 
 
-def total_steps(spec: Any, oc: OnlineConfig) -> int:
+def total_steps(spec: OnlineAlgorithmSpec, oc: OnlineConfig) -> int:
     """Optimizer steps of the run (EGPO: full extragradient updates)."""
     if spec.rollout_every_step:
         return oc.rounds * oc.minibatches
@@ -81,7 +95,8 @@ def _urpo_defaults(oc: OnlineConfig) -> OnlineConfig:
     return replace(oc, reward=rw)
 
 
-def _rollout_generator(cfg: Any, oc: OnlineConfig, backend: Any, model: Any, tok: Any) -> Any:
+def _rollout_generator(cfg: TrainConfig, oc: OnlineConfig, backend: Backend, model: torch.nn.Module,
+                       tok: PreTrainedTokenizerBase) -> Generator:
     """``online.generator`` from the ``rollout_generator`` registry (:mod:`prefopt.generation.rollout`)."""
     from prefopt.generation.rollout import RolloutRequest, engine_options, make_rollout_generator
 
@@ -101,8 +116,9 @@ def sync_rollout_weights(ctx: "OnlineContext") -> bool:
     return sync_generator(ctx.generator, ctx.model)
 
 
-def build_context(cfg: Any, spec: Any, backend: Any, model: Any, tok: Any, *, engine: Any = None,
-                  scorer: Any = None) -> OnlineContext:
+def build_context(cfg: TrainConfig, spec: OnlineAlgorithmSpec, backend: Backend, model: torch.nn.Module,
+                  tok: PreTrainedTokenizerBase, *, engine: torch.nn.Module | None = None,
+                  scorer: RewardScorer | None = None) -> OnlineContext:
     """Reference (if the loss or β needs one), generator on the live policy, reward source."""
     from prefopt.loops.reference import Reference, resolve_mode
     from prefopt.rewards import PolicyReferee, build_reward_source
@@ -170,7 +186,7 @@ def optimizer_step(ctx: OnlineContext, buf: Buffer, step: int = 0) -> tuple[dict
     return stats, local
 
 
-def _round_prompts(prompts: Sequence[Any], r: int, per_round: int, seed: int) -> list[Any]:
+def _round_prompts(prompts: Sequence[PromptExample], r: int, per_round: int, seed: int) -> list[PromptExample]:
     """Prompts of round ``r``: a fresh seeded permutation per pass over the prompt set."""
     n, out = len(prompts), []
     for k in range(r * per_round, (r + 1) * per_round):
@@ -181,7 +197,7 @@ def _round_prompts(prompts: Sequence[Any], r: int, per_round: int, seed: int) ->
     return out
 
 
-def run_round(ctx: OnlineContext, examples: Sequence[Any], r: int, step: int) -> Iterator[tuple[dict | None, dict]]:
+def run_round(ctx: OnlineContext, examples: Sequence[PromptExample], r: int, step: int) -> Iterator[tuple[dict | None, dict]]:
     """Yield ``(optimizer stats, metrics)`` after each optimizer step of round ``r``."""
     from prefopt.loops.online_egpo import STEP_UPDATES
 
@@ -211,7 +227,7 @@ def run_round(ctx: OnlineContext, examples: Sequence[Any], r: int, step: int) ->
 
 
 @torch.no_grad()
-def evaluate(ctx: OnlineContext, examples: Sequence[Any],
+def evaluate(ctx: OnlineContext, examples: Sequence[PromptExample],
              ref_texts: Sequence[str] | None) -> tuple[dict[str, float], list[str]]:
     """Greedy answers on held-out prompts: (metrics, texts); metrics = mean reward (per task) and the
     oracle win rate against ``ref_texts`` (the reference policy's greedy answers)."""
@@ -237,7 +253,7 @@ def evaluate(ctx: OnlineContext, examples: Sequence[Any],
     return out, [c.text for c in comps]
 
 
-def _gather_mean(backend: Any, metrics: dict[str, float]) -> dict[str, float]:
+def _gather_mean(backend: Backend, metrics: dict[str, float]) -> dict[str, float]:
     """Average metric dicts over processes (keys may differ between processes)."""
     if backend.world_size == 1:
         return metrics
@@ -263,7 +279,7 @@ def _check(ctx: OnlineContext) -> None:
                           f"online.num_generations: {spec.generations}")
 
 
-def run_online(cfg: Any, *, scorer: Any = None) -> dict[str, Any]:  # noqa: C901, PLR0915 - the loop
+def run_online(cfg: TrainConfig, *, scorer: RewardScorer | None = None) -> dict[str, Any]:  # noqa: C901, PLR0915 - the loop
     """Train an online algorithm from ``cfg`` (a :class:`prefopt.configs.TrainConfig`)."""
     from prefopt.algorithms import get_algorithm
     from prefopt.core.backend import make_backend
@@ -317,7 +333,8 @@ def run_online(cfg: Any, *, scorer: Any = None) -> dict[str, Any]:  # noqa: C901
                     "reward_curve": curve})
 
 
-def _finish(ctx: OnlineContext, tok: Any, held_out: list, ref_texts: list[str] | None, logger: Any,
+def _finish(ctx: OnlineContext, tok: PreTrainedTokenizerBase, held_out: list[PromptExample],
+            ref_texts: list[str] | None, logger: MetricLogger,
             run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
     """Final held-out evaluation and log row; the policy and ``summary.json`` from the main process."""
     from prefopt.core.io import atomic_write_json

@@ -10,18 +10,22 @@
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
-from prefopt.generation.base import Completion
+from prefopt.generation.base import Completion, Prompt
 from prefopt.loops.extragradient import extragradient_update
 from prefopt.loops.online_algos import Buffer, _no_grad_logps, make_batch, rollout
+
+if TYPE_CHECKING:
+    from data_pipelines.schemas import PromptExample
+    from prefopt.loops.online import OnlineContext
 
 __all__ = ["collect_egpo", "egpo_update", "online_ipo_update", "STEP_UPDATES"]
 
 
-def _mixture_pair(ctx: Any, prompts: Sequence[Any], seed: int) -> list[list[Completion]]:
+def _mixture_pair(ctx: OnlineContext, prompts: Sequence[Prompt], seed: int) -> list[list[Completion]]:
     """(y, y') per prompt from the geometric mixture of π_θ and π_ref (:mod:`prefopt.generation.mixture`)."""
     from prefopt.generation.mixture import last_logits, mixture_generate
 
@@ -36,14 +40,14 @@ def _mixture_pair(ctx: Any, prompts: Sequence[Any], seed: int) -> list[list[Comp
                             top_k=e.top_k, seed=seed)
 
 
-def _pref(ctx: Any, examples: Sequence[Any], a: Sequence[Completion], b: Sequence[Completion]) -> torch.Tensor:
+def _pref(ctx: OnlineContext, examples: Sequence[PromptExample], a: Sequence[Completion], b: Sequence[Completion]) -> torch.Tensor:
     return ctx.source.preference([ex.prompt for ex in examples], [c.text for c in a], [c.text for c in b],
                                  answer=[ex.answer for ex in examples],
                                  task=[ex.meta.get("task") for ex in examples],
                                  meta=[ex.meta for ex in examples]).float()
 
 
-def collect_egpo(ctx: Any, examples: Sequence[Any], seed: int) -> Buffer:
+def collect_egpo(ctx: OnlineContext, examples: Sequence[PromptExample], seed: int) -> Buffer:
     """One online-IPO batch: rows ``[y block; y' block]``, pair-aligned ``target``, ref log-probs."""
     e = ctx.oc.egpo
     prompts = [ex.prompt for ex in examples]
@@ -66,7 +70,7 @@ def collect_egpo(ctx: Any, examples: Sequence[Any], seed: int) -> Buffer:
     return Buffer(batch, tensors, True, metrics, [c.text for c in rows])
 
 
-def egpo_update(ctx: Any, examples: Sequence[Any], seed: int,
+def egpo_update(ctx: OnlineContext, examples: Sequence[PromptExample], seed: int,
                 step_fn: Callable[[Buffer], tuple[dict | None, dict]]) -> tuple[dict | None, dict]:
     """One extragradient update θ_t → θ_{t+1} (:func:`prefopt.loops.extragradient.extragradient_update`
     over the backend's optimizer state); ``step_fn(buffer)`` runs the micro-batches and one optimizer step
@@ -81,7 +85,7 @@ def egpo_update(ctx: Any, examples: Sequence[Any], seed: int,
     return stats, metrics
 
 
-def online_ipo_update(ctx: Any, examples: Sequence[Any], seed: int,
+def online_ipo_update(ctx: OnlineContext, examples: Sequence[PromptExample], seed: int,
                       step_fn: Callable[[Buffer], tuple[dict | None, dict]]) -> tuple[dict | None, dict]:
     """One online-IPO update: a fresh pair batch at the current policy, then ``step_fn``'s optimizer step."""
     buf = collect_egpo(ctx, examples, seed)

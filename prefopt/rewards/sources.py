@@ -17,12 +17,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from torch import Tensor
 
+from prefopt.generation.base import Prompt
 from prefopt.rewards.functions import CombinedReward
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from prefopt.loops.online_config import RewardSourceConfig
+    from prefopt.rewards.referee import Referee
+    from reward_models.scorer import RewardScorer
 
 __all__ = ["RewardSource", "ScoredRewards", "build_reward_source", "load_scorer"]
 
@@ -40,13 +48,13 @@ class ScoredRewards:
     components: dict[str, Tensor] = field(default_factory=dict)
 
 
-def _is_gpm(scorer: Any) -> bool:
+def _is_gpm(scorer: RewardScorer | None) -> bool:
     from reward_models.kinds import is_pairwise_scorer
 
     return is_pairwise_scorer(scorer)
 
 
-def _needs_reference(scorer: Any) -> bool:
+def _needs_reference(scorer: RewardScorer) -> bool:
     from reward_models.kinds import needs_reference
 
     return needs_reference(scorer)
@@ -65,8 +73,8 @@ class RewardSource:
         clip: clip rewards to ±clip (0 = off).
     """
 
-    def __init__(self, functions: CombinedReward | None = None, scorer: Any = None, *,
-                 scorer_weight: float = 1.0, referee: Any = None, temperature: float = 1.0,
+    def __init__(self, functions: CombinedReward | None = None, scorer: RewardScorer | None = None, *,
+                 scorer_weight: float = 1.0, referee: Referee | None = None, temperature: float = 1.0,
                  clip: float = 0.0):
         if functions is None and scorer is None and referee is None:
             raise ValueError("a reward source needs reward functions, a reward model or a referee")
@@ -77,7 +85,7 @@ class RewardSource:
     def has_oracle(self) -> bool:
         return True  # the BT adapter over any scalar reward is an oracle
 
-    def _scorer_rewards(self, prompts: Sequence[Any], completions: Sequence[str], groups: Sequence[int],
+    def _scorer_rewards(self, prompts: Sequence[Prompt], completions: Sequence[str], groups: Sequence[int],
                         answers: Sequence[Any] | None, parts: dict[str, Tensor]) -> Tensor:
         if not _is_gpm(self.scorer):
             kw = {}
@@ -98,14 +106,14 @@ class RewardSource:
             out[idx] = self.scorer.group_scores(prompts[idx[0]], [completions[i] for i in idx]).float().cpu()
         return out
 
-    def rewards(self, prompts: Sequence[Any], completions: Sequence[str], **columns: Any) -> Tensor:
+    def rewards(self, prompts: Sequence[Prompt], completions: Sequence[str], **columns: Any) -> Tensor:
         """``[N]`` float32 rewards (NaN = none) for completion i of ``prompts[i]``.
 
         Columns: ``answer``, ``completion_ids``, ``task``, ``group`` (prompt index of each row), ...
         """
         return self.score(prompts, completions, **columns).total
 
-    def score(self, prompts: Sequence[Any], completions: Sequence[str], **columns: Any) -> ScoredRewards:
+    def score(self, prompts: Sequence[Prompt], completions: Sequence[str], **columns: Any) -> ScoredRewards:
         """:meth:`rewards` and the parts of their sum (:class:`ScoredRewards`)."""
         n = len(completions)
         groups = list(columns.get("group") or range(n))
@@ -132,7 +140,7 @@ class RewardSource:
             total = total.clamp(-self.clip, self.clip)
         return ScoredRewards(total, parts)
 
-    def preference(self, prompts: Sequence[Any], a: Sequence[str], b: Sequence[str], **columns: Any) -> Tensor:
+    def preference(self, prompts: Sequence[Prompt], a: Sequence[str], b: Sequence[str], **columns: Any) -> Tensor:
         """``[N]`` probabilities that ``a[i]`` beats ``b[i]`` for ``prompts[i]`` (no grad)."""
         with torch.no_grad():
             if _is_gpm(self.scorer) and self.functions is None:
@@ -148,7 +156,7 @@ class RewardSource:
             r = torch.nan_to_num(r)
             return torch.sigmoid((r[:n] - r[n:]) / self.temperature)
 
-    def preference_matrix(self, prompt: Any, texts: Sequence[str], **columns: Any) -> Tensor:
+    def preference_matrix(self, prompt: Prompt, texts: Sequence[str], **columns: Any) -> Tensor:
         """``[K, K]`` with ``P[i, j]`` = P(texts[i] beats texts[j] | prompt), diagonal 0.5. A GPM embeds
         each text once (its skew-symmetric score matrix, linear in K); other oracles ask every ordered
         pair. ``columns`` hold this prompt's per-example values (answer, task, meta)."""
@@ -167,8 +175,8 @@ class RewardSource:
         return p
 
 
-def load_scorer(paths: Sequence[str], tokenizer: Any = None, *, method: str = "mean", lam: float = 0.5,
-                device: Any = None, **scorer_kwargs: Any) -> Any:
+def load_scorer(paths: Sequence[str], tokenizer: PreTrainedTokenizerBase | None = None, *, method: str = "mean",
+                lam: float = 0.5, device: torch.device | str | None = None, **scorer_kwargs: Any) -> RewardScorer:
     """A ``ModelScorer`` for one reward-model directory, an ``EnsembleScorer`` for several; a folder
     without tokenizer files uses ``tokenizer`` (the policy's), else its base model's.
 
@@ -182,8 +190,9 @@ def load_scorer(paths: Sequence[str], tokenizer: Any = None, *, method: str = "m
     return EnsembleScorer(members, method, lam=lam)
 
 
-def build_reward_source(cfg: Any, *, tokenizer: Any = None, referee: Any = None, scorer: Any = None,
-                        device: Any = None) -> RewardSource:
+def build_reward_source(cfg: RewardSourceConfig, *, tokenizer: PreTrainedTokenizerBase | None = None,
+                        referee: Referee | None = None, scorer: RewardScorer | None = None,
+                        device: torch.device | str | None = None) -> RewardSource:
     """From a :class:`~prefopt.loops.online_config.RewardSourceConfig` (``scorer``/``referee`` may be
     passed in already built, e.g. in tests)."""
     fns = (CombinedReward([(f.name, f.weight, f.kwargs) for f in cfg.functions])
