@@ -108,7 +108,8 @@ _offline("curry_dpo", loss="dpo", curriculum=True,
 @dataclass(frozen=True)
 class OnlineAlgorithmSpec(AlgorithmSpec):
     """An online algorithm: ``loss`` names a ``GROUP_LOSSES`` entry; ``driver`` picks how the online
-    loop turns rollouts into loss inputs (group | p3o | dno | egpo | online_ipo; prefopt.loops.online_algos)."""
+    loop turns rollouts into loss inputs (an ``ONLINE_DRIVERS`` entry: group | p3o | dno | egpo | online_ipo;
+    prefopt.loops.online_drivers)."""
 
     driver: str = "group"
     # Rollouts are drawn between optimizer steps (once per minibatch), not once per round: EGPO (also at

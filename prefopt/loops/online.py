@@ -6,7 +6,7 @@ processes), draws rollouts with the :class:`~prefopt.generation.base.Generator` 
 names in the :mod:`prefopt.generation.rollout` registry (one holding its own weights, vLLM, gets them
 from :func:`sync_rollout_weights` after every round's updates, EGPO / online IPO after every step),
 scores them with the :class:`~prefopt.rewards.RewardSource`, turns them into loss inputs with the algorithm's collector
-(:mod:`prefopt.loops.online_algos`) and runs ``num_iterations`` passes of ``minibatches`` optimizer steps
+(the spec's registered driver, :mod:`prefopt.loops.online_drivers`) and runs ``num_iterations`` passes of ``minibatches`` optimizer steps
 (old log-probs come from the rollout policy). EGPO replaces the step by its extragradient update.
 Rounds are seeded by their index, and checkpoints hold the round (DNO: iteration), so a killed run
 resumes where it stopped. Logged: reward mean/std (per function and task), KL, clip fractions,
@@ -26,8 +26,9 @@ from prefopt.core.checkpoint import latest_checkpoint, load_checkpoint, save_che
 from prefopt.core.errors import ConfigError
 from prefopt.loops.common import MetricAccumulator, NonFiniteGuard, seed_everything, start_run
 from prefopt.loops.layouts import online_layout
-from prefopt.loops.online_algos import COLLECTORS, Buffer, buffer_loss, make_batch, score_rows
+from prefopt.loops.online_algos import Buffer, buffer_loss, make_batch, score_rows
 from prefopt.loops.online_config import OnlineConfig
+from prefopt.loops.online_drivers import get_driver
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -128,7 +129,7 @@ def build_context(cfg: TrainConfig, spec: OnlineAlgorithmSpec, backend: Backend,
         oc = _urpo_defaults(oc)
     oc = dataclasses.replace(oc, layout=online_layout(cfg, oc.layout, model))
     hp = spec.build_hparams(cfg.loss)  # typed once in TrainConfig: returned as it is
-    needs_ref = {"group": bool(getattr(hp, "beta", 0.0)), "dno": bool(getattr(hp, "tau", 0.0))}.get(spec.driver, True)
+    needs_ref = get_driver(spec.driver).needs_reference(hp)
     mode = resolve_mode(cfg.reference.mode, model, needs_ref)
     if mode == "precompute":
         raise ConfigError("online algorithms sample new responses every round; reference.mode=precompute "
@@ -197,11 +198,11 @@ def _round_prompts(prompts: Sequence[PromptExample], r: int, per_round: int, see
     return out
 
 
-def run_round(ctx: OnlineContext, examples: Sequence[PromptExample], r: int, step: int) -> Iterator[tuple[dict | None, dict]]:
-    """Yield ``(optimizer stats, metrics)`` after each optimizer step of round ``r``."""
-    from prefopt.loops.online_egpo import STEP_UPDATES
-
-    oc, driver = ctx.oc, ctx.spec.driver
+def run_round(ctx: OnlineContext, examples: Sequence[PromptExample], r: int,
+              step: int) -> Iterator[tuple[dict | None, dict]]:
+    """Yield ``(optimizer stats, metrics)`` after each optimizer step of round ``r`` (the spec's registered
+    driver: :mod:`prefopt.loops.online_drivers`)."""
+    oc, driver = ctx.oc, get_driver(ctx.spec.driver)
     seed = ctx.cfg.run.seed * 1_000_003 + r * 1009 + ctx.backend.rank * 17
     if ctx.spec.rollout_every_step:
         # Rollouts are drawn between optimizer steps (EGPO: also at θ_{t+½} after the half step), so a
@@ -214,9 +215,9 @@ def run_round(ctx: OnlineContext, examples: Sequence[PromptExample], r: int, ste
 
         for k in range(oc.minibatches):
             part = list(examples)[k::oc.minibatches]
-            yield STEP_UPDATES[driver](ctx, part, seed + 2 * k, synced_step)
+            yield driver.update(ctx, part, seed + 2 * k, synced_step)
         return
-    buf = COLLECTORS[driver](ctx, examples, seed)
+    buf = driver.collect(ctx, examples, seed)
     for _ in range(oc.num_iterations):
         for mb in _split_exact(ctx, buf, oc.minibatches):
             stats, m = optimizer_step(ctx, mb, step)

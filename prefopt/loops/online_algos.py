@@ -11,7 +11,8 @@ tensors its registered ``GROUP_LOSSES`` entry needs (``advantages``, ``old_token
 * dno: K samples per prompt from π_t, integer judge scores 1..6 from the oracle, large-margin pairs
   (:func:`prefopt.losses.dno.dno_pairs`), π_t's log-probs frozen at collection (the reference of
   iteration t is exactly π_t).
-EGPO's sampler and extragradient update live in :mod:`prefopt.loops.online_egpo`.
+EGPO's sampler and extragradient update live in :mod:`prefopt.loops.online_egpo`; the drivers that use
+these collectors are registered in :mod:`prefopt.loops.online_drivers`.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from prefopt.loops.online import OnlineContext
 
 __all__ = ["RolloutBatch", "Buffer", "make_batch", "rollout", "score_rows", "collect_group",
-           "collect_p3o", "collect_dno", "buffer_loss", "weights_checksum", "repeats_ngrams", "COLLECTORS"]
+           "collect_p3o", "collect_dno", "buffer_loss", "weights_checksum", "repeats_ngrams"]
 
 PAIR_KEYS = ("target",)
 
@@ -350,5 +351,3 @@ def buffer_loss(ctx: OnlineContext, buf: Buffer, counts: dict[str, float]) -> tu
         metrics["kl"] = masked_mean(diff, mask)
     return lo.loss.mean(), metrics
 
-
-COLLECTORS = {"group": collect_group, "p3o": collect_p3o, "dno": collect_dno}

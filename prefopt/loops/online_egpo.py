@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from data_pipelines.schemas import PromptExample
     from prefopt.loops.online import OnlineContext
 
-__all__ = ["collect_egpo", "egpo_update", "online_ipo_update", "STEP_UPDATES"]
+__all__ = ["collect_egpo", "egpo_update", "online_ipo_update"]
 
 
 def _mixture_pair(ctx: OnlineContext, prompts: Sequence[Prompt], seed: int) -> list[list[Completion]]:
@@ -92,6 +92,3 @@ def online_ipo_update(ctx: OnlineContext, examples: Sequence[PromptExample], see
     stats, metrics = step_fn(buf)
     return stats, {**buf.metrics, **metrics}
 
-
-# Drivers whose rollouts are drawn between optimizer steps (spec.rollout_every_step): one update each.
-STEP_UPDATES = {"egpo": egpo_update, "online_ipo": online_ipo_update}
