@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from prefopt.core.config import from_dict, to_dict
 from prefopt.core.errors import ConfigError
 from prefopt.core.registry import ALGORITHMS, LOSSES
+
+if TYPE_CHECKING:
+    from prefopt.configs import TrainConfig
+    from prefopt.losses.base import LossSpec
 
 
 @dataclass(frozen=True)
@@ -38,7 +42,7 @@ class AlgorithmSpec:
     curriculum: bool = False
     paper: str = ""
 
-    def loss_spec(self) -> Any:
+    def loss_spec(self) -> LossSpec:
         import prefopt.losses  # noqa: F401  (registration)
 
         return LOSSES.get(self.loss)
@@ -62,7 +66,7 @@ class AlgorithmSpec:
     def needs_ref(self) -> bool:
         return bool(self.loss_spec().needs_ref)
 
-    def check(self, cfg: Any) -> None:
+    def check(self, cfg: TrainConfig) -> None:
         """Reject incompatible settings (spec offline_losses.md section 6)."""
         mode = cfg.reference.mode
         if "token_kl" in self.extras and mode == "precompute":
@@ -125,7 +129,7 @@ class OnlineAlgorithmSpec(AlgorithmSpec):
     # online.advantage must name it. None = any estimator.
     advantage: str | None = None
 
-    def check(self, cfg: Any) -> None:
+    def check(self, cfg: TrainConfig) -> None:
         super().check(cfg)
         from prefopt.core.registry import ADVANTAGES
         from prefopt.loops.online_config import OnlineConfig
@@ -141,7 +145,7 @@ class OnlineAlgorithmSpec(AlgorithmSpec):
             raise ConfigError(f"{self.name} is defined by the {self.advantage!r} advantage estimator: set "
                               f"online.advantage: {self.advantage} (got {oc.advantage!r})")
 
-    def loss_spec(self) -> Any:
+    def loss_spec(self) -> LossSpec:
         import prefopt.losses  # noqa: F401  (registration)
         from prefopt.core.registry import GROUP_LOSSES
 

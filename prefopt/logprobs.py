@@ -150,7 +150,8 @@ def _model_dtype_device(model: Any) -> tuple[torch.dtype, torch.device]:
     return (dtype if isinstance(dtype, torch.dtype) else param.dtype), param.device
 
 
-def forward_token_logps(model: torch.nn.Module, batch: TokenBatch, chunk_size: int = 1024, *, with_entropy: bool = False,
+def forward_token_logps(model: torch.nn.Module, batch: TokenBatch, chunk_size: int = 1024, *,
+                        with_entropy: bool = False,
                         with_stats: bool = False, positions: str = "completion",
                         full_logits: bool = False) -> ForwardLogps:
     """Run ``model`` on a padded, packed or shared-prompt batch; return log-probs in the padded layout.

@@ -36,7 +36,8 @@ class HFGenerator:
         prefill_once: with ``n > 1`` samples per prompt, encode each prompt once and share its KV cache.
     """
 
-    def __init__(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, *, batch_size: int = 8, max_prompt_length: int | None = None,
+    def __init__(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, *, batch_size: int = 8,
+                 max_prompt_length: int | None = None,
                  prefill_once: bool = True):
         self.model, self.tok = model, tokenizer
         self.prefill_once = prefill_once

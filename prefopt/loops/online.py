@@ -5,8 +5,9 @@ URPO, DNO, EGPO, online IPO, P3O). One round samples ``prompts_per_round`` promp
 processes), draws rollouts with the :class:`~prefopt.generation.base.Generator` that ``online.generator``
 names in the :mod:`prefopt.generation.rollout` registry (one holding its own weights, vLLM, gets them
 from :func:`sync_rollout_weights` after every round's updates, EGPO / online IPO after every step),
-scores them with the :class:`~prefopt.rewards.RewardSource`, turns them into loss inputs with the algorithm's collector
-(the spec's registered driver, :mod:`prefopt.loops.online_drivers`) and runs ``num_iterations`` passes of ``minibatches`` optimizer steps
+scores them with the :class:`~prefopt.rewards.RewardSource`, turns them into loss inputs with the
+algorithm's collector (the spec's registered driver, :mod:`prefopt.loops.online_drivers`) and runs
+``num_iterations`` passes of ``minibatches`` optimizer steps
 (old log-probs come from the rollout policy). EGPO replaces the step by its extragradient update.
 Rounds are seeded by their index, and checkpoints hold the round (DNO: iteration), so a killed run
 resumes where it stopped. Logged: reward mean/std (per function and task), KL, clip fractions,

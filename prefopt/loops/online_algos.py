@@ -132,7 +132,8 @@ def rollout(ctx: OnlineContext, prompts: Sequence[Prompt], n: int, seed: int,
     return ctx.generator.generate(list(prompts), SamplingParams(n=n, seed=seed, **kw))
 
 
-def score_rows(ctx: OnlineContext, examples: Sequence[PromptExample], comps: Sequence[Completion], group: Sequence[int]) -> ScoredRewards:
+def score_rows(ctx: OnlineContext, examples: Sequence[PromptExample], comps: Sequence[Completion],
+               group: Sequence[int]) -> ScoredRewards:
     """Rewards ``[N]`` (NaN = none) and their parts for rows ``(examples[i], comps[i])`` from the reward
     source."""
     return ctx.source.score([ex.prompt for ex in examples], [c.text for c in comps],

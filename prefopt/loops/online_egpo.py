@@ -40,7 +40,8 @@ def _mixture_pair(ctx: OnlineContext, prompts: Sequence[Prompt], seed: int) -> l
                             top_k=e.top_k, seed=seed)
 
 
-def _pref(ctx: OnlineContext, examples: Sequence[PromptExample], a: Sequence[Completion], b: Sequence[Completion]) -> torch.Tensor:
+def _pref(ctx: OnlineContext, examples: Sequence[PromptExample], a: Sequence[Completion],
+          b: Sequence[Completion]) -> torch.Tensor:
     return ctx.source.preference([ex.prompt for ex in examples], [c.text for c in a], [c.text for c in b],
                                  answer=[ex.answer for ex in examples],
                                  task=[ex.meta.get("task") for ex in examples],
