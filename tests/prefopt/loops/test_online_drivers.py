@@ -37,3 +37,11 @@ def test_driver_shape_and_unknown_names_fail_clearly():
         OnlineDriver()
     with pytest.raises(RegistryError, match="dno.*egpo.*group"):
         get_driver("ppo")
+
+
+def test_prefopt_ls_lists_the_drivers_and_rollout_generators(capsys):
+    from prefopt.cli import main
+
+    assert main(["ls", "online_drivers"]) == 0 and main(["ls", "rollout_generators"]) == 0
+    out = capsys.readouterr().out
+    assert out == "online_drivers:\n  dno\n  egpo\n  group\n  online_ipo\n  p3o\nrollout_generators:\n  hf\n  vllm\n"
