@@ -120,22 +120,24 @@ def ours_side(env: dict[str, Any], args: Any, layout: str) -> Side:
         lengths.append(sum(lens) / len(lens))
 
     ctx.generator.generate = clock.wrap("generate", ctx.generator.generate, seen)
-    ctx.source.rewards = clock.wrap("score", ctx.source.rewards,
-                                    lambda out: captured.setdefault("rewards", out))
-    import prefopt.loops.online_algos as algos
+    ctx.source.score = clock.wrap("score", ctx.source.score,
+                                  lambda out: captured.setdefault("rewards", out.total))
+    from dataclasses import replace
 
-    collect = algos.COLLECTORS["group"]
+    from prefopt.loops.online_drivers import ONLINE_DRIVERS
+
+    group = ONLINE_DRIVERS.get("group")
     times = env["timing"].setdefault(name, [])
 
     def step(i: int) -> float:
         clock.current = {}
-        algos.COLLECTORS["group"] = clock.wrap("collect", collect)
+        ONLINE_DRIVERS._items["group"] = replace(group, collect=clock.wrap("collect", group.collect))
         try:
             t0 = time.perf_counter()
             out = list(run_round(ctx, env["rounds"][i], i, i))
             total = time.perf_counter() - t0
         finally:
-            algos.COLLECTORS["group"] = collect
+            ONLINE_DRIVERS._items["group"] = group
         times.append(_split(clock.current, total))
         return float(out[-1][1]["loss"])
 

@@ -27,10 +27,13 @@ Over-length policy (:class:`LengthPolicy`), applied to prompt + longest completi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Sequence
 
 from data_pipelines.schemas import GroupExample, PairwiseExample, RankedExample
 from prefopt.core.errors import DataError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 PLAIN_TEMPLATE = "{role}: {content}\n\n"  # fallback for tokenizers without a chat template
 Overlong = Literal["drop", "truncate_left", "truncate_right"]
@@ -111,7 +114,8 @@ def _ids(out: Any) -> list[int]:
     return [int(t) for t in out]
 
 
-def _render(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool) -> list[int]:
+def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]],
+            add_generation_prompt: bool) -> list[int]:
     if getattr(tokenizer, "chat_template", None):
         return _ids(tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
                                                   tokenize=True))
@@ -121,7 +125,8 @@ def _render(tokenizer: Any, messages: list[dict[str, str]], add_generation_promp
     return _ids(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def encode_prompt(tokenizer: Any, messages: list[dict[str, str]], *, field_name: str = "prompt") -> list[int]:
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], *,
+                  field_name: str = "prompt") -> list[int]:
     """Prompt tokens ending with the assistant generation header.
 
     Raises:
@@ -134,7 +139,7 @@ def encode_prompt(tokenizer: Any, messages: list[dict[str, str]], *, field_name:
     return _render(tokenizer, list(messages), add_generation_prompt=True)
 
 
-def encode_completion(tokenizer: Any, messages: list[dict[str, str]], completion: str,
+def encode_completion(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], completion: str,
                       prompt_ids: Sequence[int], *, field_name: str = "completion") -> tuple[list[int], bool]:
     """Completion tokens (reply + EOS) and whether the concatenation fallback was used."""
     _check_text(completion, field_name)
@@ -195,7 +200,8 @@ def apply_length_policy(prompt_ids: Sequence[int], completions: Sequence[Sequenc
     return prompt, comps
 
 
-def _encode_all(tokenizer: Any, prompt: list[dict[str, str]], texts: Sequence[str], fields: Sequence[str],
+def _encode_all(tokenizer: PreTrainedTokenizerBase, prompt: list[dict[str, str]], texts: Sequence[str],
+                fields: Sequence[str],
                 stats: TokenizeStats) -> tuple[list[int], list[list[int]]]:
     prompt_ids = encode_prompt(tokenizer, prompt)
     comps = []
@@ -206,7 +212,7 @@ def _encode_all(tokenizer: Any, prompt: list[dict[str, str]], texts: Sequence[st
     return prompt_ids, comps
 
 
-def tokenize_pairwise(example: PairwiseExample, tokenizer: Any, policy: LengthPolicy,
+def tokenize_pairwise(example: PairwiseExample, tokenizer: PreTrainedTokenizerBase, policy: LengthPolicy,
                       stats: TokenizeStats | None = None) -> TokenizedPair | None:
     """(prompt ids, chosen ids, rejected ids) under ``policy``; None if dropped."""
     stats = stats if stats is not None else TokenizeStats()
@@ -219,7 +225,8 @@ def tokenize_pairwise(example: PairwiseExample, tokenizer: Any, policy: LengthPo
     return TokenizedPair(tuple(prompt_ids), tuple(chosen), tuple(rejected), example.margin, example.id)
 
 
-def _tokenize_list(example: RankedExample | GroupExample, scores: Sequence[float], tokenizer: Any,
+def _tokenize_list(example: RankedExample | GroupExample, scores: Sequence[float],
+                   tokenizer: PreTrainedTokenizerBase,
                    policy: LengthPolicy, stats: TokenizeStats | None) -> TokenizedList | None:
     stats = stats if stats is not None else TokenizeStats()
     if not example.responses:
@@ -236,19 +243,20 @@ def _tokenize_list(example: RankedExample | GroupExample, scores: Sequence[float
                          example.id, dict(example.meta))
 
 
-def tokenize_ranked(example: RankedExample, tokenizer: Any, policy: LengthPolicy,
+def tokenize_ranked(example: RankedExample, tokenizer: PreTrainedTokenizerBase, policy: LengthPolicy,
                     stats: TokenizeStats | None = None) -> TokenizedList | None:
     """Prompt ids + K completion ids with their scores; None if dropped."""
     return _tokenize_list(example, example.scores, tokenizer, policy, stats)
 
 
-def tokenize_group(example: GroupExample, tokenizer: Any, policy: LengthPolicy,
+def tokenize_group(example: GroupExample, tokenizer: PreTrainedTokenizerBase, policy: LengthPolicy,
                    stats: TokenizeStats | None = None) -> TokenizedList | None:
     """Prompt ids + N rollout ids with their rewards (in ``scores``); None if dropped."""
     return _tokenize_list(example, example.rewards, tokenizer, policy, stats)
 
 
-def tokenize_examples(examples: Iterable[PairwiseExample | RankedExample | GroupExample], tokenizer: Any,
+def tokenize_examples(examples: Iterable[PairwiseExample | RankedExample | GroupExample],
+                      tokenizer: PreTrainedTokenizerBase,
                       policy: LengthPolicy) -> tuple[list[TokenizedPair | TokenizedList], TokenizeStats]:
     """Tokenise a stream of examples (any of the three kinds); returns kept items and the counts."""
     stats = TokenizeStats()

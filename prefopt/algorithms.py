@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from prefopt.core.config import from_dict, to_dict
 from prefopt.core.errors import ConfigError
 from prefopt.core.registry import ALGORITHMS, LOSSES
+
+if TYPE_CHECKING:
+    from prefopt.configs import TrainConfig
+    from prefopt.losses.base import LossSpec
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,7 @@ class AlgorithmSpec:
     curriculum: bool = False
     paper: str = ""
 
-    def loss_spec(self) -> Any:
+    def loss_spec(self) -> LossSpec:
         import prefopt.losses  # noqa: F401  (registration)
 
         return LOSSES.get(self.loss)
@@ -66,7 +70,7 @@ class AlgorithmSpec:
     def needs_ref(self) -> bool:
         return bool(self.loss_spec().needs_ref)
 
-    def check(self, cfg: Any) -> None:
+    def check(self, cfg: TrainConfig) -> None:
         """Reject incompatible settings (spec offline_losses.md section 6)."""
         mode = cfg.reference.mode
         if "token_kl" in self.extras and mode == "precompute":
@@ -112,7 +116,8 @@ _offline("curry_dpo", loss="dpo", curriculum=True, hooks=("stage_reference",),
 @dataclass(frozen=True)
 class OnlineAlgorithmSpec(AlgorithmSpec):
     """An online algorithm: ``loss`` names a ``GROUP_LOSSES`` entry; ``driver`` picks how the online
-    loop turns rollouts into loss inputs (group | p3o | dno | egpo | online_ipo; prefopt.loops.online_algos)."""
+    loop turns rollouts into loss inputs (an ``ONLINE_DRIVERS`` entry: group | p3o | dno | egpo | online_ipo;
+    prefopt.loops.online_drivers)."""
 
     driver: str = "group"
     # Rollouts are drawn between optimizer steps (once per minibatch), not once per round: EGPO (also at
@@ -128,18 +133,23 @@ class OnlineAlgorithmSpec(AlgorithmSpec):
     # online.advantage must name it. None = any estimator.
     advantage: str | None = None
 
-    def check(self, cfg: Any) -> None:
+    def check(self, cfg: TrainConfig) -> None:
         super().check(cfg)
-        if self.advantage is None:
-            return
+        from prefopt.core.registry import ADVANTAGES
         from prefopt.loops.online_config import OnlineConfig
+        from prefopt.losses.advantages import unread_options
 
         oc = getattr(cfg, "online", None) or OnlineConfig()
-        if oc.advantage != self.advantage:
+        ADVANTAGES.get(oc.advantage)  # an unknown estimator fails here, naming the registered ones
+        for name, readers in unread_options(oc.advantage, oc, OnlineConfig()).items():
+            raise ConfigError(f"online.{name}={getattr(oc, name)!r} is read only by the {', '.join(readers)} "
+                              f"advantage estimator; online.advantage={oc.advantage} would ignore it: remove "
+                              f"online.{name} or use an estimator that reads it")
+        if self.advantage is not None and oc.advantage != self.advantage:
             raise ConfigError(f"{self.name} is defined by the {self.advantage!r} advantage estimator: set "
                               f"online.advantage: {self.advantage} (got {oc.advantage!r})")
 
-    def loss_spec(self) -> Any:
+    def loss_spec(self) -> LossSpec:
         import prefopt.losses  # noqa: F401  (registration)
         from prefopt.core.registry import GROUP_LOSSES
 

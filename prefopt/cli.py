@@ -33,6 +33,7 @@ PLUGIN_MODULES = (
     "prefopt.algorithms",
     "prefopt.eval",
     "prefopt.generation",
+    "prefopt.loops.online_drivers",
     "prefopt.data.label_config",
     "prefopt.data.label_scorers",
     "prefopt.rewards",

@@ -53,7 +53,7 @@ def _unwrap_peft(model: Any) -> Any | None:
     return model.get_base_model()
 
 
-def split_causal_lm(model: Any) -> tuple[nn.Module, nn.Module] | None:
+def split_causal_lm(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     """``(decoder body, LM head)`` of a causal LM when ``logits == head(body(...).last_hidden_state)``.
 
     Looks through a DeepSpeed engine and a PEFT (LoRA-family) wrapper; returns None whenever the

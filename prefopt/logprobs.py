@@ -27,7 +27,7 @@ How the layouts run through a transformers 5.x decoder (checked on Llama, transf
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import Tensor
@@ -35,7 +35,17 @@ from torch.utils.checkpoint import checkpoint
 
 from prefopt.lm_head import split_causal_lm
 
-__all__ = ["ForwardLogps", "entropy", "forward_token_logps", "gather_logps", "sequence_logps", "token_logps"]
+__all__ = ["ForwardLogps", "TokenBatch", "entropy", "forward_token_logps", "gather_logps", "sequence_logps",
+           "token_logps"]
+
+
+class TokenBatch(Protocol):
+    """What :func:`forward_token_logps` runs on: a batch of ``data_pipelines.collate`` (``PaddedBatch``,
+    ``PackedBatch``, ``SharedPromptBatch``) or one shaped like them (the online loop's ``RolloutBatch``),
+    dispatched on its ``layout`` class attribute (``padded`` | ``packed`` | ``shared_prompt``)."""
+
+    layout: ClassVar[str]
+    input_ids: Tensor
 
 
 def _chunk_logps(logits: Tensor, labels: Tensor) -> Tensor:
@@ -140,7 +150,8 @@ def _model_dtype_device(model: Any) -> tuple[torch.dtype, torch.device]:
     return (dtype if isinstance(dtype, torch.dtype) else param.dtype), param.device
 
 
-def forward_token_logps(model: Any, batch: Any, chunk_size: int = 1024, *, with_entropy: bool = False,
+def forward_token_logps(model: torch.nn.Module, batch: TokenBatch, chunk_size: int = 1024, *,
+                        with_entropy: bool = False,
                         with_stats: bool = False, positions: str = "completion",
                         full_logits: bool = False) -> ForwardLogps:
     """Run ``model`` on a padded, packed or shared-prompt batch; return log-probs in the padded layout.

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -28,6 +28,9 @@ from reward_models.kinds import get_kind
 from reward_models.layouts import build_rows, collate_right
 from reward_models.models import RewardModel, RewardOutput
 from reward_models.polar_data import DEFAULT_REWARD, DEFAULT_SPLIT, encode_polar, flatten
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 Prompt = Any  # str or [{"role", "content"}]
 EncodeFn = Callable[[Prompt, str], tuple[list[int], int]]
@@ -60,7 +63,7 @@ class ChatEncoder:
     ``max_length`` keep their last ``max_length`` tokens (``truncate_left``, RewardBench's side).
     """
 
-    def __init__(self, tokenizer: Any, max_length: int = 2048):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int = 2048):
         self.tok, self.max_length = tokenizer, max_length
 
     def _ids(self, text: str) -> list[int]:
@@ -101,7 +104,8 @@ class ModelScorer:
         normalize: apply the stored reward mean/std (default: the model's ``normalize`` flag).
     """
 
-    def __init__(self, model: RewardModel, tokenizer: Any = None, *, encode_fn: EncodeFn | None = None,
+    def __init__(self, model: RewardModel, tokenizer: PreTrainedTokenizerBase | None = None, *,
+                 encode_fn: EncodeFn | None = None,
                  batch_size: int = 8, bf16: bool = False, max_length: int = 2048, polar_max_len: int = 16384,
                  max_response_len: int = 4096, normalize: bool | None = None, device: Any = None,
                  layout: str = "padded"):
@@ -268,7 +272,7 @@ class EnsembleScorer:
         return p[0] if one else p
 
 
-def rm_tokenizer(path: str | Path, fallback: Any = None) -> Any:
+def rm_tokenizer(path: str | Path, fallback: PreTrainedTokenizerBase | None = None) -> PreTrainedTokenizerBase:
     """The tokenizer for a reward-model folder: the one saved in it; else ``fallback`` (e.g. the
     policy's); else the tokenizer of the ``base_model`` named in its ``reward_config.json``."""
     from prefopt.core.errors import ModelLoadError
@@ -286,7 +290,8 @@ def rm_tokenizer(path: str | Path, fallback: Any = None) -> Any:
     return load_tokenizer(base)
 
 
-def load_model_scorer(path: str | Path, tokenizer: Any = None, *, device: Any = None, torch_dtype: Any = None,
+def load_model_scorer(path: str | Path, tokenizer: PreTrainedTokenizerBase | None = None, *,
+                      device: torch.device | str | None = None, torch_dtype: torch.dtype | None = None,
                       **scorer_kwargs: Any) -> ModelScorer:
     """The one way to load a reward-model folder as a :class:`ModelScorer` (tokenizer: :func:`rm_tokenizer`;
     ``scorer_kwargs``: ``batch_size``, ``max_length``, ``polar_max_len``, ``layout``, ``bf16``, ...)."""

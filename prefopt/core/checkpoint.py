@@ -24,12 +24,15 @@ import random
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from prefopt.core.errors import OutputError, PrefoptError
 from prefopt.core.io import atomic_write_json, output_errors
+
+if TYPE_CHECKING:
+    from prefopt.core.backend import Backend
 
 PREFIX = "step-"
 EXTRA_FILE = "extra.safetensors"
@@ -77,7 +80,7 @@ def _folder(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"{PREFIX}{step:06d}"
 
 
-def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, backend: Any,
+def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, backend: Backend,
                     state: dict[str, Any], keep_last: int = 2,
                     tensors: dict[str, torch.Tensor] | None = None) -> Path | None:
     """Write checkpoint ``step`` atomically; keep the newest ``keep_last``. Collective under DeepSpeed.
@@ -97,7 +100,7 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, back
                           "checkpoints are kept unchanged") from None
 
 
-def _save(final: Path, step: int, model: torch.nn.Module, backend: Any, state: dict[str, Any], keep_last: int,
+def _save(final: Path, step: int, model: torch.nn.Module, backend: Backend, state: dict[str, Any], keep_last: int,
           tensors: dict[str, torch.Tensor] | None) -> Path:
     tmp = final.parent / f".tmp-{final.name}"
     if backend.is_main:
@@ -170,7 +173,7 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return None
 
 
-def load_checkpoint(folder: str | Path, model: torch.nn.Module, backend: Any) -> dict[str, Any]:
+def load_checkpoint(folder: str | Path, model: torch.nn.Module, backend: Backend) -> dict[str, Any]:
     """Restore trainable weights, optimizer/scheduler (or engine shards) and RNG; return state.json."""
     folder = Path(folder)
     verify(folder)

@@ -30,13 +30,16 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal
 
 import torch
 
 from prefopt.core.errors import ConfigError, ModelLoadError
 from prefopt.core.lora import LoraSettings, apply_lora, apply_lora_settings
 from prefopt.core.safe_load import pickle_allowed, refuse_pickled_weights  # noqa: F401 (re-exported)
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 __all__ = ["EMBEDDED_HUB_ID", "EMBEDDED_NAME", "public_model_name", "SPECIAL_NAMES", "TINY_CONFIGS", "LoraSettings", "ModelConfig", "apply_lora",
            "apply_lora_settings", "cache_root", "cli_prepare", "load_causal_lm", "load_model",
@@ -348,7 +351,7 @@ def load_causal_lm(name_or_path: str, dtype: str = "float32", trust_remote_code:
     return model.eval(), tok
 
 
-def load_model(cfg: ModelConfig, seed: int = 0) -> tuple[Any, Any]:
+def load_model(cfg: ModelConfig, seed: int = 0) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
     """``(model, tokenizer)`` from a :class:`ModelConfig`: load, enable gradient checkpointing, add LoRA."""
     model, tok = load_causal_lm(cfg.name, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
                                 revision=cfg.revision, seed=seed, attn_implementation=cfg.attn_implementation)

@@ -97,10 +97,10 @@ def _build_reward(cfg: Any, out_dir: Path) -> Callable[[PromptExample, list[str]
 
     def score(prompt: PromptExample, answers: list[str]) -> GroupScores:
         k = len(answers)
-        r = source.rewards([prompt.prompt] * k, answers, answer=[prompt.answer] * k, group=[0] * k)
+        scored = source.score([prompt.prompt] * k, answers, answer=[prompt.answer] * k, group=[0] * k)
+        r, comp = scored.total, scored.components
         if torch.isnan(r).any():
             raise DataError("the reward source gave no reward (NaN) for an answer", field=f"prompt {prompt.id}")
-        comp = source.last_components
         members = comp["model_members"].tolist() if "model_members" in comp else None
         var = comp["model_variance"].tolist() if "model_variance" in comp else None
         return GroupScores([float(x) for x in r], members, var)

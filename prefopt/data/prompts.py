@@ -7,10 +7,13 @@ Generation is seeded, so the same config gives the same prompts.
 from __future__ import annotations
 
 import random
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from data_pipelines.schemas import PromptExample
 from prefopt.core.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from prefopt.loops.online_config import PromptSourceConfig
 
 __all__ = ["arithmetic_prompts", "jsonl_prompts", "hh_rlhf_prompts", "urpo_prompts", "load_prompts",
            "alpaca_eval_prompts", "read_prompt_file", "OPEN_TOPICS"]
@@ -161,7 +164,7 @@ def urpo_prompts(n: int, *, mix: tuple[float, ...] = (1.0, 1.0, 1.0), seed: int 
     return out
 
 
-def load_prompts(cfg: Any, seed: int = 0) -> list[PromptExample]:
+def load_prompts(cfg: PromptSourceConfig, seed: int = 0) -> list[PromptExample]:
     """Prompts for a :class:`~prefopt.loops.online_config.PromptSourceConfig` (train + held-out)."""
     total = cfg.n + cfg.n_eval
     if cfg.kind in _GENERATED:

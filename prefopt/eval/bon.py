@@ -21,7 +21,7 @@ import argparse
 import math
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from prefopt.core.errors import ConfigError, DataError
 from prefopt.core.io import atomic_write_json
@@ -32,17 +32,20 @@ from prefopt.eval.bon_data import load_bon
 from prefopt.eval.resumable import ResultStore
 from prefopt.eval.scorers import KINDS, build_pair_scorer
 
+if TYPE_CHECKING:
+    from prefopt.eval.scorers import DPOPairs, GPMPairs, JudgePairs, ScorePairs
+
 # resolved scorer kind -> fn(pair_scorer, prompt row) -> {"scores": [...]} or {"matrix": [[...]]}
 BON_SCORERS = registry("bon_scorer")
 DEFAULT_THRESHOLDS = {"alpacaeval_bon": 1.5}
 
 
-def _scalar(pair_scorer: Any, row: dict) -> dict:
+def _scalar(pair_scorer: ScorePairs, row: dict) -> dict:
     k = len(row["candidates"])
     return {"scores": pair_scorer.scorer.score([row["prompt"]] * k, row["candidates"]).float().tolist()}
 
 
-def _polar(pair_scorer: Any, row: dict) -> dict:
+def _polar(pair_scorer: ScorePairs, row: dict) -> dict:
     if not isinstance(row.get("reference"), str) or not row["reference"].strip():
         raise DataError("POLAR scores against a reference answer: none in this record", line=row["line"],
                         field="reference")
@@ -51,15 +54,15 @@ def _polar(pair_scorer: Any, row: dict) -> dict:
     return {"scores": s.float().tolist()}
 
 
-def _dpo(pair_scorer: Any, row: dict) -> dict:
+def _dpo(pair_scorer: DPOPairs, row: dict) -> dict:
     return {"scores": pair_scorer.rewards([row["prompt"]] * len(row["candidates"]), row["candidates"]).tolist()}
 
 
-def _gpm(pair_scorer: Any, row: dict) -> dict:
+def _gpm(pair_scorer: GPMPairs, row: dict) -> dict:
     return {"matrix": pair_scorer.scorer.score_matrix(row["prompt"], row["candidates"]).float().tolist()}
 
 
-def _judge(pair_scorer: Any, row: dict) -> dict:
+def _judge(pair_scorer: JudgePairs, row: dict) -> dict:
     """Both-orders LM judge on every pair: ``m[i][j] = P(i better than j) - 0.5`` (antisymmetric)."""
     c, k = row["candidates"], len(row["candidates"])
     pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]

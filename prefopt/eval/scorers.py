@@ -14,17 +14,30 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 import torch
 
 from prefopt.core.errors import ConfigError, ModelLoadError
 from reward_models.kinds import get_kind, kind_names
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from prefopt.eval.judges.lm import LMPairJudge
+    from reward_models.scorer import ModelScorer, RewardScorer
+
 # --kind choices: "auto", every registered reward-model kind (reward_models.kinds), then the policy-based
 # scorers ("dpo": implicit reward of a policy; "judge": an LM judge).
 KINDS = ("auto", *kind_names(), "dpo", "judge")
 POLICY_KINDS = ("dpo", "judge")
+
+
+class PairScorer(Protocol):
+    """What RewardBench / BoN / AlpacaEval call: one dict of scores per (prompt, chosen, rejected) pair, with
+    the fields :func:`prefopt.eval.rewardbench_metrics.example_correct` reads (module docstring)."""
+
+    def __call__(self, prompts: list, chosen: list[str], rejected: list[str], rows: list[dict]) -> list[dict]: ...
 
 
 def _dtype(bf16: bool) -> torch.dtype:
@@ -59,7 +72,8 @@ def checkpoint_kind(path: Path) -> str:
     return "bt"
 
 
-def load_model_scorer(path: Path, *, batch_size: int, bf16: bool, max_length: int, device: Any = None) -> Any:
+def load_model_scorer(path: Path, *, batch_size: int, bf16: bool, max_length: int,
+                      device: torch.device | str | None = None) -> ModelScorer:
     """A :class:`reward_models.scorer.ModelScorer` over one reward-model directory (weights in bf16 or fp32)."""
     from reward_models.scorer import load_model_scorer as load
 
@@ -92,7 +106,7 @@ def resolve_kind(kind: str, paths: Sequence[str]) -> tuple[str, list[Path]]:
 class ScorePairs:
     """BT / ensemble / POLAR: one score per response; POLAR also needs a reference per pair."""
 
-    def __init__(self, scorer: Any, references: Any = None):
+    def __init__(self, scorer: RewardScorer, references: Callable[[dict], str] | None = None):
         self.scorer, self.references = scorer, references
 
     def __call__(self, prompts: list, chosen: list[str], rejected: list[str], rows: list[dict]) -> list[dict]:
@@ -108,7 +122,7 @@ class ScorePairs:
 class GPMPairs:
     """GPM: ``pref_logit = s(chosen > rejected | x)`` (antisymmetric, one embedding per response)."""
 
-    def __init__(self, scorer: Any):
+    def __init__(self, scorer: ModelScorer):
         self.scorer = scorer
 
     def __call__(self, prompts: list, chosen: list[str], rejected: list[str], rows: list[dict]) -> list[dict]:
@@ -121,7 +135,7 @@ class GPMPairs:
 class JudgePairs:
     """Generative judge, both orders: ``correct`` = 1/0, or 0.5 when the averaged probability is 0.5."""
 
-    def __init__(self, pair_judge: Any):
+    def __init__(self, pair_judge: LMPairJudge):
         self.judge = pair_judge
 
     def __call__(self, prompts: list, chosen: list[str], rejected: list[str], rows: list[dict]) -> list[dict]:
@@ -144,7 +158,8 @@ class DPOPairs:
         max_length: prompt tokens are cut from the left to fit; then the response from the right.
     """
 
-    def __init__(self, policy: Any, ref: Any, tokenizer: Any, *, beta: float = 0.1, max_length: int = 2048,
+    def __init__(self, policy: torch.nn.Module, ref: torch.nn.Module | str | None, tokenizer: PreTrainedTokenizerBase,
+                 *, beta: float = 0.1, max_length: int = 2048,
                  bf16: bool = False):
         self.policy, self.ref, self.tok = policy.eval(), ref, tokenizer
         self.beta, self.max_length, self.bf16 = beta, max_length, bf16
@@ -196,7 +211,7 @@ class DPOPairs:
         return [{"chosen_score": s[i], "rejected_score": s[n + i]} for i in range(n)]
 
 
-def load_policy(path: str, *, dtype: str) -> tuple[Any, Any, bool]:
+def load_policy(path: str, *, dtype: str) -> tuple[torch.nn.Module, PreTrainedTokenizerBase, bool]:
     """``(model, tokenizer, is_lora)``; a LoRA adapter folder is put on its base model."""
     from prefopt.core.adapters import adapter_base
     from prefopt.core.models import load_causal_lm, load_tokenizer, refuse_pickled_weights
@@ -214,7 +229,7 @@ def load_policy(path: str, *, dtype: str) -> tuple[Any, Any, bool]:
     return model, tok, False
 
 
-def _dpo_pairs(members: list[Path], o: dict) -> Any:
+def _dpo_pairs(members: list[Path], o: dict) -> DPOPairs:
     """Implicit DPO reward ``beta * (log pi - log ref)`` of a policy (a LoRA folder's base is its reference)."""
     policy, tok, is_lora = load_policy(str(members[0]), dtype=o["dtype"])
     ref_model = o["ref_model"]
@@ -232,7 +247,7 @@ def _dpo_pairs(members: list[Path], o: dict) -> Any:
     return DPOPairs(policy, ref, tok, beta=o["beta"], max_length=o["max_length"], bf16=o["bf16"])
 
 
-def _judge_pairs(members: list[Path], o: dict) -> Any:
+def _judge_pairs(members: list[Path], o: dict) -> JudgePairs:
     from prefopt.core.models import load_causal_lm
     from prefopt.eval.judges.lm import LMPairJudge
 
@@ -244,7 +259,7 @@ def _judge_pairs(members: list[Path], o: dict) -> Any:
 _POLICY_PAIRS = {"dpo": _dpo_pairs, "judge": _judge_pairs}
 
 
-def _reward_model_pairs(kind: str, members: list[Path], o: dict) -> Any:
+def _reward_model_pairs(kind: str, members: list[Path], o: dict) -> PairScorer:
     """Pair scorer of a reward-model kind, chosen by its registered traits (members, pairwise, reference)."""
     spec = get_kind(kind)
     opts = {k: o[k] for k in ("batch_size", "bf16", "max_length", "device")}
@@ -266,8 +281,9 @@ def _reward_model_pairs(kind: str, members: list[Path], o: dict) -> Any:
 
 def build_pair_scorer(kind: str, paths: Sequence[str], *, batch_size: int = 8, bf16: bool = False,
                       max_length: int = 2048, reduce: str = "mean", ref_model: str | None = None,
-                      beta: float = 0.1, polar_reference: Any = None, judge_labels: tuple[str, str] = ("A", "B"),
-                      device: Any = None) -> tuple[str, Any]:
+                      beta: float = 0.1, polar_reference: Callable[[dict], str] | None = None,
+                      judge_labels: tuple[str, str] = ("A", "B"),
+                      device: torch.device | str | None = None) -> tuple[str, PairScorer]:
     """``(resolved kind, callable(prompts, chosen, rejected, rows) -> list[dict])`` for RewardBench."""
     kind, members = resolve_kind(kind, paths)
     opts = dict(batch_size=batch_size, bf16=bf16, max_length=max_length, device=device, reduce=reduce,

@@ -6,6 +6,9 @@ Backends are registered in the ``generator`` registry (``prefopt ls generators``
 * ``vllm``: :class:`prefopt.generation.vllm_backend.VLLMGenerator`, imported only when selected
   (a machine without vLLM gets a clear :class:`~prefopt.core.errors.ConfigError`).
 
+The online loop builds its rollout generator on the training policy through the ``rollout_generator``
+registry (:mod:`prefopt.generation.rollout`, ``online.generator``).
+
 Usage::
 
     gen = make_generator("hf", model=model, tokenizer=tok, batch_size=8)
@@ -49,3 +52,5 @@ def make_generator(backend: str = "hf", **kwargs: Any) -> Generator:
     ``batch_size``, ``dtype`` (with a name). ``vllm``: ``model`` (name/path), ``lora_path``, ...
     """
     return GENERATORS.get(backend)(**kwargs)
+
+from prefopt.generation import rollout as _rollout  # noqa: E402,F401  (fills ROLLOUT_GENERATORS for `prefopt ls`)

@@ -13,9 +13,13 @@ assistant generation header.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Mapping, Protocol, Sequence, Union, runtime_checkable
 
-Prompt = Any  # str | list[{"role", "content"}]
+import torch
+
+Message = Mapping[str, str]  # {"role": ..., "content": ...}
+Prompt = Union[str, Sequence[Message]]  # a plain string, or chat messages
+StateDict = Mapping[str, torch.Tensor]  # parameter name -> tensor (a transformers checkpoint's names)
 
 
 @dataclass(frozen=True)
@@ -87,7 +91,7 @@ class Generator(Protocol):
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[list[Completion]]:
         """``params.n`` completions per prompt: ``out[i][j]`` is sample j of prompt i."""
 
-    def sync_weights(self, model_or_state_dict: Any) -> None:
+    def sync_weights(self, model_or_state_dict: torch.nn.Module | StateDict) -> None:
         """Load updated policy weights (called after each optimizer step in online RL)."""
 
 

@@ -5,14 +5,17 @@ Log-probs of the sampled tokens are ``log_softmax`` of the *processed* scores ``
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
-from prefopt.generation.base import Completion, Prompt, SamplingParams, cut_at_stop
+from prefopt.generation.base import Completion, Prompt, SamplingParams, StateDict, cut_at_stop
+
+if TYPE_CHECKING:
+    from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 
-def encode_prompt_ids(tokenizer: Any, prompt: Prompt) -> list[int]:
+def encode_prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> list[int]:
     """Token ids of one prompt: message lists through the chat template (with the assistant header),
     strings as they are (no special tokens added)."""
     if isinstance(prompt, str):
@@ -33,7 +36,8 @@ class HFGenerator:
         prefill_once: with ``n > 1`` samples per prompt, encode each prompt once and share its KV cache.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 8, max_prompt_length: int | None = None,
+    def __init__(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, *, batch_size: int = 8,
+                 max_prompt_length: int | None = None,
                  prefill_once: bool = True):
         self.model, self.tok = model, tokenizer
         self.prefill_once = prefill_once
@@ -42,7 +46,7 @@ class HFGenerator:
         self.eos_id = tokenizer.eos_token_id
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, *, dtype: str = "float32", device: Any = None,
+    def from_pretrained(cls, name_or_path: str, *, dtype: str = "float32", device: torch.device | str | None = None,
                         trust_remote_code: bool = False, **kwargs: Any) -> "HFGenerator":
         """Load a model with :func:`prefopt.core.models.load_causal_lm` (ModelLoadError if missing)."""
         from prefopt.core.models import load_causal_lm
@@ -56,7 +60,7 @@ class HFGenerator:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def sync_weights(self, model_or_state_dict: Any) -> None:
+    def sync_weights(self, model_or_state_dict: torch.nn.Module | StateDict) -> None:
         """Copy new weights in (a no-op when the policy object itself is passed)."""
         if model_or_state_dict is self.model:
             return
@@ -65,7 +69,7 @@ class HFGenerator:
             state = state.state_dict()
         self.model.load_state_dict(dict(state))
 
-    def _config(self, params: SamplingParams, n: int | None = None) -> Any:
+    def _config(self, params: SamplingParams, n: int | None = None) -> GenerationConfig:
         from transformers import GenerationConfig
 
         n = params.n if n is None else n

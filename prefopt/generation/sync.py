@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from prefopt.core.errors import ConfigError
+from prefopt.generation.base import Generator
 
 __all__ = ["policy_state_for_inference", "sync_generator", "unwrap_model"]
 
@@ -23,14 +24,14 @@ _PEFT_PREFIX = "base_model.model."
 _ADAPTER_PARTS = {"lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector"}
 
 
-def unwrap_model(model: Any) -> Any:
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
     """The module inside DeepSpeed / DDP wrappers (their ``.module``)."""
     while isinstance(getattr(model, "module", None), torch.nn.Module):
         model = model.module
     return model
 
 
-def _is_peft(model: Any) -> bool:
+def _is_peft(model: torch.nn.Module) -> bool:
     try:
         from peft import PeftModel
     except ImportError:  # pragma: no cover - peft is a core dependency
@@ -63,7 +64,7 @@ def _lora_delta(module: Any) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def policy_state_for_inference(model: Any) -> dict[str, torch.Tensor]:
+def policy_state_for_inference(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The policy's weights named as in its transformers checkpoint (detached, on the model's devices).
 
     * DeepSpeed / DDP wrappers are unwrapped (``.module``).
@@ -110,7 +111,7 @@ def policy_state_for_inference(model: Any) -> dict[str, torch.Tensor]:
     return out
 
 
-def sync_generator(generator: Any, model: Any) -> bool:
+def sync_generator(generator: Generator, model: torch.nn.Module) -> bool:
     """Push the policy's current weights into ``generator`` when it holds its own copy.
 
     Calls ``generator.sync_weights(policy_state_for_inference(model))`` when the generator has

@@ -9,10 +9,15 @@ in ``llm_kwargs`` to get the temperature/top-p processed distribution (what the 
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
 
 from prefopt.core.errors import ConfigError
-from prefopt.generation.base import Completion, Prompt, SamplingParams
+from prefopt.generation.base import Completion, Prompt, SamplingParams, StateDict
+
+if TYPE_CHECKING:
+    from vllm.lora.request import LoRARequest
 
 try:
     import vllm
@@ -48,20 +53,20 @@ class VLLMGenerator:
         """Serve a (new) LoRA adapter directory from now on (a fresh id makes vLLM reload it)."""
         self.lora_path, self._lora_id = path, self._lora_id + 1
 
-    def _lora_request(self) -> Any:
+    def _lora_request(self) -> LoRARequest | None:
         if self.lora_path is None:
             return None
         from vllm.lora.request import LoRARequest
 
         return LoRARequest(f"policy-{self._lora_id}", self._lora_id, self.lora_path)
 
-    def _sampling(self, params: SamplingParams) -> Any:
+    def _sampling(self, params: SamplingParams) -> vllm.SamplingParams:
         return vllm.SamplingParams(n=params.n, temperature=params.temperature, top_p=params.top_p,
                                    top_k=params.top_k if params.top_k > 0 else -1,
                                    max_tokens=params.max_new_tokens, stop=list(params.stop) or None,
                                    seed=params.seed, logprobs=0)
 
-    def _prompt(self, prompt: Prompt) -> Any:
+    def _prompt(self, prompt: Prompt) -> dict[str, list[int]]:
         from prefopt.generation.hf import encode_prompt_ids
 
         return {"prompt_token_ids": encode_prompt_ids(self.tok, prompt)}
@@ -81,7 +86,7 @@ class VLLMGenerator:
             result.append(samples)
         return result
 
-    def sync_weights(self, model_or_state_dict: Any) -> None:
+    def sync_weights(self, model_or_state_dict: torch.nn.Module | StateDict) -> None:
         """Push new policy weights into the engine (``load_weights``), then drop the prefix cache.
 
         Accepts a module (its ``state_dict``; PEFT models should be merged first) or a state dict whose

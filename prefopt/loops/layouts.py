@@ -12,12 +12,18 @@ completions under a block mask; log-probs equal the padded rows' to float roundi
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from reward_models.layouts import resolve_auto_layout, shared_prompt_blockers
 
+if TYPE_CHECKING:
+    import torch
 
-def offline_layout(cfg: Any, spec: Any, model: Any) -> str:
+    from prefopt.algorithms import AlgorithmSpec
+    from prefopt.configs import TrainConfig
+
+
+def offline_layout(cfg: TrainConfig, spec: AlgorithmSpec, model: torch.nn.Module) -> str:
     """Concrete ``data.layout`` of an offline run of ``spec`` on ``model``."""
     reasons = []
     if "token_kl" in spec.extras:
@@ -28,7 +34,7 @@ def offline_layout(cfg: Any, spec: Any, model: Any) -> str:
     return resolve_auto_layout(cfg.data.layout, reasons, f"train {spec.name}")
 
 
-def online_layout(cfg: Any, layout: str, model: Any) -> str:
+def online_layout(cfg: TrainConfig, layout: str, model: torch.nn.Module) -> str:
     """Concrete ``online.layout`` of an online run on ``model`` (every online loss reads the same
     per-token log-probs, so only the model can stand against the shared prompt)."""
     return resolve_auto_layout(layout, shared_prompt_blockers(model, cfg.model.attn_implementation),

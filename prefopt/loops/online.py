@@ -2,11 +2,12 @@
 
 ``run_online(cfg)`` is ``prefopt train`` for algorithms whose spec says ``loop: online`` (GRPO, GSPO,
 URPO, DNO, EGPO, online IPO, P3O). One round samples ``prompts_per_round`` prompts (sharded over
-processes), draws rollouts with the :class:`~prefopt.generation.base.Generator` (``online.generator``:
-HF backend on the live policy, or an in-process vLLM engine whose weights :func:`sync_rollout_weights`
-replaces after every round's updates, EGPO / online IPO after every step), scores them with the
-:class:`~prefopt.rewards.RewardSource`, turns them into loss inputs with the algorithm's collector
-(:mod:`prefopt.loops.online_algos`) and runs ``num_iterations`` passes of ``minibatches`` optimizer steps
+processes), draws rollouts with the :class:`~prefopt.generation.base.Generator` that ``online.generator``
+names in the :mod:`prefopt.generation.rollout` registry (one holding its own weights, vLLM, gets them
+from :func:`sync_rollout_weights` after every round's updates, EGPO / online IPO after every step),
+scores them with the :class:`~prefopt.rewards.RewardSource`, turns them into loss inputs with the
+algorithm's collector (the spec's registered driver, :mod:`prefopt.loops.online_drivers`) and runs
+``num_iterations`` passes of ``minibatches`` optimizer steps
 (old log-probs come from the rollout policy). EGPO replaces the step by its extragradient update.
 Rounds are seeded by their index, and checkpoints hold the round (DNO: iteration), so a killed run
 resumes where it stopped. Logged: reward mean/std (per function and task), KL, clip fractions,
@@ -18,7 +19,7 @@ import dataclasses
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 
@@ -26,8 +27,23 @@ from prefopt.core.checkpoint import latest_checkpoint, load_checkpoint, save_che
 from prefopt.core.errors import ConfigError
 from prefopt.loops.common import MetricAccumulator, NonFiniteGuard, seed_everything, start_run
 from prefopt.loops.layouts import online_layout
-from prefopt.loops.online_algos import COLLECTORS, Buffer, buffer_loss, make_batch, score_rows
+from prefopt.loops.online_algos import Buffer, buffer_loss, make_batch, score_rows
 from prefopt.loops.online_config import OnlineConfig
+from prefopt.loops.online_drivers import get_driver
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from data_pipelines.schemas import PromptExample
+    from prefopt.algorithms import OnlineAlgorithmSpec
+    from prefopt.configs import TrainConfig
+    from prefopt.core.backend import Backend
+    from prefopt.core.logging import MetricLogger
+    from prefopt.generation.base import Generator
+    from prefopt.loops.reference import Reference
+    from prefopt.losses.base import LossSpec
+    from prefopt.rewards.sources import RewardSource
+    from reward_models.scorer import RewardScorer
 
 __all__ = ["OnlineContext", "run_online", "build_context", "optimizer_step", "run_round", "sync_rollout_weights",
            "total_steps"]
@@ -37,31 +53,31 @@ __all__ = ["OnlineContext", "run_online", "build_context", "optimizer_step", "ru
 class OnlineContext:
     """Everything a round needs (built once by :func:`build_context`)."""
 
-    cfg: Any
+    cfg: TrainConfig
     oc: OnlineConfig
-    spec: Any
-    loss_spec: Any
-    hparams: Any
-    backend: Any
-    model: Any          # the unwrapped policy (generation, no-grad forwards, checkpoints)
-    engine: Any         # what the training forward runs (DeepSpeed engine or the model)
-    tok: Any
-    generator: Any
-    source: Any
-    reference: Any = None
+    spec: OnlineAlgorithmSpec
+    loss_spec: LossSpec
+    hparams: Any        # the loss's hyper-parameter dataclass (``loss_spec.hparams_cls``)
+    backend: Backend
+    model: torch.nn.Module   # the unwrapped policy (generation, no-grad forwards, checkpoints)
+    engine: torch.nn.Module  # what the training forward runs (DeepSpeed engine or the model)
+    tok: PreTrainedTokenizerBase
+    generator: Generator
+    source: RewardSource
+    reference: Reference | None = None
     device: torch.device = torch.device("cpu")
     precision: str = "fp32"
     pad_id: int = 0
     guard: NonFiniteGuard = field(default_factory=NonFiniteGuard)
-    last_egpo: Any = None
+    last_egpo: tuple[Buffer, Buffer] | None = None  # EGPO: the (half, full) step buffers of the last update
 
 
-def online_config(cfg: Any) -> OnlineConfig:
+def online_config(cfg: TrainConfig) -> OnlineConfig:
     oc = getattr(cfg, "online", None)
     return oc if oc is not None else OnlineConfig()
 
 
-def total_steps(spec: Any, oc: OnlineConfig) -> int:
+def total_steps(spec: OnlineAlgorithmSpec, oc: OnlineConfig) -> int:
     """Optimizer steps of the run (EGPO: full extragradient updates)."""
     if spec.rollout_every_step:
         return oc.rounds * oc.minibatches
@@ -81,50 +97,17 @@ def _urpo_defaults(oc: OnlineConfig) -> OnlineConfig:
     return replace(oc, reward=rw)
 
 
-def _vllm_model_source(cfg: Any, backend: Any, model: Any, tok: Any) -> tuple[str, dict[str, Any]]:
-    """What the vLLM engine loads first (the policy's initial weights): ``(name or directory, kwargs)``.
+def _rollout_generator(cfg: TrainConfig, oc: OnlineConfig, backend: Backend, model: torch.nn.Module,
+                       tok: PreTrainedTokenizerBase) -> Generator:
+    """``online.generator`` from the ``rollout_generator`` registry (:mod:`prefopt.generation.rollout`)."""
+    from prefopt.generation.rollout import RolloutRequest, engine_options, make_rollout_generator
 
-    The embedded model -> its converted cache folder; a local model folder -> itself; a hub name -> the
-    name (revision / trust_remote_code passed on); anything else (tiny-* models) -> the initial policy
-    saved to ``<run_dir>/vllm_init`` (LoRA merged, i.e. the base weights).
-    """
-    from prefopt.core.models import EMBEDDED_NAME, TINY_CONFIGS, prepare_embedded_model
-    from prefopt.generation.sync import policy_state_for_inference, unwrap_model
-
-    name = cfg.model.name
-    kwargs: dict[str, Any] = {"trust_remote_code": True} if cfg.model.trust_remote_code else {}
-    if name == EMBEDDED_NAME:
-        return str(prepare_embedded_model()), kwargs
-    path = Path(name).expanduser()
-    if path.is_dir() and (path / "config.json").is_file():
-        return str(path), kwargs
-    if name not in TINY_CONFIGS and not path.exists():
-        return name, {**kwargs, **({"revision": cfg.model.revision} if cfg.model.revision else {})}
-    out = Path(cfg.run.output_dir) / ("vllm_init" if backend.world_size == 1 else f"vllm_init-rank{backend.rank}")
-    inner = unwrap_model(model)
-    base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
-    state = {k: v.detach().cpu().contiguous() for k, v in policy_state_for_inference(inner).items()}
-    base.save_pretrained(str(out), state_dict=state, safe_serialization=True)
-    tok.save_pretrained(str(out))
-    return str(out), kwargs
-
-
-def _make_rollout_generator(cfg: Any, oc: OnlineConfig, backend: Any, model: Any, tok: Any) -> Any:
-    """``online.generator``: ``hf`` runs on the live policy; ``vllm`` starts an in-process engine on the
-    initial weights (imported only here, so ``hf`` runs never import vLLM) that :func:`sync_rollout_weights`
-    keeps up to date."""
-    from prefopt.generation import make_generator
-
-    if oc.generator == "hf":
-        return make_generator("hf", model=model, tokenizer=tok, batch_size=oc.generation_batch_size,
-                              max_prompt_length=oc.max_prompt_length)
-    if getattr(backend, "zero_stage", 0) == 3:
-        raise ConfigError("online.generator=vllm syncs full weights from every process; it does not support "
-                          "ZeRO-3 (partitioned parameters): use backend.zero_stage 2 or generator hf")
-    source, extra = _vllm_model_source(cfg, backend, model, tok)
-    v = oc.vllm
-    return make_generator(oc.generator, model=source, gpu_memory_utilization=v.gpu_memory_utilization,
-                          dtype=v.dtype, seed=cfg.run.seed, **{**extra, **v.kwargs})
+    req = RolloutRequest(model=model, tokenizer=tok, model_cfg=cfg.model, output_dir=Path(cfg.run.output_dir),
+                         seed=cfg.run.seed, rank=backend.rank, world_size=backend.world_size,
+                         zero_stage=getattr(backend, "zero_stage", 0), batch_size=oc.generation_batch_size,
+                         max_prompt_length=oc.max_prompt_length,
+                         engine_options=engine_options(oc.vllm))
+    return make_rollout_generator(oc.generator, req)
 
 
 def sync_rollout_weights(ctx: "OnlineContext") -> bool:
@@ -135,8 +118,9 @@ def sync_rollout_weights(ctx: "OnlineContext") -> bool:
     return sync_generator(ctx.generator, ctx.model)
 
 
-def build_context(cfg: Any, spec: Any, backend: Any, model: Any, tok: Any, *, engine: Any = None,
-                  scorer: Any = None) -> OnlineContext:
+def build_context(cfg: TrainConfig, spec: OnlineAlgorithmSpec, backend: Backend, model: torch.nn.Module,
+                  tok: PreTrainedTokenizerBase, *, engine: torch.nn.Module | None = None,
+                  scorer: RewardScorer | None = None) -> OnlineContext:
     """Reference (if the loss or β needs one), generator on the live policy, reward source."""
     from prefopt.loops.reference import Reference, resolve_mode
     from prefopt.rewards import PolicyReferee, build_reward_source
@@ -146,7 +130,7 @@ def build_context(cfg: Any, spec: Any, backend: Any, model: Any, tok: Any, *, en
         oc = _urpo_defaults(oc)
     oc = dataclasses.replace(oc, layout=online_layout(cfg, oc.layout, model))
     hp = spec.build_hparams(cfg.loss)  # typed once in TrainConfig: returned as it is
-    needs_ref = {"group": bool(getattr(hp, "beta", 0.0)), "dno": bool(getattr(hp, "tau", 0.0))}.get(spec.driver, True)
+    needs_ref = get_driver(spec.driver).needs_reference(hp)
     mode = resolve_mode(cfg.reference.mode, model, needs_ref)
     if mode == "precompute":
         raise ConfigError("online algorithms sample new responses every round; reference.mode=precompute "
@@ -155,7 +139,7 @@ def build_context(cfg: Any, spec: Any, backend: Any, model: Any, tok: Any, *, en
         raise ConfigError("reference.sync_every (TR-DPO soft sync) is an offline-loop option; online algorithms "
                           "define their own reference (DNO: previous iterate); set reference.sync_every=0")
     reference = Reference(mode, model) if mode != "none" else None
-    gen = _make_rollout_generator(cfg, oc, backend, model, tok)
+    gen = _rollout_generator(cfg, oc, backend, model, tok)
     referee = PolicyReferee(gen, seed=cfg.run.seed) if oc.reward.policy_referee else None
     source = build_reward_source(oc.reward, tokenizer=tok, referee=referee, scorer=scorer, device=backend.device)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -204,7 +188,7 @@ def optimizer_step(ctx: OnlineContext, buf: Buffer, step: int = 0) -> tuple[dict
     return stats, local
 
 
-def _round_prompts(prompts: Sequence[Any], r: int, per_round: int, seed: int) -> list[Any]:
+def _round_prompts(prompts: Sequence[PromptExample], r: int, per_round: int, seed: int) -> list[PromptExample]:
     """Prompts of round ``r``: a fresh seeded permutation per pass over the prompt set."""
     n, out = len(prompts), []
     for k in range(r * per_round, (r + 1) * per_round):
@@ -215,11 +199,11 @@ def _round_prompts(prompts: Sequence[Any], r: int, per_round: int, seed: int) ->
     return out
 
 
-def run_round(ctx: OnlineContext, examples: Sequence[Any], r: int, step: int) -> Iterator[tuple[dict | None, dict]]:
-    """Yield ``(optimizer stats, metrics)`` after each optimizer step of round ``r``."""
-    from prefopt.loops.online_egpo import STEP_UPDATES
-
-    oc, driver = ctx.oc, ctx.spec.driver
+def run_round(ctx: OnlineContext, examples: Sequence[PromptExample], r: int,
+              step: int) -> Iterator[tuple[dict | None, dict]]:
+    """Yield ``(optimizer stats, metrics)`` after each optimizer step of round ``r`` (the spec's registered
+    driver: :mod:`prefopt.loops.online_drivers`)."""
+    oc, driver = ctx.oc, get_driver(ctx.spec.driver)
     seed = ctx.cfg.run.seed * 1_000_003 + r * 1009 + ctx.backend.rank * 17
     if ctx.spec.rollout_every_step:
         # Rollouts are drawn between optimizer steps (EGPO: also at θ_{t+½} after the half step), so a
@@ -232,9 +216,9 @@ def run_round(ctx: OnlineContext, examples: Sequence[Any], r: int, step: int) ->
 
         for k in range(oc.minibatches):
             part = list(examples)[k::oc.minibatches]
-            yield STEP_UPDATES[driver](ctx, part, seed + 2 * k, synced_step)
+            yield driver.update(ctx, part, seed + 2 * k, synced_step)
         return
-    buf = COLLECTORS[driver](ctx, examples, seed)
+    buf = driver.collect(ctx, examples, seed)
     for _ in range(oc.num_iterations):
         for mb in _split_exact(ctx, buf, oc.minibatches):
             stats, m = optimizer_step(ctx, mb, step)
@@ -245,7 +229,7 @@ def run_round(ctx: OnlineContext, examples: Sequence[Any], r: int, step: int) ->
 
 
 @torch.no_grad()
-def evaluate(ctx: OnlineContext, examples: Sequence[Any],
+def evaluate(ctx: OnlineContext, examples: Sequence[PromptExample],
              ref_texts: Sequence[str] | None) -> tuple[dict[str, float], list[str]]:
     """Greedy answers on held-out prompts: (metrics, texts); metrics = mean reward (per task) and the
     oracle win rate against ``ref_texts`` (the reference policy's greedy answers)."""
@@ -256,7 +240,7 @@ def evaluate(ctx: OnlineContext, examples: Sequence[Any],
     outs = ctx.generator.generate([ex.prompt for ex in examples],
                                   SamplingParams(temperature=0.0, max_new_tokens=ctx.oc.max_new_tokens))
     comps = [o[0] for o in outs]
-    rewards = score_rows(ctx, examples, comps, list(range(len(comps))))
+    rewards = score_rows(ctx, examples, comps, list(range(len(comps)))).total
     ok = ~torch.isnan(rewards)
     out = {"eval/reward": float(rewards[ok].mean()) if ok.any() else float("nan")}
     for task in sorted({ex.meta.get("task") for ex in examples if ex.meta.get("task")}):
@@ -271,7 +255,7 @@ def evaluate(ctx: OnlineContext, examples: Sequence[Any],
     return out, [c.text for c in comps]
 
 
-def _gather_mean(backend: Any, metrics: dict[str, float]) -> dict[str, float]:
+def _gather_mean(backend: Backend, metrics: dict[str, float]) -> dict[str, float]:
     """Average metric dicts over processes (keys may differ between processes)."""
     if backend.world_size == 1:
         return metrics
@@ -297,7 +281,7 @@ def _check(ctx: OnlineContext) -> None:
                           f"online.num_generations: {spec.generations}")
 
 
-def run_online(cfg: Any, *, scorer: Any = None) -> dict[str, Any]:  # noqa: C901, PLR0915 - the loop
+def run_online(cfg: TrainConfig, *, scorer: RewardScorer | None = None) -> dict[str, Any]:  # noqa: C901, PLR0915 - the loop
     """Train an online algorithm from ``cfg`` (a :class:`prefopt.configs.TrainConfig`)."""
     from prefopt.algorithms import get_algorithm
     from prefopt.core.backend import make_backend
@@ -351,7 +335,8 @@ def run_online(cfg: Any, *, scorer: Any = None) -> dict[str, Any]:  # noqa: C901
                     "reward_curve": curve})
 
 
-def _finish(ctx: OnlineContext, tok: Any, held_out: list, ref_texts: list[str] | None, logger: Any,
+def _finish(ctx: OnlineContext, tok: PreTrainedTokenizerBase, held_out: list[PromptExample],
+            ref_texts: list[str] | None, logger: MetricLogger,
             run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
     """Final held-out evaluation and log row; the policy and ``summary.json`` from the main process."""
     from prefopt.core.io import atomic_write_json

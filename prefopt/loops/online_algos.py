@@ -11,22 +11,29 @@ tensors its registered ``GROUP_LOSSES`` entry needs (``advantages``, ``old_token
 * dno: K samples per prompt from π_t, integer judge scores 1..6 from the oracle, large-margin pairs
   (:func:`prefopt.losses.dno.dno_pairs`), π_t's log-probs frozen at collection (the reference of
   iteration t is exactly π_t).
-EGPO's sampler and extragradient update live in :mod:`prefopt.loops.online_egpo`.
+EGPO's sampler and extragradient update live in :mod:`prefopt.loops.online_egpo`; the drivers that use
+these collectors are registered in :mod:`prefopt.loops.online_drivers`.
 """
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import torch
 from torch import Tensor
 
-from prefopt.generation.base import Completion, SamplingParams
+from prefopt.generation.base import Completion, Prompt, SamplingParams
 from prefopt.loops.common import autocast
+from prefopt.rewards.sources import ScoredRewards
+
+if TYPE_CHECKING:
+    from data_pipelines.schemas import PromptExample
+    from prefopt.logprobs import TokenBatch
+    from prefopt.loops.online import OnlineContext
 
 __all__ = ["RolloutBatch", "Buffer", "make_batch", "rollout", "score_rows", "collect_group",
-           "collect_p3o", "collect_dno", "buffer_loss", "weights_checksum", "repeats_ngrams", "COLLECTORS"]
+           "collect_p3o", "collect_dno", "buffer_loss", "weights_checksum", "repeats_ngrams"]
 
 PAIR_KEYS = ("target",)
 
@@ -51,7 +58,7 @@ class RolloutBatch:
         plens = None if self.prompt_lengths is None else self.prompt_lengths[idx]
         return RolloutBatch(*(t[:, :width] for t in rows), prompt_lengths=plens)
 
-    def for_forward(self, layout: str, pad_id: int) -> Any:
+    def for_forward(self, layout: str, pad_id: int) -> TokenBatch:
         """This batch, or the same rows regrouped so rows with one prompt share it (``shared_prompt``:
         :func:`data_pipelines.collate.shared_prompt_from_rows`; log-probs come back in these rows)."""
         if layout == "padded" or self.prompt_lengths is None:
@@ -116,7 +123,8 @@ class Buffer:
         return [self._take(c) for c in torch.arange(units).chunk(parts) if c.numel()]
 
 
-def rollout(ctx: Any, prompts: Sequence[Any], n: int, seed: int, **overrides: Any) -> list[list[Completion]]:
+def rollout(ctx: OnlineContext, prompts: Sequence[Prompt], n: int, seed: int,
+            **overrides: Any) -> list[list[Completion]]:
     """``n`` samples per prompt from the current policy (``ctx.generator``)."""
     oc = ctx.oc
     kw = dict(temperature=oc.temperature, top_p=oc.top_p, top_k=oc.top_k, max_new_tokens=oc.max_new_tokens)
@@ -124,19 +132,21 @@ def rollout(ctx: Any, prompts: Sequence[Any], n: int, seed: int, **overrides: An
     return ctx.generator.generate(list(prompts), SamplingParams(n=n, seed=seed, **kw))
 
 
-def score_rows(ctx: Any, examples: Sequence[Any], comps: Sequence[Completion], group: Sequence[int]) -> Tensor:
-    """Rewards ``[N]`` (NaN = none) for rows ``(examples[i], comps[i])`` from the reward source."""
-    return ctx.source.rewards([ex.prompt for ex in examples], [c.text for c in comps],
+def score_rows(ctx: OnlineContext, examples: Sequence[PromptExample], comps: Sequence[Completion],
+               group: Sequence[int]) -> ScoredRewards:
+    """Rewards ``[N]`` (NaN = none) and their parts for rows ``(examples[i], comps[i])`` from the reward
+    source."""
+    return ctx.source.score([ex.prompt for ex in examples], [c.text for c in comps],
                               answer=[ex.answer for ex in examples],
                               completion_ids=[c.token_ids for c in comps],
                               task=[ex.meta.get("task") for ex in examples],
                               meta=[ex.meta for ex in examples], group=list(group))
 
 
-def _no_grad_logps(ctx: Any, batch: RolloutBatch, reference: bool = False) -> Tensor:
+def _no_grad_logps(ctx: OnlineContext, batch: RolloutBatch, reference: bool = False) -> Tensor:
     from prefopt.logprobs import forward_token_logps
 
-    def run(model: Any) -> Tensor:
+    def run(model: torch.nn.Module) -> Tensor:
         with autocast(ctx.precision, ctx.device):
             fwd = batch.for_forward(ctx.oc.layout, ctx.pad_id)
             return forward_token_logps(model, fwd).token_logps.float().detach()
@@ -152,15 +162,16 @@ def _no_grad_logps(ctx: Any, batch: RolloutBatch, reference: bool = False) -> Te
             ctx.model.train(was)
 
 
-def _rollout_metrics(ctx: Any, rewards: Tensor, group: Sequence[int], comps: Sequence[Completion],
-                     examples: Sequence[Any]) -> dict[str, float]:
+def _rollout_metrics(scored: ScoredRewards, group: Sequence[int], comps: Sequence[Completion],
+                     examples: Sequence[PromptExample]) -> dict[str, float]:
     from prefopt.losses.advantages import group_reward_stats
 
+    rewards = scored.total
     stats = {k: float(v) for k, v in group_reward_stats(rewards, torch.as_tensor(list(group))).items()}
     lens = torch.tensor([len(c.token_ids) for c in comps], dtype=torch.float32)
     stats.update({"completions/mean_length": float(lens.mean()), "completions/max_length": float(lens.max()),
                   "completions/clipped_ratio": float(sum(c.finish_reason == "length" for c in comps) / len(comps))})
-    for name, vals in ctx.source.last_components.items():
+    for name, vals in scored.components.items():
         if vals.numel() == rewards.numel() and (~torch.isnan(vals)).any():
             stats[f"rewards/{name}/mean"] = float(vals[~torch.isnan(vals)].mean())
     tasks = [ex.meta.get("task") for ex in examples]
@@ -171,7 +182,8 @@ def _rollout_metrics(ctx: Any, rewards: Tensor, group: Sequence[int], comps: Seq
     return stats
 
 
-def _flatten(examples: Sequence[Any], outs: list[list[Completion]]):
+def _flatten(examples: Sequence[PromptExample], outs: list[list[Completion]]
+             ) -> tuple[list[PromptExample], list[Completion], list[int]]:
     rows_ex, comps, group = [], [], []
     for g, (ex, cs) in enumerate(zip(examples, outs, strict=False)):
         for c in cs:
@@ -181,7 +193,7 @@ def _flatten(examples: Sequence[Any], outs: list[list[Completion]]):
     return rows_ex, comps, group
 
 
-def _advantages(ctx: Any, rewards: Tensor, group: Sequence[int]) -> Tensor:
+def _advantages(ctx: OnlineContext, rewards: Tensor, group: Sequence[int]) -> Tensor:
     """``ADVANTAGES[online.advantage]`` with the online options it reads (``advantage_options``)."""
     from prefopt.core.registry import ADVANTAGES
     from prefopt.losses.advantages import advantage_options
@@ -190,12 +202,13 @@ def _advantages(ctx: Any, rewards: Tensor, group: Sequence[int]) -> Tensor:
     return ADVANTAGES.get(name)(rewards, torch.as_tensor(list(group)), **advantage_options(name, ctx.oc))
 
 
-def collect_group(ctx: Any, examples: Sequence[Any], seed: int) -> Buffer:
+def collect_group(ctx: OnlineContext, examples: Sequence[PromptExample], seed: int) -> Buffer:
     """GRPO / URPO: K samples per prompt -> rewards -> group advantages (+ old/ref log-probs)."""
     oc = ctx.oc
     rows_ex, comps, group = _flatten(examples, rollout(ctx, [ex.prompt for ex in examples],
                                                        oc.num_generations, seed))
-    rewards = score_rows(ctx, rows_ex, comps, group)
+    scored = score_rows(ctx, rows_ex, comps, group)
+    rewards = scored.total
     adv = _advantages(ctx, rewards, group)
     drop = [oc.mask_truncated and c.finish_reason == "length" for c in comps]
     batch = make_batch([c.prompt_ids for c in comps], [c.token_ids for c in comps], ctx.pad_id, drop)
@@ -204,21 +217,23 @@ def collect_group(ctx: Any, examples: Sequence[Any], seed: int) -> Buffer:
         tensors["old_token_logps"] = _no_grad_logps(ctx, batch)
     if getattr(ctx.hparams, "beta", 0.0) and ctx.reference is not None:
         tensors["ref_token_logps"] = _no_grad_logps(ctx, batch, reference=True)
-    return Buffer(batch, tensors, False, _rollout_metrics(ctx, rewards, group, comps, rows_ex),
+    return Buffer(batch, tensors, False, _rollout_metrics(scored, group, comps, rows_ex),
                   [c.text for c in comps])
 
 
-def collect_p3o(ctx: Any, examples: Sequence[Any], seed: int) -> Buffer:
+def collect_p3o(ctx: OnlineContext, examples: Sequence[PromptExample], seed: int) -> Buffer:
     """P3O: two samples per prompt, rows ``[y1 of every prompt; y2 of every prompt]``."""
     outs = rollout(ctx, [ex.prompt for ex in examples], 2, seed)
     comps = [o[0] for o in outs] + [o[1] for o in outs]
     rows_ex = list(examples) + list(examples)
     group = list(range(len(examples))) * 2
-    rewards = torch.nan_to_num(score_rows(ctx, rows_ex, comps, group))
+    scored = score_rows(ctx, rows_ex, comps, group)
+    scored = replace(scored, total=torch.nan_to_num(scored.total))
+    rewards = scored.total
     batch = make_batch([c.prompt_ids for c in comps], [c.token_ids for c in comps], ctx.pad_id)
     tensors = {"rewards": rewards.to(ctx.device), "old_token_logps": _no_grad_logps(ctx, batch),
                "ref_token_logps": _no_grad_logps(ctx, batch, reference=True)}
-    return Buffer(batch, tensors, True, _rollout_metrics(ctx, rewards, group, comps, rows_ex),
+    return Buffer(batch, tensors, True, _rollout_metrics(scored, group, comps, rows_ex),
                   [c.text for c in comps])
 
 
@@ -233,7 +248,7 @@ def repeats_ngrams(token_ids: Sequence[int], n: int = 3, times: int = 3) -> bool
     return False
 
 
-def dno_scores(ctx: Any, ex: Any, texts: Sequence[str], comps: Sequence[Completion]) -> list[int]:
+def dno_scores(ctx: OnlineContext, ex: PromptExample, texts: Sequence[str], comps: Sequence[Completion]) -> list[int]:
     """Integer judge scores 1 + round(5 s): s = mean oracle win probability against the other
     candidates (``score_from=preference``) or the scalar reward clamped to [0, 1]."""
     k = len(texts)
@@ -249,12 +264,12 @@ def dno_scores(ctx: Any, ex: Any, texts: Sequence[str], comps: Sequence[Completi
     return [1 + int(round(5 * float(v))) for v in s]
 
 
-def _gold_completion(ctx: Any, ex: Any, prompt_ids: list[int]) -> Completion:
+def _gold_completion(ctx: OnlineContext, ex: PromptExample, prompt_ids: list[int]) -> Completion:
     ids = list(ctx.tok(str(ex.answer), add_special_tokens=False)["input_ids"]) + [ctx.tok.eos_token_id]
     return Completion(ids, str(ex.answer), [0.0] * len(ids), "stop", prompt_ids)
 
 
-def _dno_prompt_pairs(ctx: Any, ex: Any, cands: list[Completion]) -> tuple[list, dict[str, int]]:
+def _dno_prompt_pairs(ctx: OnlineContext, ex: PromptExample, cands: list[Completion]) -> tuple[list, dict[str, int]]:
     from prefopt.losses.dno import dno_pairs
 
     d = ctx.oc.dno
@@ -271,7 +286,7 @@ def _dno_prompt_pairs(ctx: Any, ex: Any, cands: list[Completion]) -> tuple[list,
     return [(cands[index[p]], cands[index[q]]) for p, q in pairs], scores
 
 
-def collect_dno(ctx: Any, examples: Sequence[Any], seed: int) -> Buffer:
+def collect_dno(ctx: OnlineContext, examples: Sequence[PromptExample], seed: int) -> Buffer:
     """DNO-Prct iteration data: K samples from π_t per prompt, margin-rule pairs, π_t log-probs."""
     outs = rollout(ctx, [ex.prompt for ex in examples], ctx.oc.num_generations, seed)
     pos, neg, all_scores = [], [], []
@@ -306,7 +321,7 @@ def weights_checksum(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def buffer_loss(ctx: Any, buf: Buffer, counts: dict[str, float]) -> tuple[Tensor, dict[str, Tensor]]:
+def buffer_loss(ctx: OnlineContext, buf: Buffer, counts: dict[str, float]) -> tuple[Tensor, dict[str, Tensor]]:
     """Policy forward (with grad) on ``buf`` and the registered loss; returns ``(loss, metrics)``.
 
     ``loss`` is ``out.loss.mean()`` - with the global counts in ``counts`` (already divided by the
@@ -337,5 +352,3 @@ def buffer_loss(ctx: Any, buf: Buffer, counts: dict[str, float]) -> tuple[Tensor
         metrics["kl"] = masked_mean(diff, mask)
     return lo.loss.mean(), metrics
 
-
-COLLECTORS = {"group": collect_group, "p3o": collect_p3o, "dno": collect_dno}

@@ -142,7 +142,8 @@ class OnlineConfig:
     num_iterations: int = 1
     # Optimizer steps per pass (each split further into optim.grad_accum micro-batches).
     minibatches: int = 1
-    # Advantage estimator (ADVANTAGES registry) and its scale (group | batch | none).
+    # Advantage estimator (ADVANTAGES registry) and its scale (group | batch | none; read by grpo only,
+    # another estimator refuses a non-default value: prefopt.losses.advantages.CONFIG_OPTIONS).
     advantage: str = "grpo"
     scale_rewards: str = "group"
     # Zero the loss of completions that hit max_new_tokens without EOS.

@@ -15,7 +15,7 @@ import torch
 from prefopt.core.registry import ADVANTAGES
 
 __all__ = ["GRPOAdvantageParams", "grpo_advantages", "dr_grpo_advantages", "rloo_advantages",
-           "group_reward_stats", "CONFIG_OPTIONS", "advantage_options"]
+           "group_reward_stats", "CONFIG_OPTIONS", "advantage_options", "unread_options"]
 
 SCALES = ("group", "batch", "none")
 
@@ -27,6 +27,18 @@ CONFIG_OPTIONS: dict[str, dict[str, str]] = {"grpo": {"scale": "scale_rewards"}}
 def advantage_options(name: str, online: object) -> dict[str, object]:
     """Keyword options of estimator ``name`` read from the online config (``{}`` when it has none)."""
     return {kw: getattr(online, field) for kw, field in CONFIG_OPTIONS.get(name, {}).items()}
+
+
+def unread_options(name: str, online: object, defaults: object) -> dict[str, list[str]]:
+    """Estimator options of the online config that estimator ``name`` does not read but that are set away
+    from their default (``defaults``: a default online config): ``{field: [estimators that read it]}``.
+    The config check refuses them, so a setting is never silently ignored."""
+    read = set(CONFIG_OPTIONS.get(name, {}).values())
+    readers: dict[str, list[str]] = {}
+    for est, opts in sorted(CONFIG_OPTIONS.items()):
+        for field in opts.values():
+            readers.setdefault(field, []).append(est)
+    return {f: r for f, r in readers.items() if f not in read and getattr(online, f) != getattr(defaults, f)}
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
-"""EGPO (Zhou, Fazel, Du 2025, arXiv 2503.08942): online IPO loss + extragradient helpers.
+"""EGPO (Zhou, Fazel, Du 2025, arXiv 2503.08942): the online IPO loss.
 
 Online IPO loss with opponent π_s (Calandriello et al. 2024; EGPO code ``loss_funcs.py``):
 ``L = E[(h(y) − h(y') − target/β)²]``, h = log π_θ − log π_ref (length-normalised for LMs) and
 ``target = P(y ≻ y'') − P(y' ≻ y'')`` with y'' ~ π_s (or ``P(y ≻ y') − ½`` when y, y', y'' share one
-untruncated distribution). EGPO = this loss inside :func:`extragradient_step`; online IPO-1 /
+untruncated distribution). EGPO = this loss inside the extragradient update
+(:mod:`prefopt.loops.extragradient`; its sampler: :mod:`prefopt.generation.mixture`); online IPO-1 /
 naive self-play = the same loss with plain steps. Batch layout ``[y block; y' block]`` along B;
 ``out.loss`` is ``[P]``; ``out.loss.mean()`` is this shard's share (see :mod:`.aggregate`).
 Registered as one ``LossSpec`` under ``online_ipo`` and ``egpo`` (hparams :class:`EGPOParams`); inputs
@@ -11,17 +12,14 @@ Registered as one ``LossSpec`` under ``online_ipo`` and ``egpo`` (hparams :class
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
-from typing import Any, Callable
 
 import torch
 
 from prefopt.core.registry import GROUP_LOSSES
 from prefopt.losses.aggregate import LossOutput, LossSpec
 
-__all__ = ["EGPOParams", "online_ipo_loss", "EGSnapshot", "save_snapshot", "restore_snapshot",
-           "extragradient_step", "geometric_mixture_logits", "sample_tokens"]
+__all__ = ["EGPOParams", "online_ipo_loss"]
 
 
 @dataclass(frozen=True)
@@ -75,88 +73,3 @@ _OIPO_SPEC = LossSpec(online_ipo_loss, EGPOParams,
                       ("num_pairs",))
 GROUP_LOSSES.register("online_ipo", _OIPO_SPEC)
 GROUP_LOSSES.register("egpo", _OIPO_SPEC)  # same loss; EGPO differs by its extragradient step
-
-
-@dataclass
-class EGSnapshot:
-    """Copies of trainable parameters and the optimizer state at θ_t (see :func:`save_snapshot`)."""
-
-    params: dict[str, torch.Tensor]
-    optim_state: dict
-
-
-def save_snapshot(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *,
-                  device: torch.device | str | None = None) -> EGSnapshot:
-    """Back up trainable params (``requires_grad``; LoRA-friendly) and a deep copy of the optimizer
-    state, optionally on ``device`` (e.g. ``"cpu"``)."""
-    params = {n: p.detach().to(device or p.device, copy=True)
-              for n, p in model.named_parameters() if p.requires_grad}
-    state = copy.deepcopy(optimizer.state_dict())
-    if device is not None:
-        state["state"] = {k: {kk: (v.to(device) if torch.is_tensor(v) else v) for kk, v in s.items()}
-                          for k, s in state["state"].items()}
-    return EGSnapshot(params=params, optim_state=state)
-
-
-@torch.no_grad()
-def restore_snapshot(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                     snap: EGSnapshot) -> None:
-    """Copy the saved parameters back in place and reload the saved optimizer state."""
-    named = dict(model.named_parameters())
-    for name, value in snap.params.items():
-        named[name].copy_(value)
-    optimizer.load_state_dict(copy.deepcopy(snap.optim_state))
-
-
-def extragradient_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *,
-                       half_loss: Callable[[], torch.Tensor],
-                       sample_opponent: Callable[[], Any],
-                       full_loss: Callable[[Any], torch.Tensor],
-                       grad_clip: float | None = None,
-                       snapshot_device: torch.device | str | None = None):
-    """One EGPO update θ_t → θ_{t+1} (Zhou, Fazel, Du 2025, the extragradient update).
-
-    1. save θ_t + optimizer state; take a step on ``half_loss()`` (opponent π_{θ_t}) → θ_{t+½};
-    2. ``batch = sample_opponent()`` runs *at θ_{t+½}* (sync weights / draw y, y', y'' there);
-    3. restore θ_t + optimizer state and take a step on ``full_loss(batch)`` evaluated at θ_t.
-
-    Returns ``(half_loss_value, full_loss_value)`` detached.
-    """
-    snap = save_snapshot(model, optimizer, device=snapshot_device)
-    params = [p for p in model.parameters() if p.requires_grad]
-
-    def _step(loss_fn, *args):
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(*args)
-        loss.backward()
-        if grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        optimizer.step()
-        return loss.detach()
-
-    l_half = _step(half_loss)
-    with torch.no_grad():
-        batch = sample_opponent()
-    restore_snapshot(model, optimizer, snap)
-    l_full = _step(full_loss, batch)
-    optimizer.zero_grad(set_to_none=True)
-    return l_half, l_full
-
-
-def geometric_mixture_logits(policy_logits: torch.Tensor, ref_logits: torch.Tensor,
-                             coef: float) -> torch.Tensor:
-    """Token-level geometric mixture ``(1 − c)·log π_θ + c·log π_ref`` (unnormalised log-probs;
-    Nash-MD / EGPO sampler). c = 0 → π_θ, c = 1 → π_ref."""
-    return ((1.0 - coef) * torch.log_softmax(policy_logits.to(torch.float32), -1)
-            + coef * torch.log_softmax(ref_logits.to(torch.float32), -1))
-
-
-def sample_tokens(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int = 0,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """Sample one index per row of ``logits [..., V]`` at ``temperature`` with optional top-k."""
-    z = logits.to(torch.float32) / temperature
-    if top_k and top_k < z.shape[-1]:
-        kth = torch.topk(z, top_k, dim=-1).values[..., -1:]
-        z = z.masked_fill(z < kth, float("-inf"))
-    probs = torch.softmax(z, -1).reshape(-1, z.shape[-1])
-    return torch.multinomial(probs, 1, generator=generator).reshape(z.shape[:-1])

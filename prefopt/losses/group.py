@@ -27,7 +27,7 @@ from prefopt.losses.aggregate import (
     masked_mean,
     to_mean_contract,
 )
-from prefopt.losses.kl_estimators import kl_estimate
+from prefopt.losses.kl import kl_estimate
 
 __all__ = ["GRPOParams", "GSPOParams", "grpo_loss"]
 

@@ -1,7 +1,12 @@
-"""Per-token KL(pi_ref || pi) over the full vocabulary from two logits tensors, chunked over T.
+"""Per-token KL divergences between the policy and the reference: exact, or estimated from samples.
 
-Used by SparsePO/TDPO (spec offline_losses.md section 2):
-``KL_t = sum_v pi_ref(v|.) [log pi_ref(v|.) - log pi(v|.)]`` (>= 0, = 0 iff the distributions match).
+* :func:`token_kl`: KL(π_ref ‖ π) over the full vocabulary from two logits tensors, chunked over T
+  (SparsePO, Christopoulou et al. 2024, eq. 10; TDPO):
+  ``KL_t = Σ_v π_ref(v|·) [log π_ref(v|·) − log π(v|·)]`` (≥ 0, = 0 iff the distributions match).
+* :func:`kl_estimate`: KL(π_θ ‖ π_ref) estimators from sampled tokens y ~ π_θ (Schulman, "Approximating
+  KL divergence"), with log r = log π_ref − log π_θ at each sampled token:
+  ``k1 = −log r`` (unbiased, high variance, can be negative); ``k2 = ½ (log r)²`` (biased, low variance,
+  ≥ 0); ``k3 = exp(log r) − log r − 1`` (unbiased, low variance, ≥ 0; GRPO, DeepSeekMath eq. 4).
 """
 from __future__ import annotations
 
@@ -9,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
+
+__all__ = ["KL_ESTIMATORS", "kl_estimate", "token_kl"]
 
 
 def _kl_chunk(policy_logits: Tensor, ref_logits: Tensor) -> Tensor:
@@ -44,3 +51,22 @@ def token_kl(policy_logits: Tensor, ref_logits: Tensor, chunk_size: int = 256,
     if not out:
         return policy_logits.new_zeros(policy_logits.shape[:2], dtype=torch.float32)
     return torch.cat(out, dim=1)
+
+
+_ESTIMATORS = {
+    "k1": lambda log_r: -log_r,
+    "k2": lambda log_r: 0.5 * log_r.pow(2),
+    "k3": lambda log_r: torch.exp(log_r) - log_r - 1.0,
+}
+KL_ESTIMATORS = tuple(_ESTIMATORS)
+
+
+def kl_estimate(logps: torch.Tensor, ref_logps: torch.Tensor, kind: str = "k3") -> torch.Tensor:
+    """Per-token KL estimate (same shape as the inputs, differentiable w.r.t. ``logps``).
+
+    Example: log π_θ = 0, log π_ref = log ½ → k1 = log 2 ≈ 0.6931, k2 = ½ (log 2)² ≈ 0.2402,
+    k3 = ½ + log 2 − 1 ≈ 0.1931.
+    """
+    if kind not in _ESTIMATORS:
+        raise ValueError(f"unknown KL estimator '{kind}'; known: {', '.join(KL_ESTIMATORS)}")
+    return _ESTIMATORS[kind](ref_logps.to(torch.float32) - logps.to(torch.float32))

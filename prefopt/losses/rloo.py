@@ -19,7 +19,7 @@ import torch
 
 from prefopt.core.registry import GROUP_LOSSES
 from prefopt.losses.aggregate import LossOutput, LossSpec, masked_mean, to_mean_contract
-from prefopt.losses.kl_estimators import kl_estimate
+from prefopt.losses.kl import kl_estimate
 
 __all__ = ["RLOOParams", "rloo_loss"]
 

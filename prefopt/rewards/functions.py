@@ -123,7 +123,7 @@ class CombinedReward:
 
     A function returning None for a sample is left out of that sample's sum; when every function
     returns None the reward is NaN ("no reward": excluded from advantages and statistics).
-    Per-function values are kept in :attr:`last_components` for logging.
+    :meth:`with_components` also returns each function's values (for logging).
     """
 
     def __init__(self, fns: Sequence[tuple[str | Callable, float, dict[str, Any]]]):
@@ -132,20 +132,24 @@ class CombinedReward:
             name = fn if isinstance(fn, str) else getattr(fn, "__name__", "fn")
             self.fns.append((name, REWARD_FNS.get(fn) if isinstance(fn, str) else fn, float(weight),
                              dict(kwargs)))
-        self.last_components: dict[str, list[float | None]] = {}
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[str], **columns: Any) -> list[float]:
+        return self.with_components(prompts, completions, **columns)[0]
+
+    def with_components(self, prompts: Sequence[Any], completions: Sequence[str],
+                        **columns: Any) -> tuple[list[float], dict[str, list[float | None]]]:
+        """``(weighted sums, {function name: its values})`` (NaN sum = every function gave None)."""
         totals = [0.0] * len(completions)
         seen = [False] * len(completions)
-        self.last_components = {}
+        components: dict[str, list[float | None]] = {}
         for name, fn, weight, kwargs in self.fns:
             values = fn(prompts, completions, **columns, **kwargs)
             if len(values) != len(completions):
                 raise ValueError(f"reward function {name} returned {len(values)} values for "
                                  f"{len(completions)} completions")
-            self.last_components[name] = list(values)
+            components[name] = list(values)
             for i, v in enumerate(values):
                 if v is not None and not (isinstance(v, float) and math.isnan(v)):
                     totals[i] += weight * float(v)
                     seen[i] = True
-        return [t if s else float("nan") for t, s in zip(totals, seen, strict=False)]
+        return [t if s else float("nan") for t, s in zip(totals, seen, strict=False)], components

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 import torch
 
 from prefopt.core.registry import REWARD_FNS
+from prefopt.generation.base import Generator, Prompt
 from prefopt.rewards.urpo_text import (
     chunk_indices,
     format_referee_prompt,
@@ -68,6 +69,17 @@ def urpo_referee(prompts: Sequence[Any], completions: Sequence[str], *, meta: Se
     return out
 
 
+class Referee(Protocol):
+    """What a :class:`~prefopt.rewards.sources.RewardSource` asks a referee (URPO's self-referee)."""
+
+    def rewards(self, prompts: Sequence[Prompt], completions: Sequence[str], groups: Sequence[int],
+                task: Sequence[str] | None) -> torch.Tensor:
+        """``[N]`` rewards (NaN = this referee gives none for the row)."""
+
+    def metrics(self) -> dict[str, float]:
+        """Metrics gathered since the last call (then reset)."""
+
+
 class PolicyReferee:
     """Self-ranking rewards for open-ended groups with the live policy's generator.
 
@@ -79,7 +91,7 @@ class PolicyReferee:
         seed: seed of the shuffles.
     """
 
-    def __init__(self, generator: Any, *, max_new_tokens: int = 48, calls: int = 2, max_chunk: int = 8,
+    def __init__(self, generator: Generator, *, max_new_tokens: int = 48, calls: int = 2, max_chunk: int = 8,
                  seed: int = 0):
         self.generator, self.max_new_tokens = generator, max_new_tokens
         self.calls, self.max_chunk = calls, max_chunk
@@ -105,7 +117,7 @@ class PolicyReferee:
             orders.append(None if ranking is None else unshuffle(ranking, shown))
         return orders
 
-    def rewards(self, prompts: Sequence[Any], completions: Sequence[str], groups: Sequence[int],
+    def rewards(self, prompts: Sequence[Prompt], completions: Sequence[str], groups: Sequence[int],
                 task: Sequence[str] | None) -> torch.Tensor:
         """``[N]`` rewards in [0, 1] for rows of ``open`` groups (NaN elsewhere)."""
         out = torch.full((len(completions),), math.nan)

@@ -8,30 +8,53 @@
   gives the GPO-style group score (mean of s(y_i > y_k) over the other samples of the prompt);
 * the policy itself as referee (URPO open-ended prompts, :class:`~prefopt.rewards.referee.PolicyReferee`).
 
-``rewards(prompts, completions, **columns) -> Tensor[N]`` (NaN = no reward) and
+``rewards(prompts, completions, **columns) -> Tensor[N]`` (NaN = no reward; :meth:`RewardSource.score` also
+returns every part of the sum, for logging) and
 ``preference(prompts, a, b, **columns) -> Tensor[N]`` = P(a ≻ b | x): a GPM's native preference, else the
 BT adapter σ((r(a) − r(b)) / T) over the combined scalar reward.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from torch import Tensor
 
+from prefopt.generation.base import Prompt
 from prefopt.rewards.functions import CombinedReward
 
-__all__ = ["RewardSource", "build_reward_source", "load_scorer"]
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from prefopt.loops.online_config import RewardSourceConfig
+    from prefopt.rewards.referee import Referee
+    from reward_models.scorer import RewardScorer
+
+__all__ = ["RewardSource", "ScoredRewards", "build_reward_source", "load_scorer"]
 
 
-def _is_gpm(scorer: Any) -> bool:
+@dataclass(frozen=True)
+class ScoredRewards:
+    """What :meth:`RewardSource.score` returns: the ``[N]`` rewards and the parts of their sum.
+
+    ``components``: ``[N]`` tensors (NaN = that part gave none) under ``functions`` (their weighted sum),
+    each rule-based function's name, ``model``, ``referee``; an ensemble scorer adds ``model_variance``
+    ``[N]`` and ``model_members`` ``[N, M]``.
+    """
+
+    total: Tensor
+    components: dict[str, Tensor] = field(default_factory=dict)
+
+
+def _is_gpm(scorer: RewardScorer | None) -> bool:
     from reward_models.kinds import is_pairwise_scorer
 
     return is_pairwise_scorer(scorer)
 
 
-def _needs_reference(scorer: Any) -> bool:
+def _needs_reference(scorer: RewardScorer) -> bool:
     from reward_models.kinds import needs_reference
 
     return needs_reference(scorer)
@@ -50,21 +73,20 @@ class RewardSource:
         clip: clip rewards to ±clip (0 = off).
     """
 
-    def __init__(self, functions: CombinedReward | None = None, scorer: Any = None, *,
-                 scorer_weight: float = 1.0, referee: Any = None, temperature: float = 1.0,
+    def __init__(self, functions: CombinedReward | None = None, scorer: RewardScorer | None = None, *,
+                 scorer_weight: float = 1.0, referee: Referee | None = None, temperature: float = 1.0,
                  clip: float = 0.0):
         if functions is None and scorer is None and referee is None:
             raise ValueError("a reward source needs reward functions, a reward model or a referee")
         self.functions, self.scorer, self.referee = functions, scorer, referee
         self.scorer_weight, self.temperature, self.clip = scorer_weight, temperature, clip
-        self.last_components: dict[str, Tensor] = {}
 
     @property
     def has_oracle(self) -> bool:
         return True  # the BT adapter over any scalar reward is an oracle
 
-    def _scorer_rewards(self, prompts: Sequence[Any], completions: Sequence[str], groups: Sequence[int],
-                        answers: Sequence[Any] | None = None) -> Tensor:
+    def _scorer_rewards(self, prompts: Sequence[Prompt], completions: Sequence[str], groups: Sequence[int],
+                        answers: Sequence[Any] | None, parts: dict[str, Tensor]) -> Tensor:
         if not _is_gpm(self.scorer):
             kw = {}
             if _needs_reference(self.scorer):
@@ -74,8 +96,8 @@ class RewardSource:
                 kw["references"] = list(answers)
             if hasattr(self.scorer, "score_members"):  # an ensemble: keep each member's score and the variance
                 agg, var, member = self.scorer.score_members(list(prompts), list(completions), **kw)
-                self.last_components["model_variance"] = var.float().cpu()
-                self.last_components["model_members"] = member.float().cpu().T
+                parts["model_variance"] = var.float().cpu()
+                parts["model_members"] = member.float().cpu().T
                 return agg.float().cpu()
             return self.scorer.score(list(prompts), list(completions), **kw).float().cpu()
         out = torch.zeros(len(completions))
@@ -84,37 +106,41 @@ class RewardSource:
             out[idx] = self.scorer.group_scores(prompts[idx[0]], [completions[i] for i in idx]).float().cpu()
         return out
 
-    def rewards(self, prompts: Sequence[Any], completions: Sequence[str], **columns: Any) -> Tensor:
+    def rewards(self, prompts: Sequence[Prompt], completions: Sequence[str], **columns: Any) -> Tensor:
         """``[N]`` float32 rewards (NaN = none) for completion i of ``prompts[i]``.
 
         Columns: ``answer``, ``completion_ids``, ``task``, ``group`` (prompt index of each row), ...
         """
+        return self.score(prompts, completions, **columns).total
+
+    def score(self, prompts: Sequence[Prompt], completions: Sequence[str], **columns: Any) -> ScoredRewards:
+        """:meth:`rewards` and the parts of their sum (:class:`ScoredRewards`)."""
         n = len(completions)
         groups = list(columns.get("group") or range(n))
         total = torch.full((n,), float("nan"))
-        self.last_components = {}
+        parts: dict[str, Tensor] = {}
 
         def add(values: Tensor, weight: float, name: str) -> None:
             nonlocal total
-            self.last_components[name] = values
+            parts[name] = values
             ok = ~torch.isnan(values)
             total = torch.where(ok, torch.nan_to_num(total) + weight * torch.nan_to_num(values), total)
 
         if self.functions is not None:
-            add(torch.tensor(self.functions(prompts, completions, **columns), dtype=torch.float32), 1.0,
-                "functions")
-            for name, vals in self.functions.last_components.items():
-                self.last_components[name] = torch.tensor([math.nan if v is None else float(v) for v in vals])
+            sums, by_fn = self.functions.with_components(prompts, completions, **columns)
+            add(torch.tensor(sums, dtype=torch.float32), 1.0, "functions")
+            for name, vals in by_fn.items():
+                parts[name] = torch.tensor([math.nan if v is None else float(v) for v in vals])
         if self.scorer is not None:
-            add(self._scorer_rewards(prompts, completions, groups, columns.get("answer")), self.scorer_weight,
-                "model")
+            add(self._scorer_rewards(prompts, completions, groups, columns.get("answer"), parts),
+                self.scorer_weight, "model")
         if self.referee is not None:
             add(self.referee.rewards(prompts, completions, groups, columns.get("task")), 1.0, "referee")
         if self.clip:
             total = total.clamp(-self.clip, self.clip)
-        return total
+        return ScoredRewards(total, parts)
 
-    def preference(self, prompts: Sequence[Any], a: Sequence[str], b: Sequence[str], **columns: Any) -> Tensor:
+    def preference(self, prompts: Sequence[Prompt], a: Sequence[str], b: Sequence[str], **columns: Any) -> Tensor:
         """``[N]`` probabilities that ``a[i]`` beats ``b[i]`` for ``prompts[i]`` (no grad)."""
         with torch.no_grad():
             if _is_gpm(self.scorer) and self.functions is None:
@@ -130,7 +156,7 @@ class RewardSource:
             r = torch.nan_to_num(r)
             return torch.sigmoid((r[:n] - r[n:]) / self.temperature)
 
-    def preference_matrix(self, prompt: Any, texts: Sequence[str], **columns: Any) -> Tensor:
+    def preference_matrix(self, prompt: Prompt, texts: Sequence[str], **columns: Any) -> Tensor:
         """``[K, K]`` with ``P[i, j]`` = P(texts[i] beats texts[j] | prompt), diagonal 0.5. A GPM embeds
         each text once (its skew-symmetric score matrix, linear in K); other oracles ask every ordered
         pair. ``columns`` hold this prompt's per-example values (answer, task, meta)."""
@@ -149,8 +175,8 @@ class RewardSource:
         return p
 
 
-def load_scorer(paths: Sequence[str], tokenizer: Any = None, *, method: str = "mean", lam: float = 0.5,
-                device: Any = None, **scorer_kwargs: Any) -> Any:
+def load_scorer(paths: Sequence[str], tokenizer: PreTrainedTokenizerBase | None = None, *, method: str = "mean",
+                lam: float = 0.5, device: torch.device | str | None = None, **scorer_kwargs: Any) -> RewardScorer:
     """A ``ModelScorer`` for one reward-model directory, an ``EnsembleScorer`` for several; a folder
     without tokenizer files uses ``tokenizer`` (the policy's), else its base model's.
 
@@ -164,8 +190,9 @@ def load_scorer(paths: Sequence[str], tokenizer: Any = None, *, method: str = "m
     return EnsembleScorer(members, method, lam=lam)
 
 
-def build_reward_source(cfg: Any, *, tokenizer: Any = None, referee: Any = None, scorer: Any = None,
-                        device: Any = None) -> RewardSource:
+def build_reward_source(cfg: RewardSourceConfig, *, tokenizer: PreTrainedTokenizerBase | None = None,
+                        referee: Referee | None = None, scorer: RewardScorer | None = None,
+                        device: torch.device | str | None = None) -> RewardSource:
     """From a :class:`~prefopt.loops.online_config.RewardSourceConfig` (``scorer``/``referee`` may be
     passed in already built, e.g. in tests)."""
     fns = (CombinedReward([(f.name, f.weight, f.kwargs) for f in cfg.functions])

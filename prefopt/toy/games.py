@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from prefopt.losses.egpo import extragradient_step, online_ipo_loss
+from prefopt.loops.extragradient import extragradient_step
+from prefopt.losses.egpo import online_ipo_loss
 
 __all__ = ["P_CYC", "bt_matrix", "mirror_step", "policy_space_run", "tabular_online_ipo_loss",
            "loss_space_run", "sampled_egpo_run", "duality_gap", "spi_run", "max_abs_to_uniform"]

@@ -82,3 +82,18 @@ def test_rloo_raises_expected_reward(eos_model_dir, tmp_path):
     after, _ = load_causal_lm(str(tmp_path / "final"))
     p1 = _first_eos_prob(after, tok, examples)
     assert p1 > 1.2 * p0, (p0, p1, [c["reward"] for c in summary["reward_curve"]])
+
+
+def test_scale_rewards_is_refused_by_an_estimator_that_ignores_it():
+    """online.scale_rewards is read by the grpo estimator only (advantages.CONFIG_OPTIONS): set away from
+    its default with rloo it fails at config time; with grpo it is passed on as ``scale``."""
+    base = {"algorithm": "rloo", "model": {"name": "tiny-llama"}}
+    with pytest.raises(ConfigError, match="online.scale_rewards='batch' is read only by the grpo advantage "
+                                          "estimator; online.advantage=rloo would ignore it"):
+        from_dict(TrainConfig, {**base, "online": {"advantage": "rloo", "scale_rewards": "batch"}})
+    assert from_dict(TrainConfig, {**base, "online": {"advantage": "rloo"}}).online.scale_rewards == "group"
+    cfg = from_dict(TrainConfig, {**base, "algorithm": "grpo", "online": {"scale_rewards": "batch"}})
+    assert cfg.online.scale_rewards == "batch"
+    with pytest.raises(ConfigError, match="online.scale_rewards='none'.*online.advantage=dr_grpo"):
+        from_dict(TrainConfig, {**base, "algorithm": "grpo",
+                                "online": {"advantage": "dr_grpo", "scale_rewards": "none"}})

@@ -8,7 +8,7 @@ import torch
 
 from prefopt.core.registry import ADVANTAGES, GROUP_LOSSES
 from prefopt.losses.group import GRPOParams, GSPOParams, grpo_loss
-from prefopt.losses.kl_estimators import kl_estimate
+from prefopt.losses.kl import kl_estimate
 
 LOG = math.log
 

@@ -65,7 +65,9 @@ def test_golden_combined_reward_weights():
     assert got == pytest.approx([1.0, 0.7, 0.3, 0.3])
     only = CombinedReward([("math_exact", 2.0, {})])
     assert math.isnan(only(None, ["7"], answer=[None])[0])
-    assert comb.last_components["format_regex"] == [1.0, 0.0, 1.0, 1.0]
+    totals, parts = comb.with_components(None, ["7", "It is 7", "8", "5"], answer=["7", "7", "7", None])
+    assert totals == pytest.approx([1.0, 0.7, 0.3, 0.3])
+    assert parts == {"math_exact": [1.0, 1.0, 0.0, None], "format_regex": [1.0, 0.0, 1.0, 1.0]}
 
 
 def test_golden_urpo_rewards():
@@ -115,6 +117,11 @@ def test_reward_source_with_ensemble_scorer(method, expected):
                         scorer_weight=2.0)
     mean = EnsembleScorer(members, method).score(["p", "p"], ["y1", "y2"])
     assert src2.rewards(["p", "p"], ["y1", "y2"]).tolist() == pytest.approx((2 * mean + torch.tensor([1.0, 0.0])).tolist())
+    parts = src2.score(["p", "p"], ["y1", "y2"]).components  # what the loop logs (no state on the source)
+    assert sorted(parts) == ["contains", "functions", "model", "model_members", "model_variance"]
+    assert parts["contains"].tolist() == [1.0, 0.0] and parts["model"].tolist() == pytest.approx(mean.tolist())
+    torch.testing.assert_close(parts["model_members"], torch.tensor([[0.5, 1.0, 3.0], [-1.0, 0.0, 1.0]]))
+    assert parts["model_variance"].tolist() == pytest.approx([7 / 6, 2 / 3], abs=1e-5)
 
 
 class _GPMStub:
