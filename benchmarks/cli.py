@@ -23,13 +23,11 @@ from benchmarks.common import (
     machine,
     matmul_peak,
     print_table,
-    probe_memory,
-    release_memory,
-    run_probe_subprocess,
     set_threads,
     summarize,
     write_json,
 )
+from benchmarks.memory import probe_memory, release_memory, run_probe_subprocess
 
 BENCHES = ("dpo", "rm", "grpo", "online")
 TARGETS = {"dpo": 1.5, "rm": 1.3, "grpo": 1.5, "online": 3.0}

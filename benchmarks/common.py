@@ -27,16 +27,10 @@ from __future__ import annotations
 
 import atexit
 import copy
-import ctypes
-import gc
 import json
 import os
 import platform
-import resource
 import statistics
-import subprocess
-import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -261,71 +255,6 @@ def summarize(sides: list[Side], raw: dict, tokens: list[int], warmup: int, peak
         out[s.name]["speedup_per_round_median"] = statistics.median([b / m for b, m in zip(base, mine, strict=False)])
         out[s.name]["first_loss_abs_diff"] = abs(raw[s.name]["first_loss"] - raw[baseline]["first_loss"])
     return out
-
-
-# ----------------------------------------------------------------------------------------------- memory
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-class RSSSampler:
-    """Samples this process's RSS every ``interval`` s in a thread; ``peak`` is the maximum seen."""
-
-    def __init__(self, interval: float = 0.002):
-        self.interval, self.peak, self._stop = interval, _rss_bytes(), threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, _rss_bytes())
-            time.sleep(self.interval)
-
-    def __enter__(self) -> "RSSSampler":
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._t.join()
-        self.peak = max(self.peak, _rss_bytes())
-
-
-def release_memory() -> None:
-    """Collect garbage and hand freed heap pages back to the OS (glibc ``malloc_trim``), so that a
-    parent which has finished its timed steps does not hold gigabytes while its memory probes run."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        pass
-
-
-def probe_memory(side: Side, steps: int = 2) -> dict[str, float]:
-    """In-process part of the memory probe: baseline RSS now, peak RSS over ``steps`` steps."""
-    base = _rss_bytes()
-    with RSSSampler() as s:
-        for i in range(steps):
-            side.step(i)
-    maxrss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"setup_rss_mb": base / 2**20, "peak_step_mb": (s.peak - base) / 2**20,
-            "peak_total_mb": s.peak / 2**20, "ru_maxrss_mb": maxrss_kb / 1024}
-
-
-def run_probe_subprocess(bench: str, side: str, argv: list[str], timeout: float = 900) -> dict[str, Any]:
-    """Run ``python -m benchmarks.cli _probe BENCH SIDE ARGV...`` in a fresh process; parse its JSON line."""
-    cmd = [sys.executable, "-m", "benchmarks.cli", "_probe", bench, side, *argv]
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=str(root), env=env)
-    except subprocess.TimeoutExpired:
-        return {"error": "timeout"}
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith("PROBE_JSON "):
-            return json.loads(line[len("PROBE_JSON "):])
-    return {"error": (proc.stderr or proc.stdout)[-2000:]}
 
 
 # ----------------------------------------------------------------------------------------------- report

@@ -79,7 +79,7 @@ def test_bench_grpo_smoke(tmp_path):
 
 def test_memory_probe_subprocess():
     """The per-side memory probe runs in a fresh process and reports its fields."""
-    from benchmarks.common import run_probe_subprocess
+    from benchmarks.memory import run_probe_subprocess
 
     mem = run_probe_subprocess("rm", "prefopt[shared_prompt]",
                                ["rm", "--model", "tiny-smollm2", "--steps", "1", "--warmup", "0",
