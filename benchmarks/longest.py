@@ -1,0 +1,104 @@
+"""The longest sequence each side can train in a memory budget: probe, fit, extrapolate.
+
+``python -m benchmarks.longest --bench dpo --lengths 1024,2048,4096 --checkpointing --budget-gib 24``
+
+For every side and length it runs one memory probe (``python -m benchmarks.cli _probe ...``: a fresh
+process builds that side alone on ``--synthetic`` ids of exactly that length, one pair, fp32, and
+records its peak resident memory over one step), saving each probe as ``<points-dir>/<side>_<L>.json``
+and reusing a saved one on a rerun. It then fits ``peak_total_mb = a + b L + c L^2`` per side (least
+squares; exact through three points) and solves for the length where the fit meets the budget. That
+length is an extrapolation beyond the probed lengths, reported as such; activations with checkpointing
+grow linearly and attention scores quadratically, which is why the quadratic term is in the model.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+from benchmarks.memory import run_probe_subprocess
+
+SIDES = {"dpo": ("prefopt[shared_prompt]", "trl"), "rm": ("prefopt[shared_prompt]", "trl")}
+
+
+def probe_argv(bench: str, length: int, checkpointing: bool) -> list[str]:
+    argv = [bench, "--synthetic", "--batch-size", "1", "--precision", "fp32", "--layout", "shared_prompt",
+            "--max-length", str(length)]
+    return argv + (["--checkpointing"] if checkpointing else [])
+
+
+def fit_quadratic(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float, float]:
+    """Least-squares ``y = a + b x + c x^2`` (normal equations; exact through three distinct points)."""
+    import numpy as np
+
+    coef = np.polyfit(np.asarray(xs, dtype=float), np.asarray(ys, dtype=float), deg=min(2, len(xs) - 1))
+    c, b, a = ([0.0] * (3 - len(coef)) + list(coef))
+    return float(a), float(b), float(c)
+
+
+def solve_length(a: float, b: float, c: float, budget: float) -> float | None:
+    """The positive ``L`` where ``a + b L + c L^2 = budget`` (None when the fit never reaches it)."""
+    if abs(c) < 1e-12:
+        return (budget - a) / b if b > 0 else None
+    disc = b * b - 4 * c * (a - budget)
+    if disc < 0:
+        return None
+    roots = [(-b + s * math.sqrt(disc)) / (2 * c) for s in (1, -1)]
+    pos = [r for r in roots if r > 0]
+    return min(pos) if pos else None
+
+
+def measure(bench: str, side: str, length: int, checkpointing: bool, points: Path) -> dict[str, Any]:
+    path = points / f"{side}_{length}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    argv = probe_argv(bench, length, checkpointing)
+    mem = run_probe_subprocess(bench, side, argv, timeout=3600)
+    point = {"command": f"prefopt bench _probe {bench} '{side}' " + " ".join(argv), **mem}
+    points.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(point, indent=1) + "\n")
+    return point
+
+
+def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.longest", description=__doc__.split("\n")[0])
+    p.add_argument("--bench", choices=sorted(SIDES), default="dpo")
+    p.add_argument("--lengths", default="1024,2048,4096")
+    p.add_argument("--checkpointing", action="store_true")
+    p.add_argument("--budget-gib", type=float, default=24.0)
+    p.add_argument("--points-dir", default=None)
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    lengths = [int(v) for v in args.lengths.split(",")]
+    stem = f"{args.bench}_longest{'_ckpt' if args.checkpointing else ''}"
+    points = Path(args.points_dir or f"benchmarks/results/{stem}")
+    budget = args.budget_gib * 1024
+    result: dict[str, Any] = {"bench": args.bench, "lengths": lengths, "budget_mb": budget,
+                              "checkpointing": args.checkpointing, "sides": {}}
+    for side in SIDES[args.bench]:
+        got = [measure(args.bench, side, n, args.checkpointing, points) for n in lengths]
+        if any("peak_total_mb" not in g for g in got):
+            result["sides"][side] = {"points": got, "error": "a probe failed (see points)"}
+            continue
+        totals = [g["peak_total_mb"] for g in got]
+        a, b, c = fit_quadratic(lengths, totals)
+        longest = solve_length(a, b, c, budget)
+        result["sides"][side] = {"peak_total_mb": totals, "peak_step_mb": [g["peak_step_mb"] for g in got],
+                                 "fit_mb": {"a": a, "b_per_token": b, "c_per_token2": c},
+                                 "longest_extrapolated": longest,
+                                 "note": "" if c >= 0 else "concave fit (growth slows over the probed lengths: "
+                                         "fixed costs dominate there), so it cannot be extrapolated"}
+    longest = {s: r.get("longest_extrapolated") for s, r in result["sides"].items()}
+    if all(longest.values()):
+        result["ratio_vs_trl"] = longest["prefopt[shared_prompt]"] / longest["trl"]
+    out = Path(args.out or f"benchmarks/results/{stem}.json")
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps({s: round(v) if v else v for s, v in longest.items()}), f"ratio {result.get('ratio_vs_trl')}")
+    print(f"longest {args.bench} length in {args.budget_gib:g} GiB (extrapolated): {out}")
+    return result
+
+
+if __name__ == "__main__":
+    run()

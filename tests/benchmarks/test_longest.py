@@ -1,0 +1,34 @@
+"""``benchmarks.longest``: the quadratic memory fit and the length where it meets a budget."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks.longest import fit_quadratic, run, solve_length
+
+
+def test_fit_is_exact_through_three_points_and_solves_the_budget():
+    # y = 1000 + 2 L + 0.001 L^2 at L = 1024, 2048, 4096
+    xs = [1024, 2048, 4096]
+    a, b, c = fit_quadratic(xs, [1000 + 2 * x + 0.001 * x * x for x in xs])
+    assert (a, b, c) == pytest.approx((1000, 2, 0.001), rel=1e-6)
+    # 1000 + 2 L + 0.001 L^2 = 25000  ->  L = (-2 + sqrt(4 + 0.004 * 24000)) / 0.002 = 4000
+    assert solve_length(1000, 2, 0.001, 25000) == pytest.approx(4000)
+    assert solve_length(1000, 2, 0.0, 3000) == pytest.approx(1000)
+    assert solve_length(1000, 0, 0.0, 3000) is None
+
+
+def test_run_fits_saved_points_without_probing(tmp_path):
+    pts = tmp_path / "pts"
+    pts.mkdir()
+    for side, slope in (("prefopt[shared_prompt]", 1.0), ("trl", 4.0)):
+        for n in (1024, 2048):
+            (pts / f"{side}_{n}.json").write_text(json.dumps({"peak_total_mb": 1000 + slope * n,
+                                                              "peak_step_mb": slope * n}))
+    out = tmp_path / "r.json"
+    r = run(["--lengths", "1024,2048", "--budget-gib", "1", "--points-dir", str(pts), "--out", str(out)])
+    # linear fits: prefopt 1000 + L = 1024 MB at L = 24; trl 1000 + 4 L at L = 6
+    assert r["sides"]["prefopt[shared_prompt]"]["longest_extrapolated"] == pytest.approx(24)
+    assert r["sides"]["trl"]["longest_extrapolated"] == pytest.approx(6)
+    assert r["ratio_vs_trl"] == pytest.approx(4) and json.loads(out.read_text())["ratio_vs_trl"] == pytest.approx(4)
