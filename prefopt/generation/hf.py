@@ -33,20 +33,27 @@ class HFGenerator:
         prefill_once: with ``n > 1`` samples per prompt, encode each prompt once and share its KV cache.
         decode: ``"hf"`` (transformers ``generate``) or ``"loop"`` (:func:`prefopt.generation.decode.decode_loop`:
             the same sampling, the same tokens for the same seed and rows; stop strings fall back to ``hf``).
-        kv_cache: ``"dynamic"`` (transformers' concatenating cache) or ``"prealloc"`` (buffers sized once for
-            prompt + ``max_new_tokens``: :class:`prefopt.generation.decode.PreallocLayer`).
+        kv_cache: ``"dynamic"`` (transformers' concatenating cache), ``"prealloc"`` (buffers sized once for
+            prompt + ``max_new_tokens``: :class:`prefopt.generation.decode.PreallocLayer`) or ``"static"``
+            (``decode="hf"`` only: transformers' ``cache_implementation="static"``; every prompt is then
+            encoded ``n`` times, as a static cache cannot be passed in prefilled).
+        compile: (``kv_cache="static"``) ``torch.compile`` of the decode step through transformers'
+            ``CompileConfig``, on any device (transformers compiles on accelerators only by default).
         drop_finished: (``decode="loop"``) remove rows that produced EOS from the decode batch; the random
             stream is kept, so every row draws what it would have drawn in the full batch.
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 8, max_prompt_length: int | None = None,
                  prefill_once: bool = True, decode: str = "hf", kv_cache: str = "dynamic",
-                 drop_finished: bool = False):
-        if decode not in ("hf", "loop") or kv_cache not in ("dynamic", "prealloc"):
-            raise ValueError(f"HFGenerator: decode must be hf|loop and kv_cache dynamic|prealloc, got {decode!r}, "
-                             f"{kv_cache!r}")
+                 drop_finished: bool = False, compile: bool = False):
+        if decode not in ("hf", "loop") or kv_cache not in ("dynamic", "prealloc", "static"):
+            raise ValueError(f"HFGenerator: decode must be hf|loop and kv_cache dynamic|prealloc|static, got "
+                             f"{decode!r}, {kv_cache!r}")
         if drop_finished and decode != "loop":
             raise ValueError("HFGenerator: drop_finished needs decode='loop'")
+        if (kv_cache == "static" and decode != "hf") or (compile and kv_cache != "static"):
+            raise ValueError("HFGenerator: kv_cache='static' needs decode='hf', and compile needs kv_cache='static'")
+        self.compile = compile
         self.model, self.tok = model, tokenizer
         self.prefill_once = prefill_once
         self.decode, self.kv_cache, self.drop_finished = decode, kv_cache, drop_finished
@@ -91,6 +98,14 @@ class HFGenerator:
             kw.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
         if params.stop:
             kw["stop_strings"] = list(params.stop)
+        if self.kv_cache == "static":
+            from transformers import CompileConfig
+
+            kw["cache_implementation"] = "static"
+            kw["disable_compile"] = not self.compile
+            if self.compile:
+                kw["compile_config"] = CompileConfig()
+                kw["compile_config"]._compile_all_devices = True  # transformers' switch for CPU compilation
         return GenerationConfig(**kw)
 
     def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,7 +149,8 @@ class HFGenerator:
     def _hf_generate(self, ids: torch.Tensor, mask: torch.Tensor, params: SamplingParams) -> tuple:
         """transformers ``generate``: ``(new tokens [rows, steps], log-probs [rows, steps])``."""
         extra: dict[str, Any] = {"tokenizer": self.tok} if params.stop else {}
-        shared = ids.shape[1] > 1 and ((params.n > 1 and self.prefill_once) or self.kv_cache == "prealloc")
+        shared = ids.shape[1] > 1 and self.kv_cache != "static" and (
+            (params.n > 1 and self.prefill_once) or self.kv_cache == "prealloc")
         if shared:
             ids, mask, extra["cache"] = self._cache(ids, mask, params)
         config = self._config(params, n=1 if shared else params.n)

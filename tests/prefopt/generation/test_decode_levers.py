@@ -87,4 +87,14 @@ def test_bad_lever_settings_are_clear_errors(tiny_model, tiny_tokenizer):
     with pytest.raises(ValueError, match="drop_finished needs decode='loop'"):
         HFGenerator(tiny_model, tiny_tokenizer, drop_finished=True)
     with pytest.raises(ValueError, match="kv_cache"):
-        HFGenerator(tiny_model, tiny_tokenizer, kv_cache="static")
+        HFGenerator(tiny_model, tiny_tokenizer, kv_cache="paged")
+
+
+def test_static_cache_without_compile_draws_the_same_tokens(tiny_model, tiny_tokenizer):
+    """transformers' static cache (every prompt encoded n times) gives the same samples as the default."""
+    params = SamplingParams(temperature=1.0, max_new_tokens=8, n=3, seed=4)
+    ref = _samples(tiny_model, tiny_tokenizer, params)
+    got = _samples(tiny_model, tiny_tokenizer, params, kv_cache="static")
+    assert [[t for t, _, _ in g] for g in got] == [[t for t, _, _ in g] for g in ref]
+    with pytest.raises(ValueError, match="compile needs kv_cache='static'"):
+        HFGenerator(tiny_model, tiny_tokenizer, compile=True)
