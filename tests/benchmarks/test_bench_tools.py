@@ -74,7 +74,7 @@ def test_gen_levers_smoke(tmp_path):
     res = payload["results"]
     assert all(r["same_samples_as_hf"] for r in res.values())
     assert len({r["completion_tokens_mean"] for r in res.values()}) == 1
-    assert res["hf"]["x_hf_median_per_repeat"] == 1.0 and len(res["hf"]["all_s"]) == 2
+    assert res["hf"]["x_hf_median_per_repeat"] == 1.0 and res["hf"]["x_hf_cpu"] == 1.0 and len(res["hf"]["all_cpu_s"]) == 2
 
 
 def test_adamw_impl_smoke():
