@@ -117,7 +117,7 @@ def _make_rollout_generator(cfg: Any, oc: OnlineConfig, backend: Any, model: Any
 
     if oc.generator == "hf":
         return make_generator("hf", model=model, tokenizer=tok, batch_size=oc.generation_batch_size,
-                              max_prompt_length=oc.max_prompt_length)
+                              max_prompt_length=oc.max_prompt_length, **dataclasses.asdict(oc.hf))
     if getattr(backend, "zero_stage", 0) == 3:
         raise ConfigError("online.generator=vllm syncs full weights from every process; it does not support "
                           "ZeRO-3 (partitioned parameters): use backend.zero_stage 2 or generator hf")

@@ -98,3 +98,18 @@ def test_static_cache_without_compile_draws_the_same_tokens(tiny_model, tiny_tok
     assert [[t for t, _, _ in g] for g in got] == [[t for t, _, _ in g] for g in ref]
     with pytest.raises(ValueError, match="compile needs kv_cache='static'"):
         HFGenerator(tiny_model, tiny_tokenizer, compile=True)
+
+
+def test_online_hf_section_reaches_the_generator(tiny_model, tiny_tokenizer):
+    from prefopt.core.config import from_dict
+    from prefopt.core.errors import ConfigError
+    from prefopt.loops.online import _make_rollout_generator
+    from prefopt.loops.online_config import OnlineConfig
+
+    oc = from_dict(OnlineConfig, {"hf": {"decode": "loop", "kv_cache": "prealloc", "drop_finished": True}})
+    gen = _make_rollout_generator(None, oc, None, tiny_model, tiny_tokenizer)
+    assert (gen.decode, gen.kv_cache, gen.drop_finished, gen.compile) == ("loop", "prealloc", True, False)
+    with pytest.raises(ConfigError, match="drop_finished needs online.hf.decode: loop"):
+        from_dict(OnlineConfig, {"hf": {"drop_finished": True}})
+    with pytest.raises(ConfigError, match="kv_cache"):
+        from_dict(OnlineConfig, {"hf": {"kv_cache": "paged"}})
