@@ -5,7 +5,8 @@ dpo/rm, prompts for grpo/online), ``--max-length L``, ``--precision fp32|bf16``,
 ``--layout padded|packed|shared_prompt|all`` (our side; ``all`` times every layout against TRL in the
 same interleaved rounds), ``--ref cache|live`` (dpo), ``--generations G`` (grpo, online), ``--no-memory``
 (skip the per-side peak-memory subprocesses), ``--model`` (default the embedded SmolLM2-135M),
-``--out FILE.json``.
+``--out FILE.json``, ``--profile`` (dpo, rm, grpo: ``--steps`` steps per side under ``torch.profiler``
+instead of the timed rounds; time per step grouped as ``benchmarks.profiler_breakdown`` describes).
 """
 from __future__ import annotations
 
@@ -59,6 +60,8 @@ def parser() -> argparse.ArgumentParser:
                    "group 2,4,8,16)")
     p.add_argument("--checkpointing", action="store_true",
                    help="activation checkpointing on both sides (default: off on both; TRL's own default is on)")
+    p.add_argument("--profile", action="store_true",
+                   help="dpo/rm/grpo: profile --steps steps per side (torch.profiler) and print where the time goes")
     p.add_argument("--out", default=None)
     return p
 
@@ -71,6 +74,8 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
         raise SystemExit("prefopt bench online: --layout must be padded, shared_prompt or all (online.layout)")
     if args.layout is None:
         args.layout = "shared_prompt"
+    if args.profile and (args.bench == "online" or args.sweep):
+        raise SystemExit("prefopt bench: --profile is for dpo, rm and grpo (without --sweep)")
     return args
 
 
@@ -110,6 +115,8 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
     sides = mod.build_sides(env, args)
     setup_s = time.perf_counter() - t0
     print(f"set-up {setup_s:.1f} s; tokens/step {env['tokens']}; params {env['n_params']}", flush=True)
+    if args.profile:
+        return _profile_run(argv, args, env, sides, info, peak0)
     raw = interleave(sides, args.steps, args.warmup, log=lambda s: print(s, flush=True))
     peak1 = matmul_peak(args.precision)
     peak = max(peak0, peak1)
@@ -137,6 +144,22 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
                **env.get("extra", {}), **payload_extra}
     print_table(f"{args.bench} ({args.precision}{', LoRA' if args.lora else ''}, batch {args.batch_size}, "
                 f"matmul peak {peak:.0f} GFLOP/s)", results, "trl")
+    write_json(args.out, payload)
+    return payload
+
+
+def _profile_run(argv: Sequence[str], args: argparse.Namespace, env: dict[str, Any], sides: list, info: dict,
+                 peak: float) -> dict[str, Any]:
+    """``--profile``: each side's step time by group (``benchmarks.profiler_breakdown``); JSON + table."""
+    from benchmarks.profiler_breakdown import print_breakdown, run_profile
+
+    vocab = int(env["proto"].config.vocab_size)
+    res = run_profile(sides, args, vocab, peak, log=lambda s: print(s, flush=True))
+    payload = {"bench": args.bench, "mode": "profile", "command": "prefopt bench " + " ".join(argv),
+               "config": vars(args), "machine": {**info, "load_avg_end": __import__("os").getloadavg()},
+               "matmul_peak_gflops": peak, "vocab": vocab, "profile": res}
+    print_breakdown(f"{args.bench} profile ({args.precision}, batch {args.batch_size}, {args.steps} steps/side, "
+                    f"matmul peak {peak:.0f} GFLOP/s)", res)
     write_json(args.out, payload)
     return payload
 

@@ -41,6 +41,11 @@ class OptimConfig:
     max_grad_norm: float = 1.0
     grad_accum: int = 1
     scheduler: Literal["cosine", "constant", "linear"] = "cosine"
+    # torch AdamW kernel: "fused" (one multi-tensor kernel per step; equal to the for-loop update to float
+    # rounding), "foreach", "forloop" (torch's CPU default), or "auto" = fused on the single-process backend
+    # when every parameter is a floating CPU/CUDA tensor, else torch's default. Measured by
+    # ``python -m benchmarks.adamw_impl``.
+    impl: Literal["auto", "fused", "foreach", "forloop"] = "auto"
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
@@ -65,9 +70,21 @@ def lr_lambda(step: int, total_steps: int, cfg: OptimConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def make_optimizer(params: Iterable, cfg: OptimConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
-                             weight_decay=cfg.weight_decay)
+def _adamw_kwargs(groups: list, impl: str) -> dict[str, bool]:
+    if impl == "auto":
+        params = [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
+        ok = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+        impl = "fused" if ok and params else "default"
+    return {"fused": {"fused": True}, "foreach": {"foreach": True},
+            "forloop": {"foreach": False, "fused": False}}.get(impl, {})
+
+
+def make_optimizer(params: Iterable, cfg: OptimConfig, *, allow_fused: bool = True) -> torch.optim.Optimizer:
+    """torch AdamW with ``cfg.impl`` (``auto`` resolves to fused only where ``allow_fused``)."""
+    groups = list(params)
+    impl = cfg.impl if allow_fused or cfg.impl != "auto" else "default"
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
+                             weight_decay=cfg.weight_decay, **_adamw_kwargs(groups, impl))
 
 
 def world_info() -> tuple[int, int, int]:
@@ -221,7 +238,7 @@ class DeepSpeedBackend(Backend):
 
         groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
         groups += extra_param_groups or []
-        optimizer = make_optimizer(groups, self.optim_cfg)
+        optimizer = make_optimizer(groups, self.optim_cfg, allow_fused=False)  # DeepSpeed: torch's default
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: lr_lambda(s, total_steps, self.optim_cfg))
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,

@@ -34,13 +34,33 @@ class HFGenerator:
         batch_size: prompts per ``generate`` call (each expands to ``n`` rows).
         max_prompt_length: keep at most this many trailing prompt tokens (None = all).
         prefill_once: with ``n > 1`` samples per prompt, encode each prompt once and share its KV cache.
+        decode: ``"hf"`` (transformers ``generate``) or ``"loop"`` (:func:`prefopt.generation.decode.decode_loop`:
+            the same sampling, the same tokens for the same seed and rows; stop strings fall back to ``hf``).
+        kv_cache: ``"dynamic"`` (transformers' concatenating cache), ``"prealloc"`` (buffers sized once for
+            prompt + ``max_new_tokens``: :class:`prefopt.generation.decode.PreallocLayer`) or ``"static"``
+            (``decode="hf"`` only: transformers' ``cache_implementation="static"``; every prompt is then
+            encoded ``n`` times, as a static cache cannot be passed in prefilled).
+        compile: (``kv_cache="static"``) ``torch.compile`` of the decode step through transformers'
+            ``CompileConfig``, on any device (transformers compiles on accelerators only by default).
+        drop_finished: (``decode="loop"``) remove rows that produced EOS from the decode batch; the random
+            stream is kept, so every row draws what it would have drawn in the full batch.
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, *, batch_size: int = 8,
                  max_prompt_length: int | None = None,
-                 prefill_once: bool = True):
+                 prefill_once: bool = True, decode: str = "hf", kv_cache: str = "dynamic",
+                 drop_finished: bool = False, compile: bool = False):
+        if decode not in ("hf", "loop") or kv_cache not in ("dynamic", "prealloc", "static"):
+            raise ValueError(f"HFGenerator: decode must be hf|loop and kv_cache dynamic|prealloc|static, got "
+                             f"{decode!r}, {kv_cache!r}")
+        if drop_finished and decode != "loop":
+            raise ValueError("HFGenerator: drop_finished needs decode='loop'")
+        if (kv_cache == "static" and decode != "hf") or (compile and kv_cache != "static"):
+            raise ValueError("HFGenerator: kv_cache='static' needs decode='hf', and compile needs kv_cache='static'")
+        self.compile = compile
         self.model, self.tok = model, tokenizer
         self.prefill_once = prefill_once
+        self.decode, self.kv_cache, self.drop_finished = decode, kv_cache, drop_finished
         self.batch_size, self.max_prompt_length = batch_size, max_prompt_length
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_id = tokenizer.eos_token_id
@@ -82,6 +102,14 @@ class HFGenerator:
             kw.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
         if params.stop:
             kw["stop_strings"] = list(params.stop)
+        if self.kv_cache == "static":
+            from transformers import CompileConfig
+
+            kw["cache_implementation"] = "static"
+            kw["disable_compile"] = not self.compile
+            if self.compile:
+                kw["compile_config"] = CompileConfig()
+                kw["compile_config"]._compile_all_devices = True  # transformers' switch for CPU compilation
         return GenerationConfig(**kw)
 
     def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,31 +121,65 @@ class HFGenerator:
             mask[i, width - len(r):] = 1
         return ids.to(self.device), mask.to(self.device)
 
-    def _prefill_once(self, ids: torch.Tensor, mask: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, Any]:
-        """Encode each prompt once (all but its last token) and repeat the KV cache ``n`` times, instead of
-        ``generate`` encoding every prompt ``n`` times (``num_return_sequences``). Same sampled tokens:
-        the cache holds the same keys/values, and generation runs on the same ``[B * n]`` rows."""
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1],
-                         use_cache=True, logits_to_keep=1)  # only the cache is needed, not [B, L, V] logits
-        cache = out.past_key_values
-        cache.batch_repeat_interleave(n)
-        return ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0), cache
+    def _prefill(self, ids: torch.Tensor, mask: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """Encode all but the last prompt token into a KV cache and return the ``[B * n]`` rows with it.
+
+        With ``prefill_once`` each prompt is encoded once and its cache repeated ``n`` times, instead of
+        ``generate`` encoding every prompt ``n`` times (``num_return_sequences``). Same sampled tokens: the
+        cache holds the same keys/values, and generation runs on the same ``[B * n]`` rows."""
+        from transformers import DynamicCache
+
+        if not self.prefill_once:
+            ids, mask = ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
+        cache = DynamicCache()
+        if ids.shape[1] > 1:
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            # only the cache is needed, not [B, L, V] logits
+            cache = self.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1],
+                               cache=cache, use_cache=True, logits_to_keep=1).cache
+        if self.prefill_once:
+            cache.batch_repeat_interleave(n)
+            ids, mask = ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
+        return ids, mask, cache
+
+    def _cache(self, ids: torch.Tensor, mask: torch.Tensor, params: SamplingParams) -> tuple:
+        ids, mask, cache = self._prefill(ids, mask, params.n)
+        if self.kv_cache == "prealloc":
+            from prefopt.generation.decode import preallocate
+
+            preallocate(cache, ids.shape[1] + params.max_new_tokens)
+        return ids, mask, cache
+
+    def _hf_generate(self, ids: torch.Tensor, mask: torch.Tensor, params: SamplingParams) -> tuple:
+        """transformers ``generate``: ``(new tokens [rows, steps], log-probs [rows, steps])``."""
+        extra: dict[str, Any] = {"tokenizer": self.tok} if params.stop else {}
+        shared = ids.shape[1] > 1 and self.kv_cache != "static" and (
+            (params.n > 1 and self.prefill_once) or self.kv_cache == "prealloc")
+        if shared:
+            ids, mask, extra["cache"] = self._cache(ids, mask, params)
+        config = self._config(params, n=1 if shared else params.n)
+        out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config, **extra)
+        gen = out.sequences[:, ids.shape[1]:]
+        logps = torch.zeros(gen.shape, dtype=torch.float32, device=gen.device)
+        for t in range(len(out.scores)):  # log-softmax one step at a time: [rows, vocab] at most in memory
+            logps[:, t] = torch.log_softmax(out.scores[t].float(), -1).gather(-1, gen[:, t:t + 1]).squeeze(-1)
+        return gen, logps
+
+    def _loop_generate(self, ids: torch.Tensor, mask: torch.Tensor, params: SamplingParams) -> tuple:
+        from prefopt.generation.decode import decode_loop, hf_warpers
+
+        ids, mask, cache = self._cache(ids, mask, params)
+        warpers = [] if params.greedy else hf_warpers(params.temperature, params.top_k, params.top_p)
+        out = decode_loop(self.model, ids, mask, cache, max_new_tokens=params.max_new_tokens, eos_id=self.eos_id,
+                          pad_id=self.pad_id, warpers=warpers, sample=not params.greedy,
+                          drop_finished=self.drop_finished)
+        return out.tokens, out.logprobs
 
     @torch.no_grad()
     def _generate_batch(self, prompt_rows: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         ids, mask = self._left_pad(prompt_rows)
-        extra: dict[str, Any] = {"tokenizer": self.tok} if params.stop else {}
-        shared = params.n > 1 and self.prefill_once and ids.shape[1] > 1
-        if shared:
-            ids, mask, extra["past_key_values"] = self._prefill_once(ids, mask, params.n)
-        config = self._config(params, n=1 if shared else params.n)
-        out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config, **extra)
-        gen = out.sequences[:, ids.shape[1]:]
-        steps = len(out.scores)
-        logps = torch.zeros(gen.shape, dtype=torch.float32, device=gen.device)
-        for t in range(steps):  # log-softmax one step at a time: [rows, vocab] at most in memory
-            logps[:, t] = torch.log_softmax(out.scores[t].float(), -1).gather(-1, gen[:, t:t + 1]).squeeze(-1)
+        run = self._loop_generate if self.decode == "loop" and not params.stop else self._hf_generate
+        gen, logps = run(ids, mask, params)
         result: list[list[Completion]] = []
         for i, row in enumerate(gen.tolist()):
             p = i // params.n

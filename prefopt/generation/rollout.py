@@ -43,6 +43,8 @@ class RolloutRequest:
         batch_size / max_prompt_length: ``online.generation_batch_size`` / ``online.max_prompt_length``.
         engine_options: keyword arguments of an engine with its own weights (``online.vllm``: its
             settings and, merged in, its ``kwargs``).
+        hf_options: the HF generator's decode options (``online.hf``: kv_cache, decode, drop_finished,
+            compile; :class:`prefopt.generation.hf.HFGenerator`).
     """
 
     model: torch.nn.Module
@@ -56,6 +58,7 @@ class RolloutRequest:
     batch_size: int = 64
     max_prompt_length: int | None = None
     engine_options: dict[str, Any] = field(default_factory=dict)
+    hf_options: dict[str, Any] = field(default_factory=dict)
 
 
 def engine_options(section: Any) -> dict[str, Any]:
@@ -77,7 +80,7 @@ def _hf(req: RolloutRequest) -> Generator:
     from prefopt.generation import make_generator
 
     return make_generator("hf", model=req.model, tokenizer=req.tokenizer, batch_size=req.batch_size,
-                          max_prompt_length=req.max_prompt_length)
+                          max_prompt_length=req.max_prompt_length, **req.hf_options)
 
 
 def vllm_model_source(req: RolloutRequest) -> tuple[str, dict[str, Any]]:

@@ -106,7 +106,8 @@ def _rollout_generator(cfg: TrainConfig, oc: OnlineConfig, backend: Backend, mod
                          seed=cfg.run.seed, rank=backend.rank, world_size=backend.world_size,
                          zero_stage=getattr(backend, "zero_stage", 0), batch_size=oc.generation_batch_size,
                          max_prompt_length=oc.max_prompt_length,
-                         engine_options=engine_options(oc.vllm))
+                         engine_options=engine_options(oc.vllm),
+                         hf_options=dataclasses.asdict(oc.hf))
     return make_rollout_generator(oc.generator, req)
 
 

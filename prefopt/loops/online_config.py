@@ -123,6 +123,29 @@ class VLLMConfig:
 
 
 @dataclass(frozen=True)
+class HFGenerationConfig:
+    """Decode loop of ``online.generator: hf`` (:class:`prefopt.generation.hf.HFGenerator`), measured by
+    ``python -m benchmarks.gen_levers`` (benchmarks/README.md). Every setting draws the same tokens as
+    transformers ``generate`` for the same seed (tests/prefopt/generation/test_decode_levers.py)."""
+
+    # KV cache: dynamic (transformers' cache, concatenated every step) | prealloc (buffers sized once per
+    # call for prompt + max_new_tokens) | static (transformers' static cache; prompts encoded K times).
+    kv_cache: Literal["dynamic", "prealloc", "static"] = "dynamic"
+    # hf (transformers generate) | loop (prefopt's own sampling loop over the prefilled cache).
+    decode: Literal["hf", "loop"] = "hf"
+    # (decode: loop) drop rows that produced EOS from the decode batch.
+    drop_finished: bool = False
+    # (kv_cache: static) torch.compile the decode step, also on CPU.
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.drop_finished and self.decode != "loop":
+            raise ValueError("online.hf.drop_finished needs online.hf.decode: loop")
+        if (self.kv_cache == "static" and self.decode != "hf") or (self.compile and self.kv_cache != "static"):
+            raise ValueError("online.hf.kv_cache: static needs decode: hf, and online.hf.compile needs kv_cache: static")
+
+
+@dataclass(frozen=True)
 class OnlineConfig:
     """Rollouts, rewards and update schedule of the online loop (docs/online.md)."""
 
@@ -158,6 +181,8 @@ class OnlineConfig:
     layout: Literal["auto", "padded", "shared_prompt"] = "auto"
     generation_batch_size: int = 64
     max_prompt_length: int = 256
+    # Decode settings of the hf generator.
+    hf: HFGenerationConfig = field(default_factory=HFGenerationConfig)
     # Oracle win rate vs the reference (greedy, held-out prompts) every N rounds (0 = start/end only
     # when an oracle exists; -1 = never).
     win_rate_every: int = 0
