@@ -103,11 +103,16 @@ def test_static_cache_without_compile_draws_the_same_tokens(tiny_model, tiny_tok
 def test_online_hf_section_reaches_the_generator(tiny_model, tiny_tokenizer):
     from prefopt.core.config import from_dict
     from prefopt.core.errors import ConfigError
-    from prefopt.loops.online import _make_rollout_generator
+    from types import SimpleNamespace
+
+    from prefopt.core.models import ModelConfig
+    from prefopt.loops.online import _rollout_generator
     from prefopt.loops.online_config import OnlineConfig
 
     oc = from_dict(OnlineConfig, {"hf": {"decode": "loop", "kv_cache": "prealloc", "drop_finished": True}})
-    gen = _make_rollout_generator(None, oc, None, tiny_model, tiny_tokenizer)
+    cfg = SimpleNamespace(model=ModelConfig(name="tiny-smollm2"), run=SimpleNamespace(output_dir="unused", seed=0))
+    one_process = SimpleNamespace(rank=0, world_size=1, zero_stage=0)
+    gen = _rollout_generator(cfg, oc, one_process, tiny_model, tiny_tokenizer)
     assert (gen.decode, gen.kv_cache, gen.drop_finished, gen.compile) == ("loop", "prealloc", True, False)
     with pytest.raises(ConfigError, match="drop_finished needs online.hf.decode: loop"):
         from_dict(OnlineConfig, {"hf": {"drop_finished": True}})
