@@ -101,10 +101,10 @@ def test_static_cache_without_compile_draws_the_same_tokens(tiny_model, tiny_tok
 
 
 def test_online_hf_section_reaches_the_generator(tiny_model, tiny_tokenizer):
-    from prefopt.core.config import from_dict
-    from prefopt.core.errors import ConfigError
     from types import SimpleNamespace
 
+    from prefopt.core.config import from_dict
+    from prefopt.core.errors import ConfigError
     from prefopt.core.models import ModelConfig
     from prefopt.loops.online import _rollout_generator
     from prefopt.loops.online_config import OnlineConfig
