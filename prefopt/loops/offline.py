@@ -139,7 +139,7 @@ def _load_data(cfg: Any, spec: Any, tok: Any, backend: Any) -> tuple[list, list,
     policy = LengthPolicy(cfg.data.max_length, cfg.data.max_prompt_length, cfg.data.overlong)
     train_path, eval_path = train_eval_paths(cfg.data.path, cfg.data.eval_path)
     items, data_stats = tokenize_items(train_path, spec.schema, tok, policy, cfg.data.max_train_examples,
-                                       cfg.data.on_error)
+                                       cfg.data.on_error, seed=cfg.run.seed)
     eval_items, eval_stats = (tokenize_items(eval_path, spec.schema, tok, policy, cfg.data.max_eval_examples,
                                              cfg.data.on_error)
                               if eval_path else ([], {}))
