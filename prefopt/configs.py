@@ -18,7 +18,7 @@ from typing import Any, Literal
 from prefopt.core.backend import BackendConfig, OptimConfig
 from prefopt.core.models import ModelConfig
 from prefopt.core.registry import CONFIG_KINDS
-from prefopt.core.sections import DataSectionBase, RunSectionBase
+from prefopt.core.sections import DataSectionBase, RunSectionBase, resolve_sections
 from prefopt.loops.online_config import OnlineConfig
 from prefopt.losses.sparsepo import SparsePOMaskConfig
 
@@ -88,7 +88,8 @@ class TrainConfig:
     # SparsePO mask source (provider: learned | activation | ones | zeros | random). Only algorithms with
     # SparsePO masks read it (then it defaults to SparsePOMaskConfig()); elsewhere it is absent.
     sparsepo: SparsePOMaskConfig | None = None
-    # Online algorithms (loop: online): prompts, rewards, rollouts, schedule (prefopt.loops.online_config).
+    # Online algorithms (loop: online): prompts, rewards, rollouts, schedule (prefopt.loops.online_config);
+    # filled with its defaults for them, absent for offline ones.
     online: OnlineConfig | None = None
 
     def __post_init__(self) -> None:
@@ -100,7 +101,7 @@ class TrainConfig:
 
         spec = get_algorithm(self.algorithm)
         object.__setattr__(self, "loss", spec.build_hparams(self.loss))
-        object.__setattr__(self, "sparsepo", _sparsepo_section(spec, self.sparsepo))
+        resolve_sections(self, f"this run (algorithm {self.algorithm})")
         spec.check(self)
         online_layout = self.online.layout if self.online is not None else None
         flash = self.model.attn_implementation == "flash_attention_2"
@@ -108,17 +109,15 @@ class TrainConfig:
             raise ValueError("the shared_prompt layout needs a 4-D attention mask (sdpa or eager attention); "
                              "flash_attention_2 cannot take one")
 
+    def unused_keys(self) -> tuple[str, ...]:
+        """Keys this run does not read, left out of its config.yaml: the optional sections its algorithm
+        does not read (:meth:`prefopt.algorithms.AlgorithmSpec.reads`), and ``online.vllm`` unless
+        ``online.generator`` is vllm."""
+        from prefopt.algorithms import OPTIONAL_SECTIONS, get_algorithm
 
-def _sparsepo_section(spec: Any, section: SparsePOMaskConfig | None) -> SparsePOMaskConfig | None:
-    """The ``sparsepo:`` section an algorithm reads: defaults for SparsePO, nothing for the others. A
-    default section in another algorithm's config (written by earlier versions) is dropped; a changed
-    one is an error (its settings would be ignored)."""
-    if "sparse_mask" in spec.extras:
-        return section if section is not None else SparsePOMaskConfig()
-    if section is not None and section != SparsePOMaskConfig():
-        raise ValueError(f"sparsepo: settings are read only by SparsePO; algorithm {spec.name!r} would ignore "
-                         "them - remove the sparsepo section")
-    return None
+        reads = get_algorithm(self.algorithm).reads()
+        keys = tuple(k for k in OPTIONAL_SECTIONS if k not in reads)
+        return keys + (("online.vllm",) if self.online is not None and self.online.generator != "vllm" else ())
 
 
 CONFIG_KINDS.register("train", TrainConfig)

@@ -19,7 +19,7 @@ from typing import Literal
 from prefopt.core.backend import BackendConfig, OptimConfig
 from prefopt.core.models import ModelConfig
 from prefopt.core.registry import CONFIG_KINDS
-from prefopt.core.sections import DataSectionBase, RunSectionBase
+from prefopt.core.sections import DataSectionBase, RunSectionBase, resolve_sections
 from reward_models.kinds import get_kind, kind_names
 from reward_models.rao_kupper import RaoKupperSection
 
@@ -65,6 +65,10 @@ class GPMSection:
     l2_normalize: bool = True
     gate: Literal["scaled_softmax", "softmax", "softplus"] | None = "scaled_softmax"
 
+    def __post_init__(self) -> None:
+        if self.embed_dim < 2 or self.embed_dim % 2:
+            raise ValueError(f"rm.gpm.embed_dim must be even and >= 2, got {self.embed_dim}")
+
 
 @dataclass(frozen=True)
 class POLARSection:
@@ -99,7 +103,8 @@ class EnsembleSection:
 class RMSection:
     """Which reward model to train and its head settings."""
 
-    # A registered kind (reward_models.kinds): bt | gpm | polar | ensemble | rao_kupper.
+    # A registered kind (reward_models.kinds): bt | gpm | polar | ensemble | rao_kupper. Only the sections
+    # below that it reads are written to the run's config.yaml (set others and the config is refused).
     kind: str = "bt"
     head_init: Literal["normal", "zeros"] = "normal"
     # Pad id for batching and the saved config; None = the tokenizer's, unless it equals EOS, then
@@ -119,10 +124,15 @@ class RMSection:
     def __post_init__(self) -> None:
         if self.kind not in kind_names():
             raise ValueError(f"rm.kind: {self.kind!r} is not one of {list(kind_names())}")
-        if get_kind(self.kind).pairwise and (self.gpm.embed_dim < 2 or self.gpm.embed_dim % 2):
-            raise ValueError(f"rm.gpm.embed_dim must be even and >= 2, got {self.gpm.embed_dim}")
         if self.reward_stats_examples < 1:
             raise ValueError("rm.reward_stats_examples must be >= 1")
+        resolve_sections(self, f"rm.kind {self.kind}")
+
+    def unused_keys(self) -> tuple[str, ...]:
+        """The kind sections ``rm.kind`` does not read (:attr:`reward_models.kinds.RMKind.sections`); left out
+        of the run's config.yaml."""
+        every = dict.fromkeys(s for k in kind_names() for s in get_kind(k).sections)
+        return tuple(s for s in every if s not in get_kind(self.kind).sections)
 
 
 @dataclass(frozen=True)

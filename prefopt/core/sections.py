@@ -6,10 +6,12 @@ import it (import rule in CONTRIBUTING.md).
 """
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-__all__ = ["RunSectionBase", "DataSectionBase"]
+__all__ = ["RunSectionBase", "DataSectionBase", "resolve_sections"]
 
 
 @dataclass(frozen=True)
@@ -82,3 +84,49 @@ class DataSectionBase:
             raise ValueError(f"data.max_train_examples must be >= 1 (or null = all), got {self.max_train_examples}")
         if self.max_eval_examples is not None and self.max_eval_examples < 0:
             raise ValueError(f"data.max_eval_examples must be >= 0 (or null = all), got {self.max_eval_examples}")
+
+
+def _default(owner: Any, name: str) -> Any:
+    spec = {f.name: f for f in dataclasses.fields(owner)}[name]
+    return spec.default_factory() if spec.default is dataclasses.MISSING else spec.default
+
+
+def _optional_section(owner: Any, name: str) -> type | None:
+    """The dataclass of an ``X | None = None`` field (an optional section), else None."""
+    if _default(owner, name) is not None:
+        return None
+    arms = typing.get_args(typing.get_type_hints(type(owner))[name])
+    return next((a for a in arms if dataclasses.is_dataclass(a)), None)
+
+
+def resolve_sections(cfg: Any, reader: str) -> None:
+    """Make a config's sections truthful, in place (from ``__post_init__``): the run's config.yaml holds
+    every resolved value and nothing unused.
+
+    * An optional section (``X | None = None``) the run reads and that is None gets its defaults ``X()``.
+    * Each dotted key of ``cfg.unused_keys()`` (what ``reader`` does not read, left out of config.yaml by
+      :func:`prefopt.core.config.to_dict`) must hold its default; an optional section there is stored as
+      None. Anything else raises, naming the keys, since the settings would be ignored.
+    """
+    unused = cfg.unused_keys()
+    for f in dataclasses.fields(cfg):
+        section = _optional_section(cfg, f.name)
+        if section is not None and f.name not in unused and getattr(cfg, f.name) is None:
+            object.__setattr__(cfg, f.name, section())
+    unused = cfg.unused_keys()  # the filled sections may leave sub-sections unused
+    bad = []
+    for key in unused:
+        *parents, name = key.split(".")
+        owner = cfg
+        for part in parents:
+            owner = getattr(owner, part)
+        if owner is None:  # inside a section that is itself absent
+            continue
+        value, section = getattr(owner, name), _optional_section(owner, name)
+        if section is not None and value in (None, section()):
+            object.__setattr__(owner, name, None)
+        elif value != _default(owner, name):
+            bad.append(key)
+    if bad:
+        raise ValueError(f"{', '.join(bad)}: not read by {reader}, so these settings would be ignored; remove "
+                         f"{'it' if len(bad) == 1 else 'them'} from the config")
