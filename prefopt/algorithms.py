@@ -78,7 +78,7 @@ class AlgorithmSpec:
     def needs_ref(self) -> bool:
         return bool(self.loss_spec().needs_ref)
 
-    def reads(self) -> frozenset[str]:
+    def reads(self, hparams: Any = None) -> frozenset[str]:
         """The optional sections a run of this algorithm reads: ``data``, ``reference`` when its loss needs
         one, ``sparsepo`` for SparsePO masks, ``curriculum`` for Curry-DPO, plus :attr:`sections`. The
         others are left out of the run's config.yaml and must keep their defaults."""
@@ -165,10 +165,13 @@ class OnlineAlgorithmSpec(AlgorithmSpec):
             raise ConfigError(f"{self.name} is defined by the {self.advantage!r} advantage estimator: set "
                               f"online.advantage: {self.advantage} (got {oc.advantage!r})")
 
-    def reads(self) -> frozenset[str]:
-        """``online`` and ``reference`` (whether a reference model is built depends on the loss's beta/tau:
-        kept), plus :attr:`sections` (``online.dno``, ``online.egpo``)."""
-        return frozenset({"online", "reference", *self.sections})
+    def reads(self, hparams: Any = None) -> frozenset[str]:
+        """``online``, :attr:`sections` (``online.dno``, ``online.egpo``) and ``reference`` when the driver's
+        reference rule needs one at these loss hyper-parameters (GRPO with beta 0, DNO with tau 0: none)."""
+        from prefopt.loops.online_drivers import get_driver
+
+        ref = hparams is None or get_driver(self.driver).needs_reference(hparams)
+        return frozenset({"online", *self.sections, *(("reference",) if ref else ())})
 
     def loss_spec(self) -> LossSpec:
         import prefopt.losses  # noqa: F401  (registration)

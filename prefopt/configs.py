@@ -115,7 +115,7 @@ class TrainConfig:
         ``online.generator`` is vllm."""
         from prefopt.algorithms import OPTIONAL_SECTIONS, get_algorithm
 
-        reads = get_algorithm(self.algorithm).reads()
+        reads = get_algorithm(self.algorithm).reads(self.loss)
         keys = tuple(k for k in OPTIONAL_SECTIONS if k not in reads)
         return keys + (("online.vllm",) if self.online is not None and self.online.generator != "vllm" else ())
 

@@ -21,8 +21,8 @@ OPTIONAL_WRITTEN = {
     "orpo": {"data", "epochs", "max_steps"},
     "sparsepo": {"data", "epochs", "max_steps", "reference", "sparsepo"},
     "curry_dpo": {"data", "epochs", "max_steps", "reference", "curriculum"},
-    "grpo": {"online", "reference"},
-    "dno": {"online", "online.dno", "reference"},
+    "grpo": {"online"},  # default beta 0: no KL term, no reference (the driver's reference rule)
+    "dno": {"online", "online.dno"},  # default tau 0
     "egpo": {"online", "online.egpo", "reference"},
     "online_ipo": {"online", "online.egpo", "reference"},
 }
@@ -52,10 +52,18 @@ def test_every_algorithm_round_trips(algorithm, tmp_path):
     estimator = getattr(get_algorithm(algorithm), "advantage", None)  # RLOO names its estimator
     cfg = from_dict(TrainConfig, {"algorithm": algorithm, **({"online": {"advantage": estimator}} if estimator else {})})
     data = _written(cfg, tmp_path)
-    assert _optional_keys(data) == {k for k in OPTIONAL_SECTIONS if k in get_algorithm(algorithm).reads()}
+    assert _optional_keys(data) == {k for k in OPTIONAL_SECTIONS if k in get_algorithm(algorithm).reads(cfg.loss)}
     assert load_config(tmp_path / "config.yaml") == cfg
     if get_algorithm(algorithm).loop == "online":  # filled with its defaults, not null
         assert data["online"]["rounds"] == 20 and cfg.online is not None
+
+
+def test_online_reference_written_when_the_loss_needs_one(tmp_path):
+    cfg = from_dict(TrainConfig, {"algorithm": "grpo", "loss": {"beta": 0.04}, "reference": {"mode": "copy"}})
+    assert _written(cfg, tmp_path)["reference"]["mode"] == "copy"
+    assert load_config(tmp_path / "config.yaml") == cfg
+    with pytest.raises(ConfigError, match=r"reference: not read by this run \(algorithm grpo\)"):
+        from_dict(TrainConfig, {"algorithm": "grpo", "reference": {"mode": "copy"}})
 
 
 def test_vllm_settings_written_only_for_the_vllm_generator(tmp_path):
