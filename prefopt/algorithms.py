@@ -18,6 +18,11 @@ if TYPE_CHECKING:
     from prefopt.configs import TrainConfig
     from prefopt.losses.base import LossSpec
 
+# Keys of a ``kind: train`` config that only some algorithms read (:meth:`AlgorithmSpec.reads`); a run's
+# config.yaml leaves out the ones its algorithm does not read (prefopt.core.sections.resolve_sections).
+OPTIONAL_SECTIONS = ("data", "epochs", "max_steps", "curriculum", "reference", "sparsepo", "online",
+                     "online.dno", "online.egpo")
+
 
 @dataclass(frozen=True)
 class AlgorithmSpec:
@@ -35,6 +40,8 @@ class AlgorithmSpec:
             inputs or its own input builder, extra optimizer groups, per-stage reference.
         curriculum: train stage by stage on ``meta.stage`` (Curry-DPO).
         paper: citation shown by ``prefopt ls algorithms`` and the docs.
+        sections: optional config sections (:data:`OPTIONAL_SECTIONS`) it reads beyond those its traits
+            imply (:meth:`reads`); e.g. ``online.dno``.
     """
 
     name: str
@@ -45,6 +52,7 @@ class AlgorithmSpec:
     hooks: tuple[str, ...] = ()
     curriculum: bool = False
     paper: str = ""
+    sections: frozenset[str] = field(default_factory=frozenset)
 
     def loss_spec(self) -> LossSpec:
         import prefopt.losses  # noqa: F401  (registration)
@@ -69,6 +77,14 @@ class AlgorithmSpec:
     @property
     def needs_ref(self) -> bool:
         return bool(self.loss_spec().needs_ref)
+
+    def reads(self, hparams: Any = None) -> frozenset[str]:
+        """The optional sections a run of this algorithm reads: ``data``, ``reference`` when its loss needs
+        one, ``sparsepo`` for SparsePO masks, ``curriculum`` for Curry-DPO, plus :attr:`sections`. The
+        others are left out of the run's config.yaml and must keep their defaults."""
+        traits = {"reference": self.needs_ref, "sparsepo": "sparse_mask" in self.extras,
+                  "curriculum": self.curriculum}
+        return frozenset({"data", "epochs", "max_steps", *self.sections, *(k for k, on in traits.items() if on)})
 
     def check(self, cfg: TrainConfig) -> None:
         """Reject incompatible settings (spec offline_losses.md section 6)."""
@@ -149,6 +165,14 @@ class OnlineAlgorithmSpec(AlgorithmSpec):
             raise ConfigError(f"{self.name} is defined by the {self.advantage!r} advantage estimator: set "
                               f"online.advantage: {self.advantage} (got {oc.advantage!r})")
 
+    def reads(self, hparams: Any = None) -> frozenset[str]:
+        """``online``, :attr:`sections` (``online.dno``, ``online.egpo``) and ``reference`` when the driver's
+        reference rule needs one at these loss hyper-parameters (GRPO with beta 0, DNO with tau 0: none)."""
+        from prefopt.loops.online_drivers import get_driver
+
+        ref = hparams is None or get_driver(self.driver).needs_reference(hparams)
+        return frozenset({"online", *self.sections, *(("reference",) if ref else ())})
+
     def loss_spec(self) -> LossSpec:
         import prefopt.losses  # noqa: F401  (registration)
         from prefopt.core.registry import GROUP_LOSSES
@@ -167,11 +191,12 @@ _online("urpo", "grpo", "group", "URPO: one model as player and referee in one G
         self_referee=True)
 _online("rloo", "rloo", "group", "Ahmadian et al. 2024, Back to Basics (REINFORCE leave-one-out), arXiv 2402.14740",
         advantage="rloo")
-_online("dno", "dno", "dno", "Rosset et al. 2024, Direct Nash Optimization, Algorithm 2 (DNO-Prct)")
+_online("dno", "dno", "dno", "Rosset et al. 2024, Direct Nash Optimization, Algorithm 2 (DNO-Prct)",
+        sections=frozenset({"online.dno"}))
 _online("egpo", "egpo", "egpo", "Zhou, Fazel, Du 2025, Extragradient Preference Optimization",
-        rollout_every_step=True, restores_optimizer=True)
+        rollout_every_step=True, restores_optimizer=True, sections=frozenset({"online.egpo"}))
 _online("online_ipo", "online_ipo", "online_ipo", "Calandriello et al. 2024, online IPO (naive self-play)",
-        rollout_every_step=True)
+        rollout_every_step=True, sections=frozenset({"online.egpo"}))
 _online("p3o", "p3o_joint", "p3o", "Wu et al. 2023, Pairwise Proximal Policy Optimization (joint clip)",
         generations=2)
 _online("p3o_separate", "p3o_separate", "p3o", "Wu et al. 2023, P3O (separate, per-token clip)", generations=2)

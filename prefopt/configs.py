@@ -18,59 +18,19 @@ from typing import Any, Literal
 from prefopt.core.backend import BackendConfig, OptimConfig
 from prefopt.core.models import ModelConfig
 from prefopt.core.registry import CONFIG_KINDS
+from prefopt.core.sections import DataSectionBase, RunSectionBase, resolve_sections
 from prefopt.loops.online_config import OnlineConfig
 from prefopt.losses.sparsepo import SparsePOMaskConfig
 
 
 @dataclass(frozen=True)
-class RunSection:
-    """Where and how a run writes: run directory, seed, logging and checkpoint cadence."""
-
-    output_dir: str = "runs/train"
-    seed: int = 0
-    # Log metrics every N optimizer steps.
-    log_every: int = 1
-    # Save a checkpoint every N optimizer steps (0 = only at the end).
-    save_every: int = 0
-    # Checkpoints kept on disk (oldest removed first).
-    keep_last: int = 2
-    # Resume from the newest complete checkpoint in output_dir when one exists.
-    resume: bool = True
-    # Metric sinks besides metrics.jsonl (TRL's convention): "tensorboard" (run_dir/tb), "wandb".
-    report_to: tuple[Literal["tensorboard", "wandb"], ...] = ("tensorboard",)
-    # Evaluate held-out implicit-reward accuracy every N optimizer steps (0 = start and end only).
-    eval_every: int = 0
-    # On a NaN/inf loss: "stop" (keep the last good checkpoint, raise) or "skip" (skip and count).
-    on_nonfinite: Literal["stop", "skip"] = "stop"
+class RunSection(RunSectionBase):
+    """``run:`` of a ``kind: train`` YAML; every field is :class:`prefopt.core.sections.RunSectionBase`'s."""
 
 
 @dataclass(frozen=True)
-class TrainDataConfig:
-    """Built preference data (``prefopt data build`` output) and its tokenisation policy."""
-
-    # A folder holding train.jsonl (+ test.jsonl) written by `prefopt data build`, or a .jsonl file.
-    path: str = ""
-    # Held-out records; default: <path>/test.jsonl when it exists.
-    eval_path: str | None = None
-    max_train_examples: int | None = None
-    max_eval_examples: int | None = 200
-    # Total tokens of prompt + completion; longer examples follow `overlong`.
-    max_length: int = 512
-    max_prompt_length: int = 256
-    overlong: Literal["drop", "truncate_left", "truncate_right"] = "drop"
-    shuffle: bool = True
-    # Batch layout for pairwise losses: padded rows, padding-free packed rows, or shared_prompt (the
-    # prompt once per pair; fastest everywhere measured, see benchmarks/README.md). Same log-probs to
-    # 1e-5. "auto": shared_prompt wherever it is exact, else padded with one console line saying why
-    # (SparsePO's full-logit KL, listwise losses, flash_attention_2, sliding-window attention).
-    layout: Literal["auto", "padded", "packed", "shared_prompt"] = "auto"
-    # A bad record (checked exactly as `prefopt data build` checks it): "raise" names file, line and
-    # field; "skip" drops it and counts it by reason in data_stats.json and on the console.
-    on_error: Literal["raise", "skip"] = "raise"
-
-    def __post_init__(self) -> None:
-        if self.max_prompt_length >= self.max_length:
-            raise ValueError("data.max_prompt_length must be smaller than data.max_length")
+class TrainDataConfig(DataSectionBase):
+    """``data:`` of an offline ``kind: train`` YAML; every field is :class:`prefopt.core.sections.DataSectionBase`'s."""
 
 
 @dataclass(frozen=True)
@@ -128,7 +88,8 @@ class TrainConfig:
     # SparsePO mask source (provider: learned | activation | ones | zeros | random). Only algorithms with
     # SparsePO masks read it (then it defaults to SparsePOMaskConfig()); elsewhere it is absent.
     sparsepo: SparsePOMaskConfig | None = None
-    # Online algorithms (loop: online): prompts, rewards, rollouts, schedule (prefopt.loops.online_config).
+    # Online algorithms (loop: online): prompts, rewards, rollouts, schedule (prefopt.loops.online_config);
+    # filled with its defaults for them, absent for offline ones.
     online: OnlineConfig | None = None
 
     def __post_init__(self) -> None:
@@ -140,7 +101,7 @@ class TrainConfig:
 
         spec = get_algorithm(self.algorithm)
         object.__setattr__(self, "loss", spec.build_hparams(self.loss))
-        object.__setattr__(self, "sparsepo", _sparsepo_section(spec, self.sparsepo))
+        resolve_sections(self, f"this run (algorithm {self.algorithm})")
         spec.check(self)
         online_layout = self.online.layout if self.online is not None else None
         flash = self.model.attn_implementation == "flash_attention_2"
@@ -148,17 +109,15 @@ class TrainConfig:
             raise ValueError("the shared_prompt layout needs a 4-D attention mask (sdpa or eager attention); "
                              "flash_attention_2 cannot take one")
 
+    def unused_keys(self) -> tuple[str, ...]:
+        """Keys this run does not read, left out of its config.yaml: the optional sections its algorithm
+        does not read (:meth:`prefopt.algorithms.AlgorithmSpec.reads`), and ``online.vllm`` unless
+        ``online.generator`` is vllm."""
+        from prefopt.algorithms import OPTIONAL_SECTIONS, get_algorithm
 
-def _sparsepo_section(spec: Any, section: SparsePOMaskConfig | None) -> SparsePOMaskConfig | None:
-    """The ``sparsepo:`` section an algorithm reads: defaults for SparsePO, nothing for the others. A
-    default section in another algorithm's config (written by earlier versions) is dropped; a changed
-    one is an error (its settings would be ignored)."""
-    if "sparse_mask" in spec.extras:
-        return section if section is not None else SparsePOMaskConfig()
-    if section is not None and section != SparsePOMaskConfig():
-        raise ValueError(f"sparsepo: settings are read only by SparsePO; algorithm {spec.name!r} would ignore "
-                         "them - remove the sparsepo section")
-    return None
+        reads = get_algorithm(self.algorithm).reads(self.loss)
+        keys = tuple(k for k in OPTIONAL_SECTIONS if k not in reads)
+        return keys + (("online.vllm",) if self.online is not None and self.online.generator != "vllm" else ())
 
 
 CONFIG_KINDS.register("train", TrainConfig)

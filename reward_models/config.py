@@ -19,64 +19,28 @@ from typing import Literal
 from prefopt.core.backend import BackendConfig, OptimConfig
 from prefopt.core.models import ModelConfig
 from prefopt.core.registry import CONFIG_KINDS
+from prefopt.core.sections import DataSectionBase, RunSectionBase, resolve_sections
 from reward_models.kinds import get_kind, kind_names
 from reward_models.rao_kupper import RaoKupperSection
 
 
 @dataclass(frozen=True)
-class RMRunSection:
-    """Run directory, seed, logging, evaluation and checkpoint cadence."""
+class RMRunSection(RunSectionBase):
+    """``run:`` of a ``kind: rm`` YAML: :class:`prefopt.core.sections.RunSectionBase` plus ``eval_at_start``."""
 
     output_dir: str = "runs/rm"
-    seed: int = 0
-    # Log metrics every N optimizer steps.
-    log_every: int = 1
-    # Held-out accuracy every N optimizer steps (0 = only at the start and the end).
-    eval_every: int = 0
     # Evaluate before the first step too (skip it to save time on slow machines).
     eval_at_start: bool = True
-    # Save a resumable checkpoint every N optimizer steps (0 = none).
-    save_every: int = 0
-    keep_last: int = 2
-    # Resume from the newest complete checkpoint in output_dir when one exists.
-    resume: bool = True
-    # Metric sinks besides metrics.jsonl (TRL's convention): "tensorboard" (run_dir/tb), "wandb".
-    report_to: tuple[Literal["tensorboard", "wandb"], ...] = ("tensorboard",)
-    # On a NaN/inf loss or gradient: "stop" (raise, last good checkpoint kept) or "skip" (count it).
-    on_nonfinite: Literal["stop", "skip"] = "stop"
 
 
 @dataclass(frozen=True)
-class RMDataConfig:
-    """Built data (``prefopt data build`` output: pairwise or ranked records; POLAR triples) and lengths."""
+class RMDataConfig(DataSectionBase):
+    """``data:`` of a ``kind: rm`` YAML (pairwise or ranked records; POLAR triples):
+    :class:`prefopt.core.sections.DataSectionBase` plus ``use_margin``; POLAR reads the layout as padded."""
 
-    # A folder with train.jsonl (+ test.jsonl) or a .jsonl file.
-    path: str = ""
-    # Held-out file; default <path>/test.jsonl when it exists.
-    eval_path: str | None = None
-    # Seeded random subset of the training records (None = all).
-    max_train_examples: int | None = None
-    # First N held-out records (None = all).
-    max_eval_examples: int | None = 200
-    max_length: int = 512
     max_prompt_length: int = 384
-    overlong: Literal["drop", "truncate_left", "truncate_right"] = "drop"
-    shuffle: bool = True
     # Use each pair's `margin` field in the BT loss.
     use_margin: bool = False
-    # Backbone rows: "padded" (one row per sequence), "packed" (padding-free, one row) or
-    # "shared_prompt" (each item's prompt encoded once, its responses after it under a block mask;
-    # fastest for pairs and ranked lists; sdpa/eager attention only). Same rewards and loss in all three.
-    # "auto": shared_prompt unless it is not exact (POLAR, flash_attention_2, sliding-window
-    # attention), then padded with one console line saying why.
-    layout: Literal["auto", "padded", "packed", "shared_prompt"] = "auto"
-    # A bad record (checked exactly as `prefopt data build` checks it): "raise" names file, line and
-    # field; "skip" drops it and counts it by reason in data_stats.json and on the console.
-    on_error: Literal["raise", "skip"] = "raise"
-
-    def __post_init__(self) -> None:
-        if self.max_prompt_length >= self.max_length:
-            raise ValueError("data.max_prompt_length must be smaller than data.max_length")
 
 
 @dataclass(frozen=True)
@@ -100,6 +64,10 @@ class GPMSection:
     beta: float = 0.1
     l2_normalize: bool = True
     gate: Literal["scaled_softmax", "softmax", "softplus"] | None = "scaled_softmax"
+
+    def __post_init__(self) -> None:
+        if self.embed_dim < 2 or self.embed_dim % 2:
+            raise ValueError(f"rm.gpm.embed_dim must be even and >= 2, got {self.embed_dim}")
 
 
 @dataclass(frozen=True)
@@ -135,7 +103,8 @@ class EnsembleSection:
 class RMSection:
     """Which reward model to train and its head settings."""
 
-    # A registered kind (reward_models.kinds): bt | gpm | polar | ensemble | rao_kupper.
+    # A registered kind (reward_models.kinds): bt | gpm | polar | ensemble | rao_kupper. Only the sections
+    # below that it reads are written to the run's config.yaml (set others and the config is refused).
     kind: str = "bt"
     head_init: Literal["normal", "zeros"] = "normal"
     # Pad id for batching and the saved config; None = the tokenizer's, unless it equals EOS, then
@@ -155,10 +124,15 @@ class RMSection:
     def __post_init__(self) -> None:
         if self.kind not in kind_names():
             raise ValueError(f"rm.kind: {self.kind!r} is not one of {list(kind_names())}")
-        if get_kind(self.kind).pairwise and (self.gpm.embed_dim < 2 or self.gpm.embed_dim % 2):
-            raise ValueError(f"rm.gpm.embed_dim must be even and >= 2, got {self.gpm.embed_dim}")
         if self.reward_stats_examples < 1:
             raise ValueError("rm.reward_stats_examples must be >= 1")
+        resolve_sections(self, f"rm.kind {self.kind}")
+
+    def unused_keys(self) -> tuple[str, ...]:
+        """The kind sections ``rm.kind`` does not read (:attr:`reward_models.kinds.RMKind.sections`); left out
+        of the run's config.yaml."""
+        every = dict.fromkeys(s for k in kind_names() for s in get_kind(k).sections)
+        return tuple(s for s in every if s not in get_kind(self.kind).sections)
 
 
 @dataclass(frozen=True)

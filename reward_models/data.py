@@ -25,6 +25,7 @@ from prefopt.core.errors import DataError
 from prefopt.core.loop import (  # noqa: F401  (re-exported: shared with the policy loops)
     epoch_order,
     micro_batches,
+    subset,
     train_eval_paths,
 )
 
@@ -73,16 +74,6 @@ def read_records_head(path: Path) -> dict | None:
     from data_pipelines.sources import iter_jsonl
 
     return next((r.data for r in iter_jsonl(path, Issues("skip"))), None)
-
-
-def subset(records: list, limit: int | None, seed: int | None) -> list:
-    """The first ``limit`` records, or (``seed`` given) a seeded random subset in file order."""
-    if limit is None or limit >= len(records):
-        return records
-    if seed is None:
-        return records[:limit]
-    keep = sorted(random.Random(seed).sample(range(len(records)), limit))
-    return [records[i] for i in keep]
 
 
 def load_checked(path: Path, schema: str, on_error: str = "raise") -> tuple[list, dict[str, int]]:

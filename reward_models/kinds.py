@@ -39,6 +39,8 @@ class RMKind:
         members: trains K members (ensemble); without a shared backbone each member is a ``bt`` run.
         serves_as: the kind whose evaluation adapters score it (a scalar-head kind scores like ``bt``);
             None = its own name.
+        sections: the ``rm.<section>`` settings it reads (:class:`reward_models.config.RMSection`); a run's
+            config.yaml holds only these (the others keep their defaults).
     """
 
     name: str
@@ -54,6 +56,7 @@ class RMKind:
     hf_seq_cls: bool = False
     members: bool = False
     serves_as: str | None = None
+    sections: tuple[str, ...] = ()
 
     @property
     def ranked_lists(self) -> bool:
@@ -67,14 +70,14 @@ class RMKind:
 
 _MODEL = "reward_models.models:RewardModel"
 for _kind in (
-    RMKind("bt", "bt", False, False, _MODEL, S.build_bt, S.bt_batch_loss, hf_seq_cls=True),
-    RMKind("gpm", "gpm", True, False, _MODEL, S.build_gpm, S.gpm_batch_loss),
+    RMKind("bt", "bt", False, False, _MODEL, S.build_bt, S.bt_batch_loss, hf_seq_cls=True, sections=("bt",)),
+    RMKind("gpm", "gpm", True, False, _MODEL, S.build_gpm, S.gpm_batch_loss, sections=("gpm",)),
     RMKind("polar", "polar", False, True, _MODEL, S.build_polar, S.polar_batch_loss, load_polar_items,
-           reward_token=True, head_init="zeros"),
+           reward_token=True, head_init="zeros", sections=("polar",)),
     RMKind("ensemble", "bt", False, False, "reward_models.ensemble:EnsembleRewardModel",
-           S.build_shared_ensemble, S.ensemble_batch_loss, members=True),
+           S.build_shared_ensemble, S.ensemble_batch_loss, members=True, sections=("ensemble", "bt")),
     RMKind("rao_kupper", "rao_kupper", False, False, _MODEL, S.build_bt, rao_kupper_batch_loss, hf_seq_cls=True,
-           serves_as="bt"),
+           serves_as="bt", sections=("rao_kupper",)),
 ):
     if _kind.name not in RM_KINDS:
         RM_KINDS.register(_kind.name, _kind)

@@ -168,8 +168,8 @@ def train_one(cfg: Any, final_dir: Path, member_seed: int | None = None, boot: b
             save_checkpoint(run_dir, step, model, backend, {"data_pos": pos}, cfg.run.keep_last)
     bar.close()
     return _finish(cfg, model, tok, backend, items, eval_items, final_dir, logger,
-                   {"kind": cfg.rm.kind, "steps": step, "seed": seed, "first_eval": first,
-                    "skipped": guard.skipped, "data": stats})
+                   {"kind": cfg.rm.kind, "steps": step, "seed": seed, "layout": cfg.data.layout,
+                    "first_eval": first, "skipped": guard.skipped, "data": stats})
 
 
 def run_rm_train(cfg: Any) -> dict[str, Any]:
@@ -180,14 +180,15 @@ def run_rm_train(cfg: Any) -> dict[str, Any]:
         return train_one(cfg, out / "final", boot=False)
     summaries = []
     for i in range(ens.members):
-        sub = dataclasses.replace(cfg, rm=dataclasses.replace(cfg.rm, kind="bt"),
+        member_rm = dataclasses.replace(cfg.rm, kind="bt", ensemble=type(cfg.rm.ensemble)())  # a plain BT run
+        sub = dataclasses.replace(cfg, rm=member_rm,
                                   run=dataclasses.replace(cfg.run, output_dir=str(out / f"member_{i}")))
         summaries.append(train_one(sub, out / "final" / f"member_{i}", member_seed=cfg.run.seed + i,
                                    boot=ens.bootstrap))
     from prefopt.core.backend import world_info
 
-    if world_info()[0] == 0:
-        save_resolved(cfg, out)
+    if world_info()[0] == 0:  # the members' concrete data.layout ("auto" resolved), as a single run writes it
+        save_resolved(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, layout=summaries[0]["layout"])), out)
         atomic_write_json(out / "final" / "ensemble.json", {
             "kind": "ensemble", "members": [f"member_{i}" for i in range(ens.members)],
             "method": ens.method, "lam": ens.lam, "ddof": 0, "penalty": "var", "calibration": None})

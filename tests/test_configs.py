@@ -33,7 +33,7 @@ def test_loss_section_is_typed_once_and_resolved_in_config_yaml(tmp_path):
     assert cfg.loss == BetaHParams(beta=0.1) and cfg.sparsepo is None
     save_resolved(cfg, tmp_path)
     written = yaml.safe_load((tmp_path / "config.yaml").read_text())
-    assert written["loss"] == {"beta": 0.1} and written["sparsepo"] is None
+    assert written["loss"] == {"beta": 0.1} and "sparsepo" not in written and "online" not in written
     back = from_dict(TrainConfig, {k: v for k, v in written.items() if k != "kind"})
     assert back.loss == cfg.loss  # the resolved file reads back to the same typed section
     sp = from_dict(TrainConfig, {"algorithm": "sparsepo", "loss": {"beta": 0.2}})
@@ -47,7 +47,7 @@ def test_loss_and_sparsepo_sections_fail_clearly():
 
     with pytest.raises(ConfigError, match=r"unknown config key 'loss.betaa' \(did you mean 'beta'\?\)"):
         from_dict(TrainConfig, {"algorithm": "dpo", "loss": {"betaa": 0.2}})
-    with pytest.raises(ConfigError, match="read only by SparsePO; algorithm 'dpo' would ignore them"):
+    with pytest.raises(ConfigError, match=r"sparsepo: not read by this run \(algorithm dpo\)"):
         from_dict(TrainConfig, {"algorithm": "dpo", "sparsepo": {"provider": "ones"}})
     legacy = from_dict(TrainConfig, {"algorithm": "dpo", "sparsepo": {"provider": "learned"}})  # old default
     assert legacy.sparsepo is None

@@ -155,14 +155,28 @@ def from_dict(cls: type, data: dict, where: str = "") -> Any:
 
 
 def to_dict(cfg: Any) -> Any:
-    """Plain-Python view of a (nested) config, suitable for YAML/JSON."""
+    """Plain-Python view of a (nested) config, suitable for YAML/JSON. A config that defines
+    ``unused_keys()`` (dotted keys the run does not read; they hold their defaults, see
+    :func:`prefopt.core.sections.resolve_sections`) is written without them."""
     if dataclasses.is_dataclass(cfg):
-        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+        out = {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+        for key in getattr(cfg, "unused_keys", lambda: ())():
+            _drop(out, key.split("."))
+        return out
     if isinstance(cfg, (list, tuple)):
         return [to_dict(v) for v in cfg]
     if isinstance(cfg, dict):
         return {k: to_dict(v) for k, v in cfg.items()}
     return cfg
+
+
+def _drop(data: dict, keys: list[str]) -> None:
+    """Remove a dotted key from nested mappings (absent parents: nothing to remove)."""
+    for k in keys[:-1]:
+        data = data.get(k)
+        if not isinstance(data, dict):
+            return
+    data.pop(keys[-1], None)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

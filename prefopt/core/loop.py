@@ -17,7 +17,7 @@ import torch
 from prefopt.core.errors import DataError, NumericError
 
 __all__ = ["seed_everything", "autocast", "MetricAccumulator", "NonFiniteGuard", "epoch_order", "micro_batches",
-           "whole_steps", "repeat_epochs", "train_eval_paths"]
+           "whole_steps", "repeat_epochs", "train_eval_paths", "subset"]
 
 
 def seed_everything(seed: int) -> None:
@@ -139,3 +139,15 @@ def train_eval_paths(path: str, eval_path: str | None) -> tuple[Path, Path | Non
     if evalp is not None and evalp.stat().st_size == 0:
         evalp = None
     return train, evalp
+
+
+def subset(records: list, limit: int | None, seed: int | None) -> list:
+    """The records a ``data.max_*_examples`` limit keeps, for every trainer: all (``limit`` None or at
+    least ``len(records)``), a seeded random subset in file order (``seed`` given: ``max_train_examples``
+    with ``run.seed``), or the first ``limit`` (``seed`` None: ``max_eval_examples``)."""
+    if limit is None or limit >= len(records):
+        return records
+    if seed is None:
+        return records[:limit]
+    keep = sorted(random.Random(seed).sample(range(len(records)), limit))
+    return [records[i] for i in keep]

@@ -12,6 +12,7 @@ completions under a block mask; log-probs equal the padded rows' to float roundi
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 from reward_models.layouts import resolve_auto_layout, shared_prompt_blockers
@@ -39,3 +40,16 @@ def online_layout(cfg: TrainConfig, layout: str, model: torch.nn.Module) -> str:
     per-token log-probs, so only the model can stand against the shared prompt)."""
     return resolve_auto_layout(layout, shared_prompt_blockers(model, cfg.model.attn_implementation),
                                f"online {cfg.algorithm}")
+
+
+def with_offline_layout(cfg: TrainConfig, spec: AlgorithmSpec, model: torch.nn.Module) -> TrainConfig:
+    """``cfg`` with its concrete ``data.layout`` (``auto`` resolved), as the run's config.yaml records it."""
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, layout=offline_layout(cfg, spec, model)))
+
+
+def with_online_layout(cfg: TrainConfig, model: torch.nn.Module) -> TrainConfig:
+    """``cfg`` with its concrete ``online.layout`` (``auto`` resolved), as the run's config.yaml records it."""
+    from prefopt.loops.online_config import OnlineConfig
+
+    oc = cfg.online if cfg.online is not None else OnlineConfig()
+    return dataclasses.replace(cfg, online=dataclasses.replace(oc, layout=online_layout(cfg, oc.layout, model)))

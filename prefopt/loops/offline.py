@@ -26,7 +26,7 @@ from prefopt.core.logging import progress, short_postfix
 from prefopt.core.models import load_model
 from prefopt.loops.common import MetricAccumulator, NonFiniteGuard, seed_everything, start_run
 from prefopt.loops.hooks import OfflineHook, offline_hooks
-from prefopt.loops.layouts import offline_layout
+from prefopt.loops.layouts import offline_layout, with_offline_layout
 from prefopt.loops.offline_data import STAGE_METRIC, Plan, make_plan, tokenize_items, train_eval_paths
 from prefopt.loops.offline_step import StepContext, implicit_reward_margins, pairwise_loss, ranked_loss
 from prefopt.loops.ref_cache import precompute_reference
@@ -139,7 +139,7 @@ def _load_data(cfg: Any, spec: Any, tok: Any, backend: Any) -> tuple[list, list,
     policy = LengthPolicy(cfg.data.max_length, cfg.data.max_prompt_length, cfg.data.overlong)
     train_path, eval_path = train_eval_paths(cfg.data.path, cfg.data.eval_path)
     items, data_stats = tokenize_items(train_path, spec.schema, tok, policy, cfg.data.max_train_examples,
-                                       cfg.data.on_error)
+                                       cfg.data.on_error, seed=cfg.run.seed)
     eval_items, eval_stats = (tokenize_items(eval_path, spec.schema, tok, policy, cfg.data.max_eval_examples,
                                              cfg.data.on_error)
                               if eval_path else ([], {}))
@@ -211,8 +211,9 @@ def run_offline(cfg: Any) -> dict[str, Any]:  # noqa: C901, PLR0915 - the loop, 
     spec = get_algorithm(cfg.algorithm)
     backend = make_backend(cfg.backend, cfg.optim, cfg.batch_size)
     hooks = check_runtime(cfg, spec, backend)
-    run_dir, logger = start_run(cfg, backend.is_main)
     model, tok = load_model(cfg.model, seed=cfg.run.seed)
+    cfg = with_offline_layout(cfg, spec, model)  # config.yaml records the concrete layout
+    run_dir, logger = start_run(cfg, backend.is_main)
     items, eval_items, data_stats = _load_data(cfg, spec, tok, backend)
     plan = make_plan(cfg, items, spec, backend.rank, backend.world_size)
     ctx, engine, model = _prepare(cfg, spec, model, tok, backend, hooks, plan)

@@ -20,7 +20,7 @@ from data_pipelines.tokenize import (
     tokenize_ranked,
 )
 from prefopt.core.errors import DataError
-from prefopt.core.loop import epoch_order, micro_batches, repeat_epochs, train_eval_paths, whole_steps
+from prefopt.core.loop import epoch_order, micro_batches, repeat_epochs, subset, train_eval_paths, whole_steps
 
 __all__ = ["Item", "Plan", "STAGE_METRIC", "make_plan", "tokenize_items", "train_eval_paths", "epoch_order",
            "micro_batches"]
@@ -40,12 +40,16 @@ class Item:
     annotator: int = 0
 
 
-def tokenize_items(path: Path, schema: str, tokenizer: Any, policy: LengthPolicy,
-                   limit: int | None, on_error: str = "raise") -> tuple[list[Item], dict[str, Any]]:
+def tokenize_items(path: Path, schema: str, tokenizer: Any, policy: LengthPolicy, limit: int | None,
+                   on_error: str = "raise", seed: int | None = None) -> tuple[list[Item], dict[str, Any]]:
     """Load ``path`` as ``schema`` records (validated like ``data build``: file, line and field in every
-    error, ``on_error`` policy) and tokenise them (keeping stage/annotator metadata)."""
+    error, ``on_error`` policy), keep ``limit`` of them (:func:`prefopt.core.loop.subset`: seeded random
+    subset with ``seed``, else the first ``limit``; 0 = none) and tokenise them (keeping stage/annotator
+    metadata)."""
+    if limit == 0:
+        return [], {}
     issues = Issues(on_error)
-    records = load_examples(path, schema, issues, limit, for_training=True)
+    records = subset(load_examples(path, schema, issues, for_training=True), limit, seed)
     stats = TokenizeStats()
     items = []
     for rec in records:

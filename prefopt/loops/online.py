@@ -26,7 +26,7 @@ import torch
 from prefopt.core.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from prefopt.core.errors import ConfigError
 from prefopt.loops.common import MetricAccumulator, NonFiniteGuard, seed_everything, start_run
-from prefopt.loops.layouts import online_layout
+from prefopt.loops.layouts import online_layout, with_online_layout
 from prefopt.loops.online_algos import Buffer, buffer_loss, make_batch, score_rows
 from prefopt.loops.online_config import OnlineConfig
 from prefopt.loops.online_drivers import get_driver
@@ -290,11 +290,13 @@ def run_online(cfg: TrainConfig, *, scorer: RewardScorer | None = None) -> dict[
     from prefopt.data.prompts import load_prompts
 
     seed_everything(cfg.run.seed)
-    spec, oc = get_algorithm(cfg.algorithm), online_config(cfg)
+    spec = get_algorithm(cfg.algorithm)
     backend = make_backend(cfg.backend, cfg.optim, cfg.batch_size)
-    run_dir, logger = start_run(cfg, backend.is_main)
     model, tok = load_model(cfg.model, seed=cfg.run.seed)
     model = model.to(backend.device)
+    cfg = with_online_layout(cfg, model)  # config.yaml records the concrete layout
+    oc = online_config(cfg)
+    run_dir, logger = start_run(cfg, backend.is_main)
     prompts = load_prompts(oc.prompts, seed=cfg.run.seed)
     train, held_out = prompts[:oc.prompts.n], prompts[oc.prompts.n:]
     ctx = build_context(cfg, spec, backend, model, tok, scorer=scorer)  # reference = initial weights
