@@ -60,6 +60,12 @@ def parser() -> argparse.ArgumentParser:
                    "group 2,4,8,16)")
     p.add_argument("--checkpointing", action="store_true",
                    help="activation checkpointing on both sides (default: off on both; TRL's own default is on)")
+    p.add_argument("--optim-impl", choices=("fused", "forloop"), default="fused",
+                   help="the AdamW kernel, the same on both sides (ours optim.impl; TRL adamw_torch_fused / "
+                        "adamw_torch). fused: both libraries' default with torch >= 2.8")
+    p.add_argument("--profile-sides", choices=("all", "ours"), default="all",
+                   help="with --profile: profile both sides or only ours (TRL's DPO step under the profiler "
+                        "needed > 20 GB here)")
     p.add_argument("--profile", action="store_true",
                    help="dpo/rm/grpo: profile --steps steps per side (torch.profiler) and print where the time goes")
     p.add_argument("--out", default=None)
@@ -153,7 +159,9 @@ def _profile_run(argv: Sequence[str], args: argparse.Namespace, env: dict[str, A
     """``--profile``: each side's step time by group (``benchmarks.profiler_breakdown``); JSON + table."""
     from benchmarks.profiler_breakdown import print_breakdown, run_profile
 
-    vocab = int(env["proto"].config.vocab_size)
+    vocab = len(env["tok"])  # the LM head's width (a reward model's config has no vocab_size)
+    if args.profile_sides == "ours":
+        sides = [s for s in sides if s.name != "trl"]
     res = run_profile(sides, args, vocab, peak, log=lambda s: print(s, flush=True))
     payload = {"bench": args.bench, "mode": "profile", "command": "prefopt bench " + " ".join(argv),
                "config": vars(args), "machine": {**info, "load_avg_end": __import__("os").getloadavg()},

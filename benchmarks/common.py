@@ -150,7 +150,16 @@ def trl_args(args: Any) -> dict[str, Any]:
     """TRL config keywords every side sets. TRL 1.16's configs default ``gradient_checkpointing`` to
     True, but only ``Trainer.train()`` (never called here) acts on it; it is set to match, and
     :func:`enable_checkpointing` turns checkpointing on the model itself on both sides."""
-    return {"gradient_checkpointing": checkpointing(args)}
+    return {"gradient_checkpointing": checkpointing(args),
+            "optim": "adamw_torch" if getattr(args, "optim_impl", "fused") == "forloop" else "adamw_torch_fused"}
+
+
+def our_optim(lr: float, args: Any) -> Any:
+    """Our side's optimizer settings: AdamW at ``lr``, constant, clip 1.0, the kernel of ``--optim-impl``."""
+    from prefopt.core.backend import OptimConfig
+
+    return OptimConfig(lr=lr, warmup_ratio=0.0, scheduler="constant", max_grad_norm=1.0,
+                       impl=getattr(args, "optim_impl", "fused"))
 
 
 def enable_checkpointing(model: Any, args: Any) -> Any:

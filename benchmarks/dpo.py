@@ -27,6 +27,7 @@ from benchmarks.common import (
     enable_checkpointing,
     is_checkpointing,
     model_tokens,
+    our_optim,
     padded_tokens,
     pair_seq_lengths,
     scratch_dir,
@@ -65,7 +66,7 @@ def _flops_per_token(n: int, ref: str) -> float:
 def ours_side(env: dict[str, Any], args: Any, layout: str) -> Side:
     """prefopt's offline DPO step in ``layout``."""
     from prefopt.algorithms import get_algorithm
-    from prefopt.core.backend import OptimConfig, SingleBackend
+    from prefopt.core.backend import SingleBackend
     from prefopt.logprobs import forward_token_logps
     from prefopt.loops.common import autocast
     from prefopt.loops.offline_step import StepContext, collate, pairwise_loss
@@ -93,7 +94,7 @@ def ours_side(env: dict[str, Any], args: Any, layout: str) -> Side:
         ctx.ref_cache = cache
         ctx.reference.release()
     policy.train()
-    backend = SingleBackend(dev, OptimConfig(lr=LR, warmup_ratio=0.0, scheduler="constant", max_grad_norm=1.0))
+    backend = SingleBackend(dev, our_optim(LR, args))
     backend.prepare(policy, 1000)
 
     def step(i: int) -> float:
@@ -123,7 +124,7 @@ def trl_side(env: dict[str, Any], args: Any) -> Side:
     cfg = DPOConfig(output_dir=scratch_dir("bench-trl-dpo-"), per_device_train_batch_size=args.batch_size,
                     max_length=args.max_length, beta=BETA, learning_rate=LR, lr_scheduler_type="constant",
                     max_grad_norm=1.0, bf16=args.precision == "bf16", use_cpu=True, report_to="none",
-                    precompute_ref_log_probs=args.ref == "cache", optim="adamw_torch", save_strategy="no",
+                    precompute_ref_log_probs=args.ref == "cache", save_strategy="no",
                     disable_dropout=True, logging_steps=1000, **trl_args(args))
     trainer = DPOTrainer(model=policy, ref_model=ref_model, args=cfg, train_dataset=ds,
                          processing_class=env["tok"])

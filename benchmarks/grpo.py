@@ -39,6 +39,7 @@ from benchmarks.common import (
     enable_checkpointing,
     is_checkpointing,
     model_tokens,
+    our_optim,
     scratch_dir,
     trl_args,
     with_lora,
@@ -108,7 +109,7 @@ def _collate(layout: str, items: list, pad: int) -> Any:
 
 
 def ours_side(env: dict[str, Any], args: Any, layout: str) -> Side:
-    from prefopt.core.backend import OptimConfig, SingleBackend
+    from prefopt.core.backend import SingleBackend
     from prefopt.core.registry import GROUP_LOSSES
     from prefopt.logprobs import forward_token_logps
     from prefopt.loops.common import autocast
@@ -120,7 +121,7 @@ def ours_side(env: dict[str, Any], args: Any, layout: str) -> Side:
     batches = [_collate(layout, b, pad) for b in env["batches"]]
     spec, hp = GROUP_LOSSES.get("grpo"), GRPOParams()
     dev = torch.device("cpu")
-    backend = SingleBackend(dev, OptimConfig(lr=LR, warmup_ratio=0.0, scheduler="constant", max_grad_norm=1.0))
+    backend = SingleBackend(dev, our_optim(LR, args))
     backend.prepare(policy, 1000)
 
     def step(i: int) -> float:
@@ -175,7 +176,7 @@ def trl_side(env: dict[str, Any], args: Any) -> Side:
                      per_device_train_batch_size=args.batch_size * g, num_generations=g,
                      max_completion_length=args.completion_length, beta=0.0, loss_type="dapo",
                      epsilon=0.2, learning_rate=LR, lr_scheduler_type="constant", max_grad_norm=1.0,
-                     bf16=args.precision == "bf16", use_cpu=True, report_to="none", optim="adamw_torch",
+                     bf16=args.precision == "bf16", use_cpu=True, report_to="none",
                      save_strategy="no", logging_steps=1000, disable_dropout=True, **trl_args(args))
     trainer = GRPOTrainer(model=policy, reward_funcs=_zero_reward, args=cfg, train_dataset=ds,
                           processing_class=env["tok"])

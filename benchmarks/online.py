@@ -37,6 +37,7 @@ from benchmarks.common import (
     enable_checkpointing,
     is_checkpointing,
     load_pairs,
+    our_optim,
     scratch_dir,
     trl_args,
 )
@@ -91,7 +92,7 @@ def _ours_cfg(args: Any, layout: str) -> Any:
     return from_dict(TrainConfig, {
         "algorithm": "grpo", "loss": {"beta": 0.0, "loss_type": "dapo", "epsilon_low": 0.2, "epsilon_high": 0.2},
         "model": {"name": args.model}, "precision": args.precision,
-        "optim": {"lr": LR, "warmup_ratio": 0.0, "scheduler": "constant", "max_grad_norm": 1.0},
+        "optim": {"lr": LR, "warmup_ratio": 0.0, "scheduler": "constant", "max_grad_norm": 1.0, "impl": args.optim_impl},
         "run": {"output_dir": scratch_dir("bench-online-"), "seed": args.seed, "report_to": []},
         "online": {"prompts_per_round": args.batch_size, "num_generations": args.generations,
                    "max_new_tokens": args.completion_length, "temperature": 1.0, "top_p": 1.0, "top_k": 0,
@@ -102,13 +103,12 @@ def _ours_cfg(args: Any, layout: str) -> Any:
 
 def ours_side(env: dict[str, Any], args: Any, layout: str) -> Side:
     from prefopt.algorithms import get_algorithm
-    from prefopt.core.backend import OptimConfig, SingleBackend
+    from prefopt.core.backend import SingleBackend
     from prefopt.loops.online import build_context, run_round
 
     cfg = _ours_cfg(args, layout)
     policy = enable_checkpointing(clone(env["proto"]), args)
-    backend = SingleBackend(torch.device("cpu"), OptimConfig(lr=LR, warmup_ratio=0.0, scheduler="constant",
-                                                             max_grad_norm=1.0))
+    backend = SingleBackend(torch.device("cpu"), our_optim(LR, args))
     backend.prepare(policy, 1000)
     ctx = build_context(cfg, get_algorithm("grpo"), backend, policy, env["tok"])
     clock, name = _Clock(), f"prefopt[{layout}]"
@@ -170,7 +170,7 @@ def trl_side(env: dict[str, Any], args: Any) -> Side:
                      num_generations=g, max_completion_length=args.completion_length, beta=0.0, loss_type="dapo",
                      epsilon=0.2, learning_rate=LR, lr_scheduler_type="constant", max_grad_norm=1.0,
                      temperature=1.0, top_p=1.0, top_k=0, bf16=args.precision == "bf16", use_cpu=True,
-                     report_to="none", optim="adamw_torch", save_strategy="no", logging_steps=1000,
+                     report_to="none", save_strategy="no", logging_steps=1000,
                      disable_dropout=True, seed=args.seed, log_completions=False, **trl_args(args))
     trainer = GRPOTrainer(model=policy, reward_funcs=_trl_reward, args=cfg, train_dataset=ds,
                           processing_class=env["tok"])

@@ -35,6 +35,7 @@ from benchmarks.common import (
     enable_checkpointing,
     is_checkpointing,
     model_tokens,
+    our_optim,
     padded_tokens,
     pair_seq_lengths,
     scratch_dir,
@@ -75,7 +76,7 @@ def rm_items(tps: list) -> list:
 
 
 def ours_side(env: dict[str, Any], args: Any, layout: str) -> Side:
-    from prefopt.core.backend import OptimConfig, SingleBackend
+    from prefopt.core.backend import SingleBackend
     from prefopt.loops.common import autocast
     from reward_models.data import collate_rm
     from reward_models.losses import bt_loss
@@ -86,7 +87,7 @@ def ours_side(env: dict[str, Any], args: Any, layout: str) -> Side:
     pad = env["tok"].pad_token_id
     batches = [collate_rm(rm_items(b), pad, layout) for b in env["batches"]]
     dev = torch.device("cpu")
-    backend = SingleBackend(dev, OptimConfig(lr=LR, warmup_ratio=0.0, scheduler="constant", max_grad_norm=1.0))
+    backend = SingleBackend(dev, our_optim(LR, args))
     backend.prepare(rm, 1000)
 
     def step(i: int) -> float:
@@ -131,7 +132,7 @@ def trl_side(env: dict[str, Any], args: Any) -> Side:
     cfg = RewardConfig(output_dir=scratch_dir("bench-trl-rm-"),
                        per_device_train_batch_size=args.batch_size, max_length=args.max_length,
                        learning_rate=LR, lr_scheduler_type="constant", max_grad_norm=1.0,
-                       bf16=args.precision == "bf16", use_cpu=True, report_to="none", optim="adamw_torch",
+                       bf16=args.precision == "bf16", use_cpu=True, report_to="none",
                        save_strategy="no", disable_dropout=True, logging_steps=1000, **trl_args(args))
     trainer = RewardTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok)
     model = enable_checkpointing(trainer.model, args)
