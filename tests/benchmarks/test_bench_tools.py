@@ -83,3 +83,13 @@ def test_adamw_impl_smoke():
     res = run(["--model", "tiny-smollm2", "--steps", "3"])["results"]
     assert res["forloop"]["max_abs_diff_vs_forloop"] == 0.0
     assert res["foreach"]["max_abs_diff_vs_forloop"] < 1e-6 and res["fused"]["max_abs_diff_vs_forloop"] < 1e-6
+
+
+def test_both_sides_get_the_same_adamw_kernel():
+    """``--optim-impl``: ours ``optim.impl`` and TRL's ``optim`` name the same torch AdamW kernel."""
+    from benchmarks.cli import parse
+    from benchmarks.common import our_optim, trl_args
+
+    for flag, ours, trl in (([], "fused", "adamw_torch_fused"), (["--optim-impl", "forloop"], "forloop", "adamw_torch")):
+        args = parse(["dpo", *flag])
+        assert our_optim(1e-6, args).impl == ours and trl_args(args)["optim"] == trl
