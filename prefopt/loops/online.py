@@ -97,6 +97,15 @@ def _urpo_defaults(oc: OnlineConfig) -> OnlineConfig:
     return replace(oc, reward=rw)
 
 
+def resolved_config(cfg: TrainConfig, spec: OnlineAlgorithmSpec, model: torch.nn.Module) -> TrainConfig:
+    """``cfg`` as the run uses it and its config.yaml records it: the concrete ``online.layout`` and, for a
+    self-refereeing algorithm (URPO) without explicit rewards, the reward functions it fills in."""
+    cfg = with_online_layout(cfg, model)
+    if spec.self_referee:
+        cfg = dataclasses.replace(cfg, online=_urpo_defaults(online_config(cfg)))
+    return cfg
+
+
 def _rollout_generator(cfg: TrainConfig, oc: OnlineConfig, backend: Backend, model: torch.nn.Module,
                        tok: PreTrainedTokenizerBase) -> Generator:
     """``online.generator`` from the ``rollout_generator`` registry (:mod:`prefopt.generation.rollout`)."""
@@ -294,7 +303,7 @@ def run_online(cfg: TrainConfig, *, scorer: RewardScorer | None = None) -> dict[
     backend = make_backend(cfg.backend, cfg.optim, cfg.batch_size)
     model, tok = load_model(cfg.model, seed=cfg.run.seed)
     model = model.to(backend.device)
-    cfg = with_online_layout(cfg, model)  # config.yaml records the concrete layout
+    cfg = resolved_config(cfg, spec, model)
     oc = online_config(cfg)
     run_dir, logger = start_run(cfg, backend.is_main)
     prompts = load_prompts(oc.prompts, seed=cfg.run.seed)

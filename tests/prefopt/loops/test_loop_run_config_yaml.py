@@ -43,3 +43,20 @@ def test_online_run_writes_the_resolved_layout_and_no_unused_section(eos_model_d
     assert not {"dno", "egpo", "vllm"} & set(written["online"])
     resolved = dataclasses.replace(cfg, online=dataclasses.replace(cfg.online, layout="shared_prompt"))
     assert load_config(out / "config.yaml") == resolved
+
+
+def test_urpo_config_records_the_reward_functions_it_fills_in():
+    """URPO without explicit rewards runs the verifiable + referee functions; its config.yaml says so."""
+    from prefopt.algorithms import get_algorithm
+    from prefopt.configs import TrainConfig
+    from prefopt.core.config import from_dict, to_dict
+    from prefopt.core.models import ModelConfig, load_model
+    from prefopt.loops.online import resolved_config
+
+    cfg = from_dict(TrainConfig, {"algorithm": "urpo", "model": {"name": "tiny-smollm2"},
+                                  "online": {"prompts": {"kind": "urpo", "n": 4}}})
+    model, _ = load_model(ModelConfig(name="tiny-smollm2"))
+    got = resolved_config(cfg, get_algorithm("urpo"), model)
+    reward = to_dict(got)["online"]["reward"]
+    assert [f["name"] for f in reward["functions"]] == ["urpo_verifiable", "urpo_referee"]
+    assert reward["policy_referee"] is True and to_dict(got)["online"]["layout"] != "auto"
