@@ -132,7 +132,10 @@ class RMSection:
         """The kind sections ``rm.kind`` does not read (:attr:`reward_models.kinds.RMKind.sections`); left out
         of the run's config.yaml."""
         every = dict.fromkeys(s for k in kind_names() for s in get_kind(k).sections)
-        return tuple(s for s in every if s not in get_kind(self.kind).sections)
+        kind = get_kind(self.kind)
+        # a preference-embedding kind (GPM) has no scalar reward to keep statistics of
+        scalar = ("reward_stats", "reward_stats_examples") if kind.pairwise else ()
+        return tuple(s for s in every if s not in kind.sections) + scalar
 
 
 @dataclass(frozen=True)

@@ -38,3 +38,19 @@ def test_ensemble_members_are_bt_runs_and_the_top_config_is_resolved(rm_data, tm
     member = load_config(out / "member_1" / "config.yaml")
     assert member.rm.kind == "bt" and member.data.layout == "shared_prompt"
     assert member.run.output_dir == str(out / "member_1")
+
+
+def test_gpm_config_leaves_out_the_scalar_reward_statistics():
+    """GPM scores pairs by embeddings, with no scalar reward: rm.reward_stats* are not read, so they are
+    not written, and setting them is refused."""
+    import pytest
+
+    from prefopt.core.config import from_dict, to_dict
+    from prefopt.core.errors import ConfigError
+    from reward_models.config import RMSection
+
+    gpm = to_dict(from_dict(RMSection, {"kind": "gpm"}))
+    assert "reward_stats" not in gpm and "reward_stats_examples" not in gpm and "gpm" in gpm
+    assert "reward_stats" in to_dict(from_dict(RMSection, {"kind": "bt"}))
+    with pytest.raises(ConfigError, match="reward_stats: not read by rm.kind gpm"):
+        from_dict(RMSection, {"kind": "gpm", "reward_stats": "eval"})
