@@ -64,8 +64,8 @@ def parser() -> argparse.ArgumentParser:
                    help="the AdamW kernel, the same on both sides (ours optim.impl; TRL adamw_torch_fused / "
                         "adamw_torch). fused: both libraries' default with torch >= 2.8")
     p.add_argument("--profile-sides", choices=("all", "ours"), default="all",
-                   help="with --profile: profile both sides or only ours (TRL's DPO step under the profiler "
-                        "needed > 20 GB here)")
+                   help="with --profile: profile both sides or only ours (TRL's DPO and RM steps "
+                        "were OOM-killed under the profiler here, above 16 GB)")
     p.add_argument("--profile", action="store_true",
                    help="dpo/rm/grpo: profile --steps steps per side (torch.profiler) and print where the time goes")
     p.add_argument("--out", default=None)

@@ -1,5 +1,5 @@
-"""``optim.impl``: the fused torch AdamW (auto default on the single-process backend) updates the weights as
-the for-loop AdamW does, to float rounding."""
+"""``optim.impl``: the fused torch AdamW (``fused``, or ``auto`` on the single-process backend) updates the
+weights as the for-loop AdamW does, to float rounding; the default stays torch's own kernel."""
 from __future__ import annotations
 
 import pytest
@@ -22,6 +22,13 @@ def _run(impl: str, steps: int = 4, **kw) -> tuple[list[torch.Tensor], torch.opt
             p.grad = torch.randn(p.shape, generator=g)
         opt.step()
     return [p.detach() for p in params], opt
+
+
+def test_the_default_is_torchs_own_kernel():
+    """Documented runs used torch's default AdamW; the default keeps them reproducible bit for bit."""
+    assert OptimConfig().impl == "default"
+    _, opt = _run("default", steps=1)
+    assert opt.defaults["fused"] in (None, False) and opt.defaults["foreach"] in (None, False)
 
 
 def test_auto_is_fused_on_cpu_and_default_where_not_allowed():
