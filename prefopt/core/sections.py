@@ -68,7 +68,8 @@ class DataSectionBase:
     shuffle: bool = True
     # Batch layout: "padded" (one row per sequence), "packed" (padding-free rows) or "shared_prompt"
     # (each prompt encoded once, its responses after it under a block mask; sdpa/eager attention only;
-    # fastest everywhere measured, see benchmarks/README.md). Same log-probs / rewards to 1e-5. "auto":
+    # fastest in every documented run, up to ~1k tokens per sequence; past ~1.5k tokens padded is faster
+    # on CPU, see the length sweep in benchmarks/README.md). Same log-probs / rewards to 1e-5. "auto":
     # shared_prompt wherever it is exact, else padded with one console line saying why (e.g. SparsePO's
     # full-logit KL, listwise losses, POLAR, flash_attention_2, sliding-window attention). The run's
     # config.yaml holds the resolved layout.
