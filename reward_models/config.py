@@ -169,6 +169,11 @@ class RMTrainConfig:
         if self.data.layout == "shared_prompt" and self.model.attn_implementation == "flash_attention_2":
             raise ValueError("data.layout 'shared_prompt' needs a 4-D attention mask (sdpa or eager); "
                              "use 'packed' with flash_attention_2")
+        resolve_sections(self, f"rm.kind {self.rm.kind}")
+
+    def unused_keys(self) -> tuple[str, ...]:
+        """``data.use_margin`` when the kind's loss reads no pair margin (POLAR, ensemble, Rao-Kupper)."""
+        return () if get_kind(self.rm.kind).reads_margin else ("data.use_margin",)
 
 
 if "rm" not in CONFIG_KINDS:

@@ -41,6 +41,7 @@ class RMKind:
             None = its own name.
         sections: the ``rm.<section>`` settings it reads (:class:`reward_models.config.RMSection`); a run's
             config.yaml holds only these (the others keep their defaults).
+        reads_margin: its batch loss reads each pair's ``margin`` when ``data.use_margin`` is set.
     """
 
     name: str
@@ -57,6 +58,7 @@ class RMKind:
     members: bool = False
     serves_as: str | None = None
     sections: tuple[str, ...] = ()
+    reads_margin: bool = False
 
     @property
     def ranked_lists(self) -> bool:
@@ -70,8 +72,10 @@ class RMKind:
 
 _MODEL = "reward_models.models:RewardModel"
 for _kind in (
-    RMKind("bt", "bt", False, False, _MODEL, S.build_bt, S.bt_batch_loss, hf_seq_cls=True, sections=("bt",)),
-    RMKind("gpm", "gpm", True, False, _MODEL, S.build_gpm, S.gpm_batch_loss, sections=("gpm",)),
+    RMKind("bt", "bt", False, False, _MODEL, S.build_bt, S.bt_batch_loss, hf_seq_cls=True, sections=("bt",),
+           reads_margin=True),
+    RMKind("gpm", "gpm", True, False, _MODEL, S.build_gpm, S.gpm_batch_loss, sections=("gpm",),
+           reads_margin=True),
     RMKind("polar", "polar", False, True, _MODEL, S.build_polar, S.polar_batch_loss, load_polar_items,
            reward_token=True, head_init="zeros", sections=("polar",)),
     RMKind("ensemble", "bt", False, False, "reward_models.ensemble:EnsembleRewardModel",

@@ -54,3 +54,17 @@ def test_gpm_config_leaves_out_the_scalar_reward_statistics():
     assert "reward_stats" in to_dict(from_dict(RMSection, {"kind": "bt"}))
     with pytest.raises(ConfigError, match="reward_stats: not read by rm.kind gpm"):
         from_dict(RMSection, {"kind": "gpm", "reward_stats": "eval"})
+
+
+def test_use_margin_is_written_only_for_kinds_that_read_it():
+    import pytest
+
+    from prefopt.core.config import from_dict, to_dict
+    from prefopt.core.errors import ConfigError
+    from reward_models.config import RMTrainConfig
+
+    assert "use_margin" in to_dict(from_dict(RMTrainConfig, {"rm": {"kind": "bt"}}))["data"]
+    polar = from_dict(RMTrainConfig, {"rm": {"kind": "polar"}, "data": {"layout": "padded"}})
+    assert "use_margin" not in to_dict(polar)["data"]
+    with pytest.raises(ConfigError, match="data.use_margin: not read by rm.kind ensemble"):
+        from_dict(RMTrainConfig, {"rm": {"kind": "ensemble"}, "data": {"use_margin": True}})
