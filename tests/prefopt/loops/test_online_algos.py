@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from online_helpers import make_cfg
+from online_helpers import make_cfg, raises_expected_reward
 
 from prefopt.configs import TrainConfig
 from prefopt.core.backend import SingleBackend
@@ -101,15 +101,6 @@ def test_egpo_full_step_equals_manual_computation(eos_model_dir):
     assert moved
 
 
-def _first_eos_prob(model, tok, examples):
-    from prefopt.generation.hf import encode_prompt_ids
-
-    with torch.no_grad():
-        ps = [torch.softmax(model(input_ids=torch.tensor([encode_prompt_ids(tok, e.prompt)])).logits[0, -1], -1)[2]
-              for e in examples]
-    return float(torch.stack(ps).mean())
-
-
 @pytest.mark.slow
 def test_grpo_raises_expected_reward(eos_model_dir, tmp_path):
     """Fixed seed, reward "at most 2 tokens" (earned when EOS comes first or second, ~11% of samples at
@@ -117,24 +108,7 @@ def test_grpo_raises_expected_reward(eos_model_dir, tmp_path):
     training prompts, i.e. the policy's chance of the rewarded behaviour; 6 GRPO steps at lr 1e-3 raise
     it by more than 20% (observed 0.059 -> 0.083 in a probe run). Larger lrs break the tiny model (Adam
     moves every weight by ~lr, which swamps its 0.02-scale weights)."""
-    from prefopt.core.models import load_causal_lm
-    from prefopt.data.prompts import arithmetic_prompts
-    from prefopt.loops.online import run_online
-
-    cfg = from_dict(TrainConfig, {
-        "algorithm": "grpo", "model": {"name": str(eos_model_dir)},
-        "optim": {"lr": 1e-3, "warmup_ratio": 0.0, "scheduler": "constant"},
-        "online": {"prompts": {"kind": "arithmetic", "n": 4, "n_eval": 0},
-                   "reward": {"functions": [{"name": "max_length", "kwargs": {"max_tokens": 2}}]},
-                   "rounds": 6, "prompts_per_round": 2, "num_generations": 8, "max_new_tokens": 4},
-        "run": {"output_dir": str(tmp_path), "report_to": []}})
-    examples = arithmetic_prompts(4, seed=0)
-    before, tok = load_causal_lm(str(eos_model_dir))
-    p0 = _first_eos_prob(before, tok, examples)
-    summary = run_online(cfg)
-    after, _ = load_causal_lm(str(tmp_path / "final"))
-    p1 = _first_eos_prob(after, tok, examples)
-    assert p1 > 1.2 * p0, (p0, p1, [c["reward"] for c in summary["reward_curve"]])
+    raises_expected_reward(eos_model_dir, tmp_path, "grpo")
 
 
 @pytest.mark.slow

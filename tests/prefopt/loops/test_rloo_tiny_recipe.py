@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from online_helpers import raises_expected_reward
 
 from prefopt.configs import TrainConfig
 from prefopt.core.config import from_dict, load_config
@@ -50,38 +51,12 @@ def test_rloo_tiny_recipe_updates_the_policy(tmp_path):
     assert len(moved) > len(trained) // 2
 
 
-def _first_eos_prob(model, tok, examples):
-    from prefopt.generation.hf import encode_prompt_ids
-
-    with torch.no_grad():
-        ps = [torch.softmax(model(input_ids=torch.tensor([encode_prompt_ids(tok, e.prompt)])).logits[0, -1], -1)[2]
-              for e in examples]
-    return float(torch.stack(ps).mean())
-
-
 @pytest.mark.slow
 def test_rloo_raises_expected_reward(eos_model_dir, tmp_path):
     """Reward "at most 2 tokens" (earned when EOS comes first or second); the number that must move is
     P(EOS as the first completion token) averaged over the training prompts. The same setting as
     GRPO's test (tests/prefopt/loops/test_online_algos.py): 6 rounds at lr 1e-3 must raise it by > 20%."""
-    from prefopt.core.models import load_causal_lm
-    from prefopt.data.prompts import arithmetic_prompts
-    from prefopt.loops.online import run_online
-
-    cfg = from_dict(TrainConfig, {
-        "algorithm": "rloo", "model": {"name": str(eos_model_dir)},
-        "optim": {"lr": 1e-3, "warmup_ratio": 0.0, "scheduler": "constant"},
-        "online": {"advantage": "rloo", "prompts": {"kind": "arithmetic", "n": 4, "n_eval": 0},
-                   "reward": {"functions": [{"name": "max_length", "kwargs": {"max_tokens": 2}}]},
-                   "rounds": 6, "prompts_per_round": 2, "num_generations": 8, "max_new_tokens": 4},
-        "run": {"output_dir": str(tmp_path), "report_to": []}})
-    examples = arithmetic_prompts(4, seed=0)
-    before, tok = load_causal_lm(str(eos_model_dir))
-    p0 = _first_eos_prob(before, tok, examples)
-    summary = run_online(cfg)
-    after, _ = load_causal_lm(str(tmp_path / "final"))
-    p1 = _first_eos_prob(after, tok, examples)
-    assert p1 > 1.2 * p0, (p0, p1, [c["reward"] for c in summary["reward_curve"]])
+    raises_expected_reward(eos_model_dir, tmp_path, "rloo", advantage="rloo")
 
 
 def test_scale_rewards_is_refused_by_an_estimator_that_ignores_it():
