@@ -3,9 +3,10 @@
 After the warm-up, ``--steps`` steps of each side run under ``torch.profiler`` (CPU activities, shapes and
 FLOPs recorded). Every ``aten::`` op's *self* time is put in one group:
 
-* ``attention``: scaled-dot-product attention (forward and backward kernels) and the attention mask
+* ``attention``: scaled-dot-product attention (forward and backward kernels), the attention mask
   build (ops called inside transformers' ``create_causal_mask`` or prefopt's block-mask
-  ``additive_mask``, labelled with ``record_function`` for the run);
+  ``additive_mask``) and the gathers of prefopt's segment attention (``_row_attention``), labelled with
+  ``record_function`` for the run;
 * ``lm_head``: ops inside the chunked LM heads (prefopt's ``head_logps``, TRL's ``_ChunkedLogProbFunction``
   forward and backward, labelled likewise), matmuls with the vocabulary as a dimension, and every other
   op on a logits-shaped input (vocabulary as the last dimension: log-softmax, entropy, ...);
@@ -47,7 +48,7 @@ def _targets(name: str) -> list[tuple[str, str, bool]]:
     if name.startswith("transformers.models."):
         return [("create_causal_mask", MASK_LABEL, False)]
     return {"data_pipelines.collate": [("additive_mask", MASK_LABEL, False)],
-            "reward_models.layouts": [("additive_mask", MASK_LABEL, False)],
+            "reward_models.segment_attention": [("_row_attention", MASK_LABEL, False)],
             "prefopt.lm_head": [("head_logps", HEAD_LABEL, False)]}.get(name, [])
 
 

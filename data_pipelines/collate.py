@@ -123,19 +123,26 @@ class PackedBatch(_Meta):
 @dataclass(frozen=True)
 class SharedPromptBatch(_Meta):
     """Prompt once + K completions per row. ``input_ids``/``attention_mask``/``position_ids``/
-    ``completion_mask``/``source_index``: ``(B, L)``; ``allowed``: ``(B, 1, L, L)`` bool (query row may
-    attend key column); ``unpack_index``: ``(N, T)`` flat index into ``B * L`` (-1 = padding) mapping
-    back to the padded layout. ``source_index[b, t]`` is the position whose logits predict token t (the
-    prompt's last token for each completion's first token; -1 for the first token)."""
+    ``completion_mask``/``source_index``: ``(B, L)``; ``segments``: per row ``(prompt length, ((start,
+    end) of each completion, ...))``, from which :attr:`allowed` builds the ``(B, 1, L, L)`` bool block
+    mask (query row may attend key column) when a forward needs it; ``unpack_index``: ``(N, T)`` flat
+    index into ``B * L`` (-1 = padding) mapping back to the padded layout. ``source_index[b, t]`` is the
+    position whose logits predict token t (the prompt's last token for each completion's first token;
+    -1 for the first token)."""
 
     layout: ClassVar[str] = "shared_prompt"
     input_ids: Tensor = None  # type: ignore[assignment]
     attention_mask: Tensor = None  # type: ignore[assignment]
     position_ids: Tensor = None  # type: ignore[assignment]
     completion_mask: Tensor = None  # type: ignore[assignment]
-    allowed: Tensor = None  # type: ignore[assignment]
     source_index: Tensor = None  # type: ignore[assignment]
     unpack_index: Tensor = None  # type: ignore[assignment]
+    segments: tuple[tuple[int, tuple[tuple[int, int], ...]], ...] = ()
+
+    @property
+    def allowed(self) -> Tensor:
+        """``(B, 1, L, L)`` bool block mask (built on each call; the segment attention never needs it)."""
+        return block_mask(self.segments, self.input_ids.shape[1])
 
     def additive_mask(self, dtype: torch.dtype = torch.float32) -> Tensor:
         """``(B, 1, L, L)`` additive mask: 0 where allowed, ``finfo(dtype).min`` elsewhere (build it in
@@ -158,6 +165,18 @@ class SharedPromptBatch(_Meta):
 
 
 # ----------------------------------------------------------------------------------------------- helpers
+
+def block_mask(segments: Sequence[tuple[int, Sequence[tuple[int, int]]]], width: int) -> Tensor:
+    """``(B, 1, width, width)`` bool shared-prompt mask from per-row ``(prompt length, completion spans)``:
+    the prompt is causal, each completion sees the prompt and, causally, itself; padding sees itself."""
+    allowed = torch.eye(width, dtype=torch.bool).repeat(len(segments), 1, 1, 1)  # pads see themselves (no NaN)
+    for b, (n_p, spans) in enumerate(segments):
+        allowed[b, 0, :n_p, :n_p] = torch.ones(n_p, n_p, dtype=torch.bool).tril()
+        for start, end in spans:
+            allowed[b, 0, start:end, :n_p] = True
+            allowed[b, 0, start:end, start:end] = torch.ones(end - start, end - start, dtype=torch.bool).tril()
+    return allowed
+
 
 def additive_mask(allowed: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     """Bool "may attend" mask -> additive mask: 0 where allowed, ``finfo(dtype).min`` elsewhere."""
@@ -267,7 +286,6 @@ def collate_shared_prompt(items: Sequence[Item], pad_token_id: int,
     position = torch.zeros((b_count, width), dtype=torch.long)
     completion = torch.zeros((b_count, width), dtype=torch.long)
     source = torch.full((b_count, width), -1, dtype=torch.long)
-    allowed = torch.eye(width, dtype=torch.bool).repeat(b_count, 1, 1, 1)  # pads see themselves (no NaN)
     spans: list[list[tuple[int, int]]] = []  # per example: (start, end) of each completion in the row
     for b, (p, cs) in enumerate(groups):
         n_p = len(p)
@@ -276,7 +294,6 @@ def collate_shared_prompt(items: Sequence[Item], pad_token_id: int,
         attention[b, :len(row)] = 1
         position[b, :n_p] = torch.arange(n_p)
         source[b, 1:n_p] = torch.arange(n_p - 1)
-        allowed[b, 0, :n_p, :n_p] = torch.ones(n_p, n_p, dtype=torch.bool).tril()
         start, spans_b = n_p, []
         for c in cs:
             end = start + len(c)
@@ -284,8 +301,6 @@ def collate_shared_prompt(items: Sequence[Item], pad_token_id: int,
             completion[b, start:end] = 1
             source[b, start:end] = torch.arange(start - 1, end - 1)
             source[b, start] = n_p - 1
-            allowed[b, 0, start:end, :n_p] = True
-            allowed[b, 0, start:end, start:end] = torch.ones(len(c), len(c), dtype=torch.bool).tril()
             spans_b.append((start, end))
             start = end
         spans.append(spans_b)
@@ -297,8 +312,9 @@ def collate_shared_prompt(items: Sequence[Item], pad_token_id: int,
         unpack[i, :n_p] = b * width + torch.arange(n_p)
         unpack[i, n_p:n_p + end - start] = b * width + torch.arange(start, end)
     return SharedPromptBatch(input_ids=input_ids, attention_mask=attention, position_ids=position,
-                             completion_mask=completion, allowed=allowed, source_index=source,
-                             unpack_index=unpack, **_meta(items, kind, order))
+                             completion_mask=completion, source_index=source, unpack_index=unpack,
+                             segments=tuple((len(p), tuple(s)) for (p, _), s in zip(groups, spans, strict=True)),
+                             **_meta(items, kind, order))
 
 
 def shared_prompt_from_rows(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],

@@ -185,16 +185,17 @@ def forward_token_logps(model: torch.nn.Module, batch: TokenBatch, chunk_size: i
     return _full_path(model, batch, chunk_size, with_entropy or with_stats, positions)
 
 
-def _model_inputs(batch: Any, dtype: torch.dtype, device: torch.device) -> dict[str, Any]:
-    """Keyword inputs of the model/body forward for each layout (see the module docstring)."""
+def _model_inputs(model: Any, batch: Any, dtype: torch.dtype, device: torch.device) -> dict[str, Any]:
+    """Keyword inputs of the model/body forward for each layout (see the module docstring); shared-prompt
+    rows run :mod:`reward_models.segment_attention` where ``model`` has it, else the dense block mask."""
+    kw = {"input_ids": batch.input_ids.to(device), "position_ids": batch.position_ids.to(device), "use_cache": False}
     if batch.layout == "padded":
-        mask = batch.attention_mask.to(device)
-    elif batch.layout == "packed":
-        mask = None
-    else:
-        mask = batch.additive_mask(dtype).to(device)
-    return {"input_ids": batch.input_ids.to(device), "attention_mask": mask,
-            "position_ids": batch.position_ids.to(device), "use_cache": False}
+        return {**kw, "attention_mask": batch.attention_mask.to(device)}
+    if batch.layout == "packed":
+        return {**kw, "attention_mask": None}
+    from reward_models.segment_attention import shared_prompt_inputs
+
+    return {**kw, **shared_prompt_inputs(model, batch.segments, batch.input_ids.shape[1], dtype, device)}
 
 
 def _selected(batch: Any, device: torch.device, positions: str) -> tuple[Tensor, Tensor, Tensor]:
@@ -236,7 +237,7 @@ def _head_path(model: Any, split: tuple[Any, Any], batch: Any, chunk_size: int, 
 
     body, head = split
     dtype, device = _model_dtype_device(body)
-    kw = _model_inputs(batch, dtype, device)
+    kw = _model_inputs(body, batch, dtype, device)
     out = body(**kw)
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
     rows, src, tgt = _selected(batch, device, positions)
@@ -264,7 +265,7 @@ def _head_path(model: Any, split: tuple[Any, Any], batch: Any, chunk_size: int, 
 def _full_path(model: Any, batch: Any, chunk_size: int, with_entropy: bool, positions: str) -> ForwardLogps:
     """Full logits from ``model(...)``, chunked log-softmax (any architecture)."""
     dtype, device = _model_dtype_device(model)
-    kw = _model_inputs(batch, dtype, device)
+    kw = _model_inputs(model, batch, dtype, device)
     logits = model(**kw).logits
     ids = kw["input_ids"]
     if batch.layout == "shared_prompt":

@@ -23,8 +23,9 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from data_pipelines.collate import additive_mask, collate_packed, shared_prompt_from_rows
+from data_pipelines.collate import block_mask, collate_packed, shared_prompt_from_rows
 from data_pipelines.tokenize import TokenizedList
+from reward_models.segment_attention import shared_prompt_inputs
 
 LAYOUTS = ("padded", "packed", "shared_prompt")
 
@@ -81,20 +82,28 @@ class RMRows:
     input_ids: Tensor                 # (R, W) int64
     position_ids: Tensor              # (R, W) int64
     attention_mask: Tensor | None     # (R, W) 0/1 for padded; None for packed / shared prompt
-    allowed: Tensor | None            # (R, 1, W, W) bool for shared prompt
+    segments: tuple | None            # shared prompt: per row (prompt length, completion spans); else None
     read_index: Tensor                # (N,) int64
     prompt_index: Tensor              # (N,) int64
 
-    def body_inputs(self, dtype: torch.dtype) -> dict[str, Any]:
-        """Keyword arguments of the backbone's forward."""
-        mask = self.attention_mask if self.allowed is None else additive_mask(self.allowed, dtype)
-        return {"input_ids": self.input_ids, "attention_mask": mask, "position_ids": self.position_ids,
-                "use_cache": False}
+    @property
+    def allowed(self) -> Tensor | None:
+        """``(R, 1, W, W)`` bool block mask of shared-prompt rows (None for the other layouts)."""
+        return None if self.segments is None else block_mask(self.segments, self.input_ids.shape[1])
+
+    def body_inputs(self, body: Any, dtype: torch.dtype) -> dict[str, Any]:
+        """Keyword arguments of ``body``'s forward (shared prompt: segment attention where ``body`` runs
+        it, else the dense block mask; :mod:`reward_models.segment_attention`)."""
+        kw = {"input_ids": self.input_ids, "position_ids": self.position_ids, "use_cache": False}
+        if self.segments is None:
+            return {**kw, "attention_mask": self.attention_mask}
+        return {**kw, **shared_prompt_inputs(body, self.segments, self.input_ids.shape[1], dtype,
+                                             self.input_ids.device)}
 
     def read(self, body: Any) -> tuple[Tensor, Tensor]:
         """Run ``body`` on the rows; hidden states ``(N, d)`` at each sequence's last token and at its
         last prompt token."""
-        out = body(**self.body_inputs(next(body.parameters()).dtype))
+        out = body(**self.body_inputs(body, next(body.parameters()).dtype))
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         flat = hidden.reshape(-1, hidden.shape[-1])
         return flat[self.read_index], flat[self.prompt_index]
@@ -102,7 +111,7 @@ class RMRows:
     def to(self, device: torch.device) -> "RMRows":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return RMRows(self.layout, move(self.input_ids), move(self.position_ids), move(self.attention_mask),
-                      move(self.allowed), move(self.read_index), move(self.prompt_index))
+                      self.segments, move(self.read_index), move(self.prompt_index))
 
 
 def collate_right(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
@@ -147,7 +156,7 @@ def _shared(seqs: Sequence[Sequence[int]], plens: Sequence[int], pad: int) -> RM
     n = torch.arange(len(seqs))
     read = b.unpack_index[n, torch.tensor([len(s) for s in seqs]) - 1]
     prompt = b.unpack_index[n, torch.tensor([len(p) for p in prompts]) - 1]
-    return RMRows("shared_prompt", b.input_ids, b.position_ids, None, b.allowed, read, prompt)
+    return RMRows("shared_prompt", b.input_ids, b.position_ids, None, b.segments, read, prompt)
 
 
 def build_rows(seqs: Sequence[Sequence[int]], prompt_lengths: Sequence[int], pad_token_id: int,

@@ -1,0 +1,181 @@
+"""Shared-prompt attention that skips the masked blocks (``attn_implementation="prefopt_sdpa"``).
+
+A shared-prompt row holds a prompt of ``P`` tokens followed by its completions; each completion sees
+the prompt and, causally, itself (Prefix Grouper, arXiv 2506.05433, Sec. 3). Run through ``sdpa`` with
+the dense 4-D block mask, the kernel computes every query-key pair of the ``W x W`` row and throws most
+away: for one pair with ``P = C`` that is ``(3C)^2`` scores where the two padded causal rows need
+``2 * (2C)^2 / 2``. Here the same attention is computed per block instead:
+
+* the prompt's queries attend causally to the prompt (``is_causal``, so the kernel skips the upper
+  triangle);
+* each completion's queries attend to ``[prompt keys; its own keys]`` under a small lower-right causal
+  mask; the completions of a row are one batched ``sdpa`` call.
+
+The outputs are placed back into the row (padding positions get zeros: no real token attends to them).
+Every query sees exactly the keys it sees under the block mask, so the result equals the dense-mask
+``sdpa`` to float rounding (``tests/reward_models/test_segment_attention.py``), and no ``W x W`` tensor
+exists, which is what lets long rows fit.
+
+The implementation is registered with transformers' ``AttentionInterface``; without a
+``prefopt_segments`` keyword it *is* ``sdpa`` (padded rows, generation). :func:`use_segment_attention`
+switches a loaded ``sdpa`` model to it; :func:`shared_prompt_inputs` gives the forward's keyword inputs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+NAME = "prefopt_sdpa"
+
+# One row: (prompt length, ((start, end) of each completion in the row, ...)).
+RowSegments = tuple[int, tuple[tuple[int, int], ...]]
+
+__all__ = ["NAME", "SegmentPlan", "segment_attention_forward", "segments_enabled", "shared_prompt_inputs",
+           "use_segment_attention"]
+
+
+@dataclass(frozen=True)
+class _RowPlan:
+    prompt_len: int
+    q_index: Tensor | None     # (K, Cmax) row positions of the completions' queries (padding -> 0)
+    kv_index: Tensor | None    # (K, P + Cmax) row positions of [prompt; completion k] keys
+    mask: Tensor | None        # (K, 1, Cmax, P + Cmax) bool, True = may attend
+    out_index: Tensor          # (W,) index into cat([prompt out (P), completion outs (K*Cmax), zero (1)])
+
+
+@dataclass(frozen=True)
+class SegmentPlan:
+    """Index tensors and masks of a batch of shared-prompt rows, built once per forward and shared by
+    every layer (and by the recomputation under activation checkpointing)."""
+
+    width: int
+    rows: tuple[_RowPlan, ...]
+
+    @classmethod
+    def build(cls, segments: Sequence[RowSegments], width: int, device: torch.device | str = "cpu") -> "SegmentPlan":
+        return cls(width, tuple(_row_plan(p, spans, width, torch.device(device)) for p, spans in segments))
+
+
+def _row_plan(prompt_len: int, spans: Sequence[tuple[int, int]], width: int, device: torch.device) -> _RowPlan:
+    spans = [(s, e) for s, e in spans if e > s]
+    lens = [e - s for s, e in spans]
+    c_max, k = max(lens, default=0), len(spans)
+    zero_slot = prompt_len + k * c_max
+    out_index = torch.full((width,), zero_slot, dtype=torch.long)
+    out_index[:prompt_len] = torch.arange(prompt_len)
+    if k == 0:
+        return _RowPlan(prompt_len, None, None, None, out_index.to(device))
+    q_index = torch.zeros((k, c_max), dtype=torch.long)
+    kv_index = torch.zeros((k, prompt_len + c_max), dtype=torch.long)
+    kv_index[:, :prompt_len] = torch.arange(prompt_len)
+    mask = torch.zeros((k, 1, c_max, prompt_len + c_max), dtype=torch.bool)
+    mask[:, :, :, 0] = True  # padding queries see one key (no NaN); real ones see it anyway or re-set below
+    for i, ((s, e), n) in enumerate(zip(spans, lens, strict=True)):
+        q_index[i, :n] = torch.arange(s, e)
+        kv_index[i, prompt_len:prompt_len + n] = torch.arange(s, e)
+        mask[i, 0, :n, :prompt_len] = True
+        mask[i, 0, :n, prompt_len:prompt_len + n] = torch.ones(n, n, dtype=torch.bool).tril()
+        if prompt_len == 0:
+            mask[i, 0, :n, 0] = True  # own first token: always visible (the tril's first column)
+        out_index[s:e] = prompt_len + i * c_max + torch.arange(n)
+    return _RowPlan(prompt_len, q_index.to(device), kv_index.to(device), mask.to(device), out_index.to(device))
+
+
+def _row_attention(plan: _RowPlan, q: Tensor, k: Tensor, v: Tensor, scale: float | None, gqa: bool,
+                   dropout: float) -> Tensor:
+    """``(H, W, D)`` attention output of one row (``q``: ``(H, W, D)``; ``k``/``v``: ``(Hkv, W, D)``)."""
+    h, _, d = q.shape
+    kw: dict[str, Any] = {"scale": scale, "dropout_p": dropout, **({"enable_gqa": True} if gqa else {})}
+    parts = []
+    p = plan.prompt_len
+    if p > 0:
+        parts.append(F.scaled_dot_product_attention(q[None, :, :p], k[None, :, :p], v[None, :, :p],
+                                                    is_causal=True, **kw)[0])
+    if plan.q_index is not None:
+        qc = q[:, plan.q_index].transpose(0, 1)          # (K, H, Cmax, D)
+        kc = k[:, plan.kv_index].transpose(0, 1)         # (K, Hkv, P + Cmax, D)
+        vc = v[:, plan.kv_index].transpose(0, 1)
+        oc = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=plan.mask, **kw)
+        parts.append(oc.transpose(0, 1).reshape(h, -1, d))
+    parts.append(q.new_zeros((h, 1, d)))
+    return torch.cat(parts, dim=1)[:, plan.out_index]
+
+
+def segment_attention_forward(module: torch.nn.Module, query: Tensor, key: Tensor, value: Tensor,
+                              attention_mask: Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                              **kwargs: Any) -> tuple[Tensor, None]:
+    """transformers attention function: per-block attention when a ``prefopt_segments`` plan is passed,
+    transformers' own ``sdpa`` otherwise. Returns ``((B, W, H, D), None)`` as ``sdpa`` does."""
+    plan: SegmentPlan | None = kwargs.pop("prefopt_segments", None)
+    if plan is None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, **kwargs)
+    if query.shape[0] != len(plan.rows) or query.shape[2] != plan.width:
+        raise ValueError(f"segment plan is for {len(plan.rows)} rows x {plan.width} tokens, the attention got "
+                         f"{query.shape[0]} x {query.shape[2]}")
+    gqa = query.shape[1] != key.shape[1]
+    out = torch.stack([_row_attention(r, query[b], key[b], value[b], scaling, gqa, dropout)
+                       for b, r in enumerate(plan.rows)])
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(NAME, segment_attention_forward)
+    AttentionMaskInterface.register(NAME, sdpa_mask)
+
+
+_register()
+
+
+def _unwrapped(model: Any) -> Any:
+    """The transformers model inside a DeepSpeed engine (``.module``); PEFT wrappers forward attributes."""
+    return model.module if hasattr(model, "module") and not hasattr(model, "config") else model
+
+
+def _config(model: Any) -> Any:
+    cfg = getattr(_unwrapped(model), "config", None)
+    return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+
+
+def segments_enabled(model: Any) -> bool:
+    """Whether ``model`` runs :func:`segment_attention_forward` (so a plan may replace the dense mask)."""
+    return getattr(_config(model), "_attn_implementation", None) == NAME
+
+
+def use_segment_attention(model: Any) -> Any:
+    """Switch a model that runs transformers' ``sdpa`` through the ``AttentionInterface`` to
+    ``prefopt_sdpa`` (identical without a plan); other implementations (eager, flash-attention) and
+    models that cannot switch are left alone. Returns ``model``."""
+    inner = _unwrapped(model)
+    if getattr(_config(model), "_attn_implementation", None) != "sdpa":
+        return model
+    can_set = getattr(inner, "_can_set_attn_implementation", None)
+    if callable(can_set) and can_set() and hasattr(inner, "set_attn_implementation"):
+        inner.set_attn_implementation(NAME)
+    return model
+
+
+def shared_prompt_inputs(model: Any, segments: Sequence[RowSegments], width: int, dtype: torch.dtype,
+                         device: torch.device) -> dict[str, Any]:
+    """``attention_mask`` (and ``prefopt_segments``) keyword inputs of a shared-prompt forward.
+
+    A model on transformers' ``sdpa`` is switched to segment attention here (:func:`use_segment_attention`;
+    exact, and the same as ``sdpa`` for every other forward). With it and the row segments: a plan plus a ``(B, 1, 1, 1)``
+    placeholder mask (a 4-D mask makes transformers pass it through untouched, so no ``W x W`` mask is
+    built). Otherwise the dense additive block mask (``(B, 1, W, W)``, in ``dtype``)."""
+    if segments and segments_enabled(use_segment_attention(model)):
+        plan = SegmentPlan.build(segments, width, device)
+        return {"attention_mask": torch.zeros((len(segments), 1, 1, 1), dtype=dtype, device=device),
+                "prefopt_segments": plan}
+    from data_pipelines.collate import additive_mask, block_mask
+
+    return {"attention_mask": additive_mask(block_mask(segments, width), dtype).to(device)}
