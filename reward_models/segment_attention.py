@@ -6,10 +6,13 @@ the dense 4-D block mask, the kernel computes every query-key pair of the ``W x 
 away: for one pair with ``P = C`` that is ``(3C)^2`` scores where the two padded causal rows need
 ``2 * (2C)^2 / 2``. Here the same attention is computed per block instead:
 
-* the prompt's queries attend causally to the prompt (``is_causal``, so the kernel skips the upper
-  triangle);
-* each completion's queries attend to ``[prompt keys; its own keys]`` under a small lower-right causal
-  mask; the completions of a row are one batched ``sdpa`` call.
+* when the prompt is at most about as long as the completions, each completion runs as
+  ``[prompt; completion]`` under ``is_causal`` (the CPU and CUDA kernels skip the upper triangle; the
+  prompt's own outputs come from the first), with no mask at all;
+* when the prompt is longer, the prompt's queries attend causally to the prompt once and each
+  completion's queries attend to ``[prompt keys; its own keys]`` under a small lower-right causal mask.
+
+Each row takes the form with fewer scores; the completions of a row are one batched ``sdpa`` call.
 
 The outputs are placed back into the row (padding positions get zeros: no real token attends to them).
 Every query sees exactly the keys it sees under the block mask, so the result equals the dense-mask
@@ -41,10 +44,10 @@ __all__ = ["NAME", "SegmentPlan", "segment_attention_forward", "segments_enabled
 @dataclass(frozen=True)
 class _RowPlan:
     prompt_len: int
-    q_index: Tensor | None     # (K, Cmax) row positions of the completions' queries (padding -> 0)
-    kv_index: Tensor | None    # (K, P + Cmax) row positions of [prompt; completion k] keys
-    mask: Tensor | None        # (K, 1, Cmax, P + Cmax) bool, True = may attend
-    out_index: Tensor          # (W,) index into cat([prompt out (P), completion outs (K*Cmax), zero (1)])
+    kv_index: Tensor | None    # (K, X) row positions of each completion's keys (padding -> 0)
+    q_index: Tensor | None     # (K, Cmax) query positions (masked form); None: queries = keys (causal form)
+    mask: Tensor | None        # (K, 1, Cmax, X) bool, True = may attend (masked form only)
+    out_index: Tensor          # (W,) index into the concatenated outputs, the last slot a zero
 
 
 @dataclass(frozen=True)
@@ -61,28 +64,39 @@ class SegmentPlan:
 
 
 def _row_plan(prompt_len: int, spans: Sequence[tuple[int, int]], width: int, device: torch.device) -> _RowPlan:
+    """One row's plan in the cheaper of two exact forms (scores computed, counting the kernel's causal skip):
+
+    * causal form, ``K (P + Cmax)^2 / 2``: each completion runs as ``[prompt; completion]`` under
+      ``is_causal`` (its padding comes last, so no real query sees it), the prompt's outputs are taken
+      from the first; no mask at all;
+    * masked form, ``P^2 / 2 + K Cmax (P + Cmax)``: the prompt causally once, each completion's queries
+      over ``[prompt; own]`` keys under a ``(Cmax, P + Cmax)`` mask; cheaper when the prompt is long.
+    """
     spans = [(s, e) for s, e in spans if e > s]
     lens = [e - s for s, e in spans]
-    c_max, k = max(lens, default=0), len(spans)
-    zero_slot = prompt_len + k * c_max
-    out_index = torch.full((width,), zero_slot, dtype=torch.long)
-    out_index[:prompt_len] = torch.arange(prompt_len)
+    c_max, k, p = max(lens, default=0), len(spans), prompt_len
+    causal = k > 0 and k * (p + c_max) ** 2 / 2 <= p * p / 2 + k * c_max * (p + c_max)
+    out_index = torch.full((width,), (0 if causal else p) + k * (p * causal + c_max), dtype=torch.long)
     if k == 0:
-        return _RowPlan(prompt_len, None, None, None, out_index.to(device))
-    q_index = torch.zeros((k, c_max), dtype=torch.long)
-    kv_index = torch.zeros((k, prompt_len + c_max), dtype=torch.long)
-    kv_index[:, :prompt_len] = torch.arange(prompt_len)
-    mask = torch.zeros((k, 1, c_max, prompt_len + c_max), dtype=torch.bool)
-    mask[:, :, :, 0] = True  # padding queries see one key (no NaN); real ones see it anyway or re-set below
+        out_index[:p] = torch.arange(p)
+        return _RowPlan(p, None, None, None, out_index.to(device))
+    kv_index = torch.zeros((k, p + c_max), dtype=torch.long)
+    kv_index[:, :p] = torch.arange(p)
+    q_index = None if causal else torch.zeros((k, c_max), dtype=torch.long)
+    mask = None if causal else torch.zeros((k, 1, c_max, p + c_max), dtype=torch.bool)
+    out_index[:p] = torch.arange(p)  # both forms put the prompt's outputs first
     for i, ((s, e), n) in enumerate(zip(spans, lens, strict=True)):
+        kv_index[i, p:p + n] = torch.arange(s, e)
+        if causal:
+            out_index[s:e] = i * (p + c_max) + p + torch.arange(n)
+            continue
         q_index[i, :n] = torch.arange(s, e)
-        kv_index[i, prompt_len:prompt_len + n] = torch.arange(s, e)
-        mask[i, 0, :n, :prompt_len] = True
-        mask[i, 0, :n, prompt_len:prompt_len + n] = torch.ones(n, n, dtype=torch.bool).tril()
-        if prompt_len == 0:
-            mask[i, 0, :n, 0] = True  # own first token: always visible (the tril's first column)
-        out_index[s:e] = prompt_len + i * c_max + torch.arange(n)
-    return _RowPlan(prompt_len, q_index.to(device), kv_index.to(device), mask.to(device), out_index.to(device))
+        mask[i, 0, :, 0] = True  # padding queries see one key (no NaN); real ones see it anyway
+        mask[i, 0, :n, :p] = True
+        mask[i, 0, :n, p:p + n] = torch.ones(n, n, dtype=torch.bool).tril()
+        out_index[s:e] = p + i * c_max + torch.arange(n)
+    move = lambda t: None if t is None else t.to(device)  # noqa: E731
+    return _RowPlan(p, move(kv_index), move(q_index), move(mask), out_index.to(device))
 
 
 def _row_attention(plan: _RowPlan, q: Tensor, k: Tensor, v: Tensor, scale: float | None, gqa: bool,
@@ -92,14 +106,18 @@ def _row_attention(plan: _RowPlan, q: Tensor, k: Tensor, v: Tensor, scale: float
     kw: dict[str, Any] = {"scale": scale, "dropout_p": dropout, **({"enable_gqa": True} if gqa else {})}
     parts = []
     p = plan.prompt_len
-    if p > 0:
-        parts.append(F.scaled_dot_product_attention(q[None, :, :p], k[None, :, :p], v[None, :, :p],
-                                                    is_causal=True, **kw)[0])
-    if plan.q_index is not None:
-        qc = q[:, plan.q_index].transpose(0, 1)          # (K, H, Cmax, D)
+    if plan.kv_index is None or plan.q_index is not None:  # prompt on its own (no completion / masked form)
+        if p > 0:
+            parts.append(F.scaled_dot_product_attention(q[None, :, :p], k[None, :, :p], v[None, :, :p],
+                                                        is_causal=True, **kw)[0])
+    if plan.kv_index is not None:
         kc = k[:, plan.kv_index].transpose(0, 1)         # (K, Hkv, P + Cmax, D)
         vc = v[:, plan.kv_index].transpose(0, 1)
-        oc = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=plan.mask, **kw)
+        if plan.q_index is None:                         # causal form: queries are the keys' positions
+            oc = F.scaled_dot_product_attention(q[:, plan.kv_index].transpose(0, 1), kc, vc, is_causal=True, **kw)
+        else:
+            oc = F.scaled_dot_product_attention(q[:, plan.q_index].transpose(0, 1), kc, vc, attn_mask=plan.mask,
+                                                **kw)
         parts.append(oc.transpose(0, 1).reshape(h, -1, d))
     parts.append(q.new_zeros((h, 1, d)))
     return torch.cat(parts, dim=1)[:, plan.out_index]

@@ -22,10 +22,13 @@ from reward_models.segment_attention import (
     use_segment_attention,
 )
 
-# Row 0: prompt 3, completions of 4, 2, 1 tokens, 3 padding; row 1: prompt 6, completions of 2 and 5.
-SEGMENTS = ((3, ((3, 7), (7, 9), (9, 10))), (6, ((6, 8), (8, 13))))
+# Row 0: prompt 3, completions of 4, 2, 1 tokens, 3 padding; row 1: prompt 6, completions of 2 and 5;
+# row 2: prompt 8, completions of 2 and 1, 2 padding. Scores per form (see _row_plan): row 0 causal
+# 3 * 7^2 / 2 = 73.5 vs masked 3^2 / 2 + 3 * 4 * 7 = 88.5; row 1 121 vs 128; row 2 100 vs 72.
+SEGMENTS = ((3, ((3, 7), (7, 9), (9, 10))), (6, ((6, 8), (8, 13))), (8, ((8, 10), (10, 11))))
+FORMS = ("causal", "causal", "masked")
 WIDTH = 13
-REAL = torch.tensor([[True] * 10 + [False] * 3, [True] * 13])
+REAL = torch.tensor([[True] * 10 + [False] * 3, [True] * 13, [True] * 11 + [False] * 2])
 
 
 class _Attn(torch.nn.Module):
@@ -36,7 +39,7 @@ class _Attn(torch.nn.Module):
 
 def _qkv(heads: int, kv_heads: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
     g = torch.Generator().manual_seed(seed)
-    shape = lambda h: (2, h, WIDTH, 8)  # noqa: E731
+    shape = lambda h: (3, h, WIDTH, 8)  # noqa: E731
     return tuple(torch.randn(shape(h), generator=g, requires_grad=True) for h in (heads, kv_heads, kv_heads))
 
 
@@ -52,10 +55,11 @@ def _dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments=SEGMENTS)
 def test_equals_dense_block_mask_outputs_and_grads(heads, kv_heads):
     q, k, v = _qkv(heads, kv_heads)
     plan = SegmentPlan.build(SEGMENTS, WIDTH)
+    assert tuple("causal" if r.q_index is None else "masked" for r in plan.rows) == FORMS
     out, weights = segment_attention_forward(_Attn(heads // kv_heads), q, k, v, None, scaling=0.3,
                                              prefopt_segments=plan)
     ref = _dense(q, k, v)
-    assert weights is None and out.shape == ref.shape == (2, WIDTH, heads, 8)
+    assert weights is None and out.shape == ref.shape == (3, WIDTH, heads, 8)
     assert torch.allclose(out[REAL], ref[REAL], atol=1e-6)
     assert torch.equal(out[~REAL], torch.zeros_like(out[~REAL]))  # padding positions: zeros
     w = torch.randn(out[REAL].shape, generator=torch.Generator().manual_seed(1))
@@ -65,11 +69,14 @@ def test_equals_dense_block_mask_outputs_and_grads(heads, kv_heads):
         assert torch.allclose(a, b, atol=1e-5)
 
 
-def test_empty_prompt_and_empty_completion():
-    """A row without prompt tokens and a completion of length 0 (skipped) still match the dense mask."""
-    segments = ((0, ((0, 3), (3, 3), (3, 5))),)
+def test_empty_prompt_empty_completion_and_prompt_only_rows():
+    """A row without prompt tokens and a completion of length 0 (skipped), a long-prompt row (masked form)
+    and a row with no completion at all match the dense mask."""
+    segments = ((0, ((0, 3), (3, 3), (3, 5))), (3, ((3, 4), (4, 5))), (5, ()))
+    assert [r.kv_index is not None and r.q_index is None for r in SegmentPlan.build(segments, 5).rows] == \
+        [True, False, False]  # causal form, masked form, prompt only
     g = torch.Generator().manual_seed(2)
-    q, k, v = (torch.randn(1, 2, 5, 4, generator=g) for _ in range(3))
+    q, k, v = (torch.randn(3, 2, 5, 4, generator=g) for _ in range(3))
     out, _ = segment_attention_forward(_Attn(1), q, k, v, None, scaling=0.5,
                                        prefopt_segments=SegmentPlan.build(segments, 5))
     ref = F.scaled_dot_product_attention(q, k, v, attn_mask=additive_mask(block_mask(segments, 5)), scale=0.5)
@@ -80,7 +87,7 @@ def test_empty_prompt_and_empty_completion():
 
 def test_plan_size_mismatch_is_an_error():
     q, k, v = _qkv(2, 2)
-    with pytest.raises(ValueError, match="1 rows x 13 tokens"):
+    with pytest.raises(ValueError, match="1 rows x 13 tokens, the attention got 3 x 13"):
         segment_attention_forward(_Attn(1), q, k, v, None, prefopt_segments=SegmentPlan.build(SEGMENTS[:1], WIDTH))
 
 
