@@ -4,11 +4,12 @@
 
 For every side and length it runs one memory probe (``python -m benchmarks.cli _probe ...``: a fresh
 process builds that side alone on ``--synthetic`` ids of exactly that length, one pair, fp32, and
-records its peak resident memory over one step), saving each probe as ``<points-dir>/<side>_<L>.json``
+records its peak resident memory over two steps), saving each probe as ``<points-dir>/<side>_<L>.json``
 and reusing a saved one on a rerun. It then fits ``peak_total_mb = a + b L + c L^2`` per side (least
-squares; exact through three points) and solves for the length where the fit meets the budget. That
+squares; exact through three points) and solves for the length where the fit meets the budget; a
+concave fit falls back to the straight line through the two longest probes (:func:`extrapolate`). That
 length is an extrapolation beyond the probed lengths, reported as such; activations with checkpointing
-grow linearly and attention scores quadratically, which is why the quadratic term is in the model.
+grow linearly and attention scores or masks quadratically, which is why the quadratic term is in the model.
 """
 from __future__ import annotations
 
@@ -50,12 +51,34 @@ def solve_length(a: float, b: float, c: float, budget: float) -> float | None:
     return min(pos) if pos else None
 
 
-def measure(bench: str, side: str, length: int, checkpointing: bool, points: Path) -> dict[str, Any]:
+def extrapolate(lengths: Sequence[int], totals: Sequence[float], budget: float) -> dict[str, Any]:
+    """The length where the memory curve meets ``budget``.
+
+    A convex (or straight) quadratic through all probes is solved as is. A concave one means the short
+    probes sit on a plateau of fixed costs (a step's peak is the larger of the optimizer-state phase and
+    the activation phase, not their sum); then the straight line through the two longest probes is used,
+    if memory grows between them. Either way it is an extrapolation beyond the longest probe."""
+    a, b, c = fit_quadratic(lengths, totals)
+    if c >= 0:
+        return {"fit_mb": {"a": a, "b_per_token": b, "c_per_token2": c}, "longest_extrapolated": solve_length(a, b, c, budget),
+                "note": "quadratic through all probes"}
+    (x1, y1), (x2, y2) = sorted(zip(lengths, totals, strict=True))[-2:]
+    slope = (y2 - y1) / (x2 - x1)
+    fit = {"a": y2 - slope * x2, "b_per_token": slope, "c_per_token2": 0.0}
+    if slope <= 0:
+        return {"fit_mb": fit, "longest_extrapolated": None,
+                "note": "concave over all probes and no growth between the two longest: cannot be extrapolated"}
+    return {"fit_mb": fit, "longest_extrapolated": x2 + (budget - y2) / slope,
+            "note": f"concave over all probes (fixed-cost plateau); straight line through L = {x1} and {x2}"}
+
+
+def measure(bench: str, side: str, length: int, checkpointing: bool, points: Path,
+            timeout: float = 3600) -> dict[str, Any]:
     path = points / f"{side}_{length}.json"
     if path.is_file():
         return json.loads(path.read_text())
     argv = probe_argv(bench, length, checkpointing)
-    mem = run_probe_subprocess(bench, side, argv, timeout=3600)
+    mem = run_probe_subprocess(bench, side, argv, timeout=timeout)
     point = {"command": f"prefopt bench _probe {bench} '{side}' " + " ".join(argv), **mem}
     points.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(point, indent=1) + "\n")
@@ -70,6 +93,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--budget-gib", type=float, default=24.0)
     p.add_argument("--points-dir", default=None)
     p.add_argument("--out", default=None)
+    p.add_argument("--probe-timeout", type=float, default=3600, help="seconds per probe")
     args = p.parse_args(argv)
     lengths = [int(v) for v in args.lengths.split(",")]
     stem = f"{args.bench}_longest{'_ckpt' if args.checkpointing else ''}"
@@ -78,18 +102,13 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {"bench": args.bench, "lengths": lengths, "budget_mb": budget,
                               "checkpointing": args.checkpointing, "sides": {}}
     for side in SIDES[args.bench]:
-        got = [measure(args.bench, side, n, args.checkpointing, points) for n in lengths]
+        got = [measure(args.bench, side, n, args.checkpointing, points, args.probe_timeout) for n in lengths]
         if any("peak_total_mb" not in g for g in got):
             result["sides"][side] = {"points": got, "error": "a probe failed (see points)"}
             continue
         totals = [g["peak_total_mb"] for g in got]
-        a, b, c = fit_quadratic(lengths, totals)
-        longest = solve_length(a, b, c, budget)
         result["sides"][side] = {"peak_total_mb": totals, "peak_step_mb": [g["peak_step_mb"] for g in got],
-                                 "fit_mb": {"a": a, "b_per_token": b, "c_per_token2": c},
-                                 "longest_extrapolated": longest,
-                                 "note": "" if c >= 0 else "concave fit (growth slows over the probed lengths: "
-                                         "fixed costs dominate there), so it cannot be extrapolated"}
+                                 **extrapolate(lengths, totals, budget)}
     longest = {s: r.get("longest_extrapolated") for s, r in result["sides"].items()}
     if all(longest.values()):
         result["ratio_vs_trl"] = longest["prefopt[shared_prompt]"] / longest["trl"]

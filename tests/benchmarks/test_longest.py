@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from benchmarks.longest import fit_quadratic, run, solve_length
+from benchmarks.longest import extrapolate, fit_quadratic, run, solve_length
 
 
 def test_fit_is_exact_through_three_points_and_solves_the_budget():
@@ -32,3 +32,16 @@ def test_run_fits_saved_points_without_probing(tmp_path):
     assert r["sides"]["prefopt[shared_prompt]"]["longest_extrapolated"] == pytest.approx(24)
     assert r["sides"]["trl"]["longest_extrapolated"] == pytest.approx(6)
     assert r["ratio_vs_trl"] == pytest.approx(4) and json.loads(out.read_text())["ratio_vs_trl"] == pytest.approx(4)
+
+
+def test_concave_probes_use_the_two_longest():
+    """Growth that slows (a concave fit): the line through (8192, 5600) and (16384, 6000) has slope
+    400 / 8192 MB per token and meets 6400 MB at 16384 + 400 / (400 / 8192) = 24576."""
+    assert fit_quadratic([2048, 4096, 8192, 16384], [3000, 5500, 5600, 6000])[2] < 0
+    r = extrapolate([2048, 4096, 8192, 16384], [3000, 5500, 5600, 6000], 6400)
+    assert r["longest_extrapolated"] == pytest.approx(24576)
+    assert r["fit_mb"]["b_per_token"] == pytest.approx(400 / 8192) and "8192 and 16384" in r["note"]
+    convex = extrapolate([1024, 2048, 4096], [1000 + 2 * x + 0.001 * x * x for x in (1024, 2048, 4096)], 25000)
+    assert convex["longest_extrapolated"] == pytest.approx(4000) and convex["note"].startswith("quadratic")
+    flat = extrapolate([1024, 2048, 4096], [3000, 5500, 5400], 24000)
+    assert flat["longest_extrapolated"] is None and "no growth" in flat["note"]
