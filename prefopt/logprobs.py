@@ -18,8 +18,11 @@ How the layouts run through a transformers 5.x decoder (checked on Llama, transf
   ``masking_utils.find_packed_sequence_indices`` detects the restarts and builds a block-diagonal
   causal mask for ``sdpa``/``eager``; ``flash_attention_2`` derives ``cu_seqlens`` from the same
   ``position_ids``. Passing a 2-D mask here would disable that detection (sequences would attend
-  across boundaries), so none is passed.
-* shared prompt: a 4-D mask is returned by ``create_causal_mask`` *as-is* (no causal pattern added),
+  across boundaries), so none is passed. A model on ``sdpa`` runs it as segment attention instead
+  (:mod:`reward_models.segment_attention`: each sequence its own causal block, no mask).
+* shared prompt, on ``sdpa``: segment attention (:mod:`reward_models.segment_attention`) with a
+  placeholder 4-D mask; on other implementations the dense block mask:
+  a 4-D mask is returned by ``create_causal_mask`` *as-is* (no causal pattern added),
   so it must already hold the full pattern. ``eager`` *adds* it to the scores, so it must be an
   additive float mask (0 / ``finfo(dtype).min``) in the model's dtype; ``sdpa`` accepts the same (a
   dtype other than the query's is rejected by torch). ``flash_attention_2`` cannot take 4-D masks.
@@ -191,9 +194,10 @@ def _model_inputs(model: Any, batch: Any, dtype: torch.dtype, device: torch.devi
     kw = {"input_ids": batch.input_ids.to(device), "position_ids": batch.position_ids.to(device), "use_cache": False}
     if batch.layout == "padded":
         return {**kw, "attention_mask": batch.attention_mask.to(device)}
+    from reward_models.segment_attention import packed_inputs, packed_spans, shared_prompt_inputs
+
     if batch.layout == "packed":
-        return {**kw, "attention_mask": None}
-    from reward_models.segment_attention import shared_prompt_inputs
+        return {**kw, **packed_inputs(model, packed_spans(batch.cu_seqlens), device)}
 
     return {**kw, **shared_prompt_inputs(model, batch.segments, batch.input_ids.shape[1], dtype, device)}
 

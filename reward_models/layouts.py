@@ -25,7 +25,7 @@ from torch import Tensor
 
 from data_pipelines.collate import block_mask, collate_packed, shared_prompt_from_rows
 from data_pipelines.tokenize import TokenizedList
-from reward_models.segment_attention import shared_prompt_inputs
+from reward_models.segment_attention import packed_inputs, packed_spans, shared_prompt_inputs
 
 LAYOUTS = ("padded", "packed", "shared_prompt")
 
@@ -82,19 +82,21 @@ class RMRows:
     input_ids: Tensor                 # (R, W) int64
     position_ids: Tensor              # (R, W) int64
     attention_mask: Tensor | None     # (R, W) 0/1 for padded; None for packed / shared prompt
-    segments: tuple | None            # shared prompt: per row (prompt length, completion spans); else None
+    segments: tuple | None            # per row (prompt length, completion spans); packed: one row, prompt 0
     read_index: Tensor                # (N,) int64
     prompt_index: Tensor              # (N,) int64
 
     @property
     def allowed(self) -> Tensor | None:
-        """``(R, 1, W, W)`` bool block mask of shared-prompt rows (None for the other layouts)."""
+        """``(R, 1, W, W)`` bool block mask of shared-prompt and packed rows (None for padded rows)."""
         return None if self.segments is None else block_mask(self.segments, self.input_ids.shape[1])
 
     def body_inputs(self, body: Any, dtype: torch.dtype) -> dict[str, Any]:
         """Keyword arguments of ``body``'s forward (shared prompt: segment attention where ``body`` runs
         it, else the dense block mask; :mod:`reward_models.segment_attention`)."""
         kw = {"input_ids": self.input_ids, "position_ids": self.position_ids, "use_cache": False}
+        if self.layout == "packed":
+            return {**kw, **packed_inputs(body, self.segments[0][1], self.input_ids.device)}
         if self.segments is None:
             return {**kw, "attention_mask": self.attention_mask}
         return {**kw, **shared_prompt_inputs(body, self.segments, self.input_ids.shape[1], dtype,
@@ -146,7 +148,8 @@ def _packed(seqs: Sequence[Sequence[int]], plens: Sequence[int]) -> RMRows:
     b = collate_packed([TokenizedList(p, (c,), (0.0,)) for p, c in zip(prompts, comps, strict=False)])
     starts = b.cu_seqlens[:-1].long()
     prompt = starts + torch.tensor([len(p) for p in prompts]) - 1
-    return RMRows("packed", b.input_ids, b.position_ids, None, None, b.cu_seqlens[1:].long() - 1, prompt)
+    return RMRows("packed", b.input_ids, b.position_ids, None, ((0, packed_spans(b.cu_seqlens)),),
+                  b.cu_seqlens[1:].long() - 1, prompt)
 
 
 def _shared(seqs: Sequence[Sequence[int]], plens: Sequence[int], pad: int) -> RMRows:

@@ -13,6 +13,7 @@ away: for one pair with ``P = C`` that is ``(3C)^2`` scores where the two padded
   completion's queries attend to ``[prompt keys; its own keys]`` under a small lower-right causal mask.
 
 Each row takes the form with fewer scores; the completions of a row are one batched ``sdpa`` call.
+A packed (padding-free) row is the same thing with an empty prompt (:func:`packed_inputs`).
 
 The outputs are placed back into the row (padding positions get zeros: no real token attends to them).
 Every query sees exactly the keys it sees under the block mask, so the result equals the dense-mask
@@ -37,8 +38,8 @@ NAME = "prefopt_sdpa"
 # One row: (prompt length, ((start, end) of each completion in the row, ...)).
 RowSegments = tuple[int, tuple[tuple[int, int], ...]]
 
-__all__ = ["NAME", "SegmentPlan", "segment_attention_forward", "segments_enabled", "shared_prompt_inputs",
-           "use_segment_attention"]
+__all__ = ["NAME", "SegmentPlan", "packed_inputs", "packed_spans", "segment_attention_forward", "segments_enabled",
+           "shared_prompt_inputs", "use_segment_attention"]
 
 
 @dataclass(frozen=True)
@@ -197,3 +198,23 @@ def shared_prompt_inputs(model: Any, segments: Sequence[RowSegments], width: int
     from data_pipelines.collate import additive_mask, block_mask
 
     return {"attention_mask": additive_mask(block_mask(segments, width), dtype).to(device)}
+
+
+def packed_spans(cu_seqlens: Tensor) -> tuple[tuple[int, int], ...]:
+    """``(start, end)`` of each sequence of a packed row from its ``cu_seqlens``."""
+    cu = [int(x) for x in cu_seqlens.tolist()]
+    return tuple(zip(cu[:-1], cu[1:], strict=True))
+
+
+def packed_inputs(model: Any, spans: Sequence[tuple[int, int]], device: torch.device) -> dict[str, Any]:
+    """``attention_mask`` (and ``prefopt_segments``) keyword inputs of a packed (padding-free) row.
+
+    A packed row is a shared-prompt row with an empty prompt: each sequence attends causally to itself,
+    so with segment attention every sequence runs as its own causal block. Otherwise ``None``:
+    transformers then finds the sequences from the restarting ``position_ids`` (a block-diagonal mask
+    for ``sdpa``/``eager``; ``cu_seqlens`` for flash-attention)."""
+    if spans and segments_enabled(use_segment_attention(model)):
+        dtype = next(iter(_unwrapped(model).parameters())).dtype
+        return {"attention_mask": torch.zeros((1, 1, 1, 1), dtype=dtype, device=device),
+                "prefopt_segments": SegmentPlan.build(((0, tuple(spans)),), spans[-1][1], device)}
+    return {"attention_mask": None}

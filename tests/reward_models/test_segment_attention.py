@@ -10,13 +10,20 @@ import torch
 import torch.nn.functional as F
 
 import data_pipelines.collate as collate_mod
-from data_pipelines.collate import additive_mask, block_mask, collate_padded, collate_shared_prompt
+from data_pipelines.collate import (
+    additive_mask,
+    block_mask,
+    collate_packed,
+    collate_padded,
+    collate_shared_prompt,
+)
 from data_pipelines.tokenize import TokenizedList
 from prefopt.core.models import make_tiny_model
 from prefopt.logprobs import forward_token_logps
 from reward_models.segment_attention import (
     NAME,
     SegmentPlan,
+    packed_inputs,
     segment_attention_forward,
     segments_enabled,
     use_segment_attention,
@@ -145,3 +152,20 @@ def test_switch_rules_and_plain_forward_unchanged():
     assert use_segment_attention(model).config._attn_implementation == NAME and segments_enabled(model)
     after = model(input_ids=ids, attention_mask=mask).logits  # no plan: transformers' own sdpa
     assert torch.equal(before, after)
+
+
+def test_packed_rows_run_as_causal_blocks():
+    """A packed row is segment attention with an empty prompt: same log-probs and gradients as padded
+    rows, and no mask reaches the model (eager models keep transformers' own packed handling)."""
+    seg = make_tiny_model("tiny-llama", attn_implementation="sdpa")
+    padded = copy.deepcopy(seg)
+    padded.set_attn_implementation("eager")
+    batch = collate_packed(_items())
+    kw = packed_inputs(seg, ((0, 7), (7, 12), (12, 16)), torch.device("cpu"))
+    assert kw["attention_mask"].shape == (1, 1, 1, 1) and kw["prefopt_segments"].rows[0].q_index is None
+    assert packed_inputs(padded, ((0, 7),), torch.device("cpu")) == {"attention_mask": None}
+    lp_seg, g_seg = _weighted_logp_grads(seg, batch)
+    lp_pad, g_pad = _weighted_logp_grads(padded, collate_padded(_items(), 0))
+    assert torch.allclose(lp_seg, lp_pad, atol=2e-5) and float(lp_pad.abs().sum()) > 1.0
+    for a, b in zip(g_seg, g_pad, strict=True):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-3)
