@@ -156,8 +156,10 @@ _register()
 
 
 def _unwrapped(model: Any) -> Any:
-    """The transformers model inside a DeepSpeed engine (``.module``); PEFT wrappers forward attributes."""
-    return model.module if hasattr(model, "module") and not hasattr(model, "config") else model
+    """The transformers model inside a DeepSpeed engine (``.module``; the engine's own ``config`` is its
+    DeepSpeed settings); PEFT wrappers forward attributes to their model."""
+    inner = getattr(model, "module", None)
+    return inner if isinstance(inner, torch.nn.Module) and hasattr(inner, "config") else model
 
 
 def _config(model: Any) -> Any:
