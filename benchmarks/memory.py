@@ -77,7 +77,8 @@ def run_probe_subprocess(bench: str, side: str, argv: list[str], timeout: float 
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=str(root), env=env)
     except subprocess.TimeoutExpired:
         return {"error": "timeout"}
+    malloc = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}  # glibc tunables change RSS
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("PROBE_JSON "):
-            return json.loads(line[len("PROBE_JSON "):])
+            return {**json.loads(line[len("PROBE_JSON "):]), **({"malloc_env": malloc} if malloc else {})}
     return {"error": (proc.stderr or proc.stdout)[-2000:]}
