@@ -300,7 +300,8 @@ def collate_shared_prompt(items: Sequence[Item], pad_token_id: int,
             position[b, start:end] = torch.arange(n_p, n_p + len(c))
             completion[b, start:end] = 1
             source[b, start:end] = torch.arange(start - 1, end - 1)
-            source[b, start] = n_p - 1
+            if end > start:  # an empty completion has no first token (and may start past the row)
+                source[b, start] = n_p - 1
             spans_b.append((start, end))
             start = end
         spans.append(spans_b)

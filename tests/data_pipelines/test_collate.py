@@ -129,3 +129,12 @@ def test_bad_batches():
         collate_packed([PAIRS[0], LISTS[0]])
     with pytest.raises(ValueError, match="padding_side"):
         collate_padded(PAIRS, PAD, padding_side="middle")
+
+
+def test_shared_prompt_empty_last_completion():
+    """An empty completion at the end of the widest row: no write past the row; the other completion's
+    first token is predicted from the prompt's last position (2), its second from its first (3)."""
+    b = collate_shared_prompt([TokenizedList((1, 2, 3), ((4, 5), ()), (1.0, 0.0))], 0)
+    assert b.source_index.tolist() == [[-1, 0, 1, 2, 3]]
+    assert b.segments == ((3, ((3, 5), (5, 5))),)
+    assert b.unpack_index.tolist() == [[0, 1, 2, 3, 4], [0, 1, 2, -1, -1]]
