@@ -197,7 +197,7 @@ def _model_inputs(model: Any, batch: Any, dtype: torch.dtype, device: torch.devi
     from reward_models.segment_attention import packed_inputs, packed_spans, shared_prompt_inputs
 
     if batch.layout == "packed":
-        return {**kw, **packed_inputs(model, packed_spans(batch.cu_seqlens), device)}
+        return {**kw, **packed_inputs(model, packed_spans(batch.cu_seqlens), dtype, device)}
 
     return {**kw, **shared_prompt_inputs(model, batch.segments, batch.input_ids.shape[1], dtype, device)}
 

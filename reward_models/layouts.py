@@ -25,7 +25,7 @@ from torch import Tensor
 
 from data_pipelines.collate import block_mask, collate_packed, shared_prompt_from_rows
 from data_pipelines.tokenize import TokenizedList
-from reward_models.segment_attention import packed_inputs, packed_spans, shared_prompt_inputs
+from reward_models.segment_attention import packed_inputs, packed_spans, shared_prompt_inputs, text_config
 
 LAYOUTS = ("padded", "packed", "shared_prompt")
 
@@ -42,8 +42,7 @@ def shared_prompt_blockers(model: Any, attn_implementation: str | None = None) -
       to every layer as-is, so the window would be lost on sequences longer than it.
     """
     reasons = []
-    cfg = getattr(model, "config", None)
-    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    text = text_config(model)
     attn = attn_implementation or getattr(text, "_attn_implementation", None)
     if attn == "flash_attention_2":
         reasons.append(FLASH_REASON)
@@ -96,7 +95,7 @@ class RMRows:
         it, else the dense block mask; :mod:`reward_models.segment_attention`)."""
         kw = {"input_ids": self.input_ids, "position_ids": self.position_ids, "use_cache": False}
         if self.layout == "packed":
-            return {**kw, **packed_inputs(body, self.segments[0][1], self.input_ids.device)}
+            return {**kw, **packed_inputs(body, self.segments[0][1], dtype, self.input_ids.device)}
         if self.segments is None:
             return {**kw, "attention_mask": self.attention_mask}
         return {**kw, **shared_prompt_inputs(body, self.segments, self.input_ids.shape[1], dtype,

@@ -39,7 +39,7 @@ NAME = "prefopt_sdpa"
 RowSegments = tuple[int, tuple[tuple[int, int], ...]]
 
 __all__ = ["NAME", "SegmentPlan", "packed_inputs", "packed_spans", "segment_attention_forward", "segments_enabled",
-           "shared_prompt_inputs", "use_segment_attention"]
+           "shared_prompt_inputs", "text_config", "use_segment_attention"]
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,8 @@ def _row_plan(prompt_len: int, spans: Sequence[tuple[int, int]], width: int, dev
     lens = [e - s for s, e in spans]
     c_max, k, p = max(lens, default=0), len(spans), prompt_len
     causal = k > 0 and k * (p + c_max) ** 2 / 2 <= p * p / 2 + k * c_max * (p + c_max)
-    out_index = torch.full((width,), (0 if causal else p) + k * (p * causal + c_max), dtype=torch.long)
+    zero_slot = k * (p + c_max) if causal else p + k * c_max  # after all outputs of the row
+    out_index = torch.full((width,), zero_slot, dtype=torch.long)
     if k == 0:
         out_index[:p] = torch.arange(p)
         return _RowPlan(p, None, None, None, out_index.to(device))
@@ -85,6 +86,8 @@ def _row_plan(prompt_len: int, spans: Sequence[tuple[int, int]], width: int, dev
     kv_index[:, :p] = torch.arange(p)
     q_index = None if causal else torch.zeros((k, c_max), dtype=torch.long)
     mask = None if causal else torch.zeros((k, 1, c_max, p + c_max), dtype=torch.bool)
+    if mask is not None:
+        mask[:, 0, :, 0] = True  # padding queries see one key (no NaN); real ones see it anyway
     out_index[:p] = torch.arange(p)  # both forms put the prompt's outputs first
     for i, ((s, e), n) in enumerate(zip(spans, lens, strict=True)):
         kv_index[i, p:p + n] = torch.arange(s, e)
@@ -92,7 +95,6 @@ def _row_plan(prompt_len: int, spans: Sequence[tuple[int, int]], width: int, dev
             out_index[s:e] = i * (p + c_max) + p + torch.arange(n)
             continue
         q_index[i, :n] = torch.arange(s, e)
-        mask[i, 0, :, 0] = True  # padding queries see one key (no NaN); real ones see it anyway
         mask[i, 0, :n, :p] = True
         mask[i, 0, :n, p:p + n] = torch.ones(n, n, dtype=torch.bool).tril()
         out_index[s:e] = p + i * c_max + torch.arange(n)
@@ -162,14 +164,15 @@ def _unwrapped(model: Any) -> Any:
     return inner if isinstance(inner, torch.nn.Module) and hasattr(inner, "config") else model
 
 
-def _config(model: Any) -> Any:
+def text_config(model: Any) -> Any:
+    """The (text) transformers config of ``model``, through DeepSpeed/PEFT wrappers; None if it has none."""
     cfg = getattr(_unwrapped(model), "config", None)
     return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
 
 
 def segments_enabled(model: Any) -> bool:
     """Whether ``model`` runs :func:`segment_attention_forward` (so a plan may replace the dense mask)."""
-    return getattr(_config(model), "_attn_implementation", None) == NAME
+    return getattr(text_config(model), "_attn_implementation", None) == NAME
 
 
 def use_segment_attention(model: Any) -> Any:
@@ -177,7 +180,7 @@ def use_segment_attention(model: Any) -> Any:
     ``prefopt_sdpa`` (identical without a plan); other implementations (eager, flash-attention) and
     models that cannot switch are left alone. Returns ``model``."""
     inner = _unwrapped(model)
-    if getattr(_config(model), "_attn_implementation", None) != "sdpa":
+    if getattr(text_config(model), "_attn_implementation", None) != "sdpa":
         return model
     can_set = getattr(inner, "_can_set_attn_implementation", None)
     if callable(can_set) and can_set() and hasattr(inner, "set_attn_implementation"):
@@ -190,13 +193,10 @@ def shared_prompt_inputs(model: Any, segments: Sequence[RowSegments], width: int
     """``attention_mask`` (and ``prefopt_segments``) keyword inputs of a shared-prompt forward.
 
     A model on transformers' ``sdpa`` is switched to segment attention here (:func:`use_segment_attention`;
-    exact, and the same as ``sdpa`` for every other forward). With it and the row segments: a plan plus a ``(B, 1, 1, 1)``
-    placeholder mask (a 4-D mask makes transformers pass it through untouched, so no ``W x W`` mask is
-    built). Otherwise the dense additive block mask (``(B, 1, W, W)``, in ``dtype``)."""
+    exact, and the same as ``sdpa`` for every other forward). With it and the row segments: a plan
+    (:func:`_plan_inputs`). Otherwise the dense additive block mask (``(B, 1, W, W)``, in ``dtype``)."""
     if segments and segments_enabled(use_segment_attention(model)):
-        plan = SegmentPlan.build(segments, width, device)
-        return {"attention_mask": torch.zeros((len(segments), 1, 1, 1), dtype=dtype, device=device),
-                "prefopt_segments": plan}
+        return _plan_inputs(segments, width, dtype, device)
     from data_pipelines.collate import additive_mask, block_mask
 
     return {"attention_mask": additive_mask(block_mask(segments, width), dtype).to(device)}
@@ -208,7 +208,8 @@ def packed_spans(cu_seqlens: Tensor) -> tuple[tuple[int, int], ...]:
     return tuple(zip(cu[:-1], cu[1:], strict=True))
 
 
-def packed_inputs(model: Any, spans: Sequence[tuple[int, int]], device: torch.device) -> dict[str, Any]:
+def packed_inputs(model: Any, spans: Sequence[tuple[int, int]], dtype: torch.dtype,
+                  device: torch.device) -> dict[str, Any]:
     """``attention_mask`` (and ``prefopt_segments``) keyword inputs of a packed (padding-free) row.
 
     A packed row is a shared-prompt row with an empty prompt: each sequence attends causally to itself,
@@ -216,7 +217,13 @@ def packed_inputs(model: Any, spans: Sequence[tuple[int, int]], device: torch.de
     transformers then finds the sequences from the restarting ``position_ids`` (a block-diagonal mask
     for ``sdpa``/``eager``; ``cu_seqlens`` for flash-attention)."""
     if spans and segments_enabled(use_segment_attention(model)):
-        dtype = next(iter(_unwrapped(model).parameters())).dtype
-        return {"attention_mask": torch.zeros((1, 1, 1, 1), dtype=dtype, device=device),
-                "prefopt_segments": SegmentPlan.build(((0, tuple(spans)),), spans[-1][1], device)}
+        return _plan_inputs(((0, tuple(spans)),), spans[-1][1], dtype, device)
     return {"attention_mask": None}
+
+
+def _plan_inputs(segments: Sequence[RowSegments], width: int, dtype: torch.dtype,
+                 device: torch.device) -> dict[str, Any]:
+    """A segment plan plus a ``(B, 1, 1, 1)`` placeholder mask (a 4-D mask makes transformers pass it
+    through untouched, so no ``W x W`` mask is built)."""
+    return {"attention_mask": torch.zeros((len(segments), 1, 1, 1), dtype=dtype, device=device),
+            "prefopt_segments": SegmentPlan.build(segments, width, device)}

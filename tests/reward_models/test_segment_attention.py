@@ -161,9 +161,9 @@ def test_packed_rows_run_as_causal_blocks():
     padded = copy.deepcopy(seg)
     padded.set_attn_implementation("eager")
     batch = collate_packed(_items())
-    kw = packed_inputs(seg, ((0, 7), (7, 12), (12, 16)), torch.device("cpu"))
+    kw = packed_inputs(seg, ((0, 7), (7, 12), (12, 16)), torch.float32, torch.device("cpu"))
     assert kw["attention_mask"].shape == (1, 1, 1, 1) and kw["prefopt_segments"].rows[0].q_index is None
-    assert packed_inputs(padded, ((0, 7),), torch.device("cpu")) == {"attention_mask": None}
+    assert packed_inputs(padded, ((0, 7),), torch.float32, torch.device("cpu")) == {"attention_mask": None}
     lp_seg, g_seg = _weighted_logp_grads(seg, batch)
     lp_pad, g_pad = _weighted_logp_grads(padded, collate_padded(_items(), 0))
     assert torch.allclose(lp_seg, lp_pad, atol=2e-5) and float(lp_pad.abs().sum()) > 1.0
