@@ -28,7 +28,7 @@ from benchmarks.common import (
     summarize,
     write_json,
 )
-from benchmarks.memory import probe_memory, release_memory, run_probe_subprocess
+from benchmarks.memory import probe_memory, probe_tensor_memory, release_memory, run_probe_subprocess
 
 BENCHES = ("dpo", "rm", "grpo", "online")
 TARGETS = {"dpo": 1.5, "rm": 1.3, "grpo": 1.5, "online": 3.0}
@@ -173,8 +173,10 @@ def _profile_run(argv: Sequence[str], args: argparse.Namespace, env: dict[str, A
 
 
 def _probe(argv: Sequence[str]) -> int:
-    """``_probe BENCH SIDE BENCH [options]``: build one side in this fresh process, measure its memory."""
-    bench, side_name, rest = argv[0], argv[1], list(argv[2:])
+    """``_probe BENCH SIDE BENCH [options] [--tensor-memory]``: build one side in this fresh process,
+    measure its memory (resident; with ``--tensor-memory`` also its tensors op by op)."""
+    bench, side_name, rest = argv[0], argv[1], [a for a in argv[2:] if a != "--tensor-memory"]
+    tensors = "--tensor-memory" in argv[2:]
     args = parse(rest)
     args.steps, args.warmup = 1, 0  # one step from a fresh start (AdamW state is allocated in it)
     set_threads()
@@ -182,7 +184,7 @@ def _probe(argv: Sequence[str]) -> int:
     env = mod.prepare(args)
     (side,) = mod.build_sides(env, args, only=side_name)
     gc.collect()
-    mem = probe_memory(side, steps=1)
+    mem = probe_tensor_memory(side, steps=1) if tensors else probe_memory(side, steps=1)
     print("PROBE_JSON " + json.dumps(mem), flush=True)
     return 0
 

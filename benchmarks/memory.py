@@ -68,8 +68,24 @@ def probe_memory(side: Side, steps: int = 2) -> dict[str, float]:
             "peak_total_mb": s.peak / 2**20, "ru_maxrss_mb": maxrss_kb / 1024}
 
 
+def probe_tensor_memory(side: Side, steps: int = 1) -> dict[str, Any]:
+    """:func:`probe_memory` with the step's tensors counted op by op (:class:`TensorMemory`): each phase's
+    tensor peak (no allocator free lists or fragmentation), what is alive at it, and the resident peak."""
+    from benchmarks.tensor_memory import TensorMemory
+
+    base = _rss_bytes()
+    with RSSSampler() as s, TensorMemory() as mem:
+        for i in range(steps):
+            side.step(i)
+    mb = 2**20
+    return {"setup_rss_mb": base / mb, "peak_step_mb": (s.peak - base) / mb, "peak_total_mb": s.peak / mb,
+            "tensor_peak_step_mb": mem.peak / mb, "tensor_peak_total_mb": (base + mem.peak) / mb,
+            "tensor_end_of_step_mb": mem.current / mb, "tensor_phases": mem.report()}
+
+
 def run_probe_subprocess(bench: str, side: str, argv: list[str], timeout: float = 900) -> dict[str, Any]:
-    """Run ``python -m benchmarks.cli _probe BENCH SIDE ARGV...`` in a fresh process; parse its JSON line."""
+    """Run ``python -m benchmarks.cli _probe BENCH SIDE ARGV...`` in a fresh process; parse its JSON line.
+    ``--tensor-memory`` in ``argv`` counts the step's tensors too (:func:`probe_tensor_memory`)."""
     cmd = [sys.executable, "-m", "benchmarks.cli", "_probe", bench, side, *argv]
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
