@@ -60,6 +60,9 @@ def parser() -> argparse.ArgumentParser:
                    "group 2,4,8,16)")
     p.add_argument("--checkpointing", action="store_true",
                    help="activation checkpointing on both sides (default: off on both; TRL's own default is on)")
+    p.add_argument("--tiled-mlp", type=int, default=None, metavar="TOKENS",
+                   help="our side only: each decoder layer's MLP in tiles of TOKENS tokens (model.tiled_mlp_tokens; "
+                        "TRL has no such option)")
     p.add_argument("--optim-impl", choices=("fused", "forloop"), default="fused",
                    help="the AdamW kernel, the same on both sides (ours optim.impl; TRL adamw_torch_fused / "
                         "adamw_torch). fused: both libraries' default with torch >= 2.8")

@@ -170,6 +170,16 @@ def enable_checkpointing(model: Any, args: Any) -> Any:
     return model
 
 
+def enable_tiled_mlp(model: Any, args: Any) -> Any:
+    """``--tiled-mlp TOKENS`` (our side only): :func:`prefopt.core.tiled_mlp.enable_tiled_mlp`."""
+    tokens = getattr(args, "tiled_mlp", None)
+    if tokens is not None:
+        from prefopt.core.tiled_mlp import enable_tiled_mlp as enable
+
+        enable(model, tokens)
+    return model
+
+
 def count_params(model: Any) -> int:
     """All distinct parameters (tied embeddings counted once; LoRA adapters included)."""
     seen, total = set(), 0

@@ -25,6 +25,7 @@ from benchmarks.common import (
     collect_sides,
     count_params,
     enable_checkpointing,
+    enable_tiled_mlp,
     is_checkpointing,
     model_tokens,
     our_optim,
@@ -73,7 +74,7 @@ def ours_side(env: dict[str, Any], args: Any, layout: str) -> Side:
     from prefopt.loops.reference import Reference, resolve_mode
     from prefopt.losses.base import seq_logps
 
-    policy = enable_checkpointing(clone(env["proto"]), args)
+    policy = enable_tiled_mlp(enable_checkpointing(clone(env["proto"]), args), args)
     spec = get_algorithm("dpo")
     dev = torch.device("cpu")
     ctx = StepContext(spec=spec, loss_spec=spec.loss_spec(), hparams=spec.build_hparams({"beta": BETA}),
@@ -106,7 +107,7 @@ def ours_side(env: dict[str, Any], args: Any, layout: str) -> Side:
 
     return Side(f"prefopt[{layout}]", step, _flops_per_token(env["n_params"], args.ref),
                 {"layout": layout, "model_tokens": model_tokens(layout, env["groups"]),
-                 "activation_checkpointing": is_checkpointing(policy)})
+                 "activation_checkpointing": is_checkpointing(policy), "tiled_mlp_tokens": args.tiled_mlp})
 
 
 def trl_side(env: dict[str, Any], args: Any) -> Side:

@@ -37,6 +37,7 @@ from benchmarks.common import (
     collect_sides,
     count_params,
     enable_checkpointing,
+    enable_tiled_mlp,
     is_checkpointing,
     model_tokens,
     our_optim,
@@ -115,7 +116,7 @@ def ours_side(env: dict[str, Any], args: Any, layout: str) -> Side:
     from prefopt.loops.common import autocast
     from prefopt.losses.group import GRPOParams
 
-    policy = enable_checkpointing(clone(env["proto"]), args)
+    policy = enable_tiled_mlp(enable_checkpointing(clone(env["proto"]), args), args)
     policy.train()
     pad = env["tok"].pad_token_id
     batches = [_collate(layout, b, pad) for b in env["batches"]]
@@ -139,7 +140,7 @@ def ours_side(env: dict[str, Any], args: Any, layout: str) -> Side:
 
     return Side(f"prefopt[{layout}]", step, 6 * env["n_params"],
                 {"layout": layout, "model_tokens": model_tokens(layout, env["groups"]),
-                 "activation_checkpointing": is_checkpointing(policy)})
+                 "activation_checkpointing": is_checkpointing(policy), "tiled_mlp_tokens": args.tiled_mlp})
 
 
 def trl_batch(items: list, adv: torch.Tensor, pad: int) -> dict[str, torch.Tensor]:

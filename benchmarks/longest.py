@@ -10,6 +10,13 @@ squares; exact through three points) and solves for the length where the fit mee
 concave fit falls back to the straight line through the two longest probes (:func:`extrapolate`). That
 length is an extrapolation beyond the probed lengths, reported as such; activations with checkpointing
 grow linearly and attention scores or masks quadratically, which is why the quadratic term is in the model.
+
+``--tensor-memory`` counts each probe's tensors op by op instead (:mod:`benchmarks.tensor_memory`): no
+allocator free lists or heap fragmentation, and the step split into its phases (forward and the head's
+backward, the layers' backward, the optimizer step). Each phase is fitted on its own, and in a steady
+step (after the first) the optimizer's state is alive through the first two phases, so the budget is met
+at the shortest length where ``setup + state + phase(L)`` reaches it (:func:`steady_phases`). ``--tiled-mlp
+TOKENS`` probes our side with the tiled MLP (``model.tiled_mlp_tokens``).
 """
 from __future__ import annotations
 
@@ -24,10 +31,20 @@ from benchmarks.memory import run_probe_subprocess
 SIDES = {"dpo": ("prefopt[shared_prompt]", "trl"), "rm": ("prefopt[shared_prompt]", "trl")}
 
 
-def probe_argv(bench: str, length: int, checkpointing: bool) -> list[str]:
+def probe_argv(bench: str, length: int, checkpointing: bool, extra: Sequence[str] = ()) -> list[str]:
     argv = [bench, "--synthetic", "--batch-size", "1", "--precision", "fp32", "--layout", "shared_prompt",
             "--max-length", str(length)]
-    return argv + (["--checkpointing"] if checkpointing else [])
+    return argv + (["--checkpointing"] if checkpointing else []) + list(extra)
+
+
+def steady_phases(point: dict[str, Any]) -> dict[str, float]:
+    """MB of each phase of a steady step from a ``--tensor-memory`` probe of a first step: the set-up RSS
+    (parameters, libraries) plus the phase's tensor peak, plus, for the forward and backward phases, the
+    optimizer state left at the end of the step (absent in a first step's forward, present in every later
+    one). The optimizer-step phase already holds it."""
+    setup, state = point["setup_rss_mb"], point["tensor_end_of_step_mb"]
+    return {phase: setup + v["peak_mb"] + (0.0 if phase == "optimizer_step" else state)
+            for phase, v in point["tensor_phases"].items()}
 
 
 def fit_quadratic(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float, float]:
@@ -73,16 +90,35 @@ def extrapolate(lengths: Sequence[int], totals: Sequence[float], budget: float) 
 
 
 def measure(bench: str, side: str, length: int, checkpointing: bool, points: Path,
-            timeout: float = 3600) -> dict[str, Any]:
+            timeout: float = 3600, extra: Sequence[str] = ()) -> dict[str, Any]:
     path = points / f"{side}_{length}.json"
     if path.is_file():
         return json.loads(path.read_text())
-    argv = probe_argv(bench, length, checkpointing)
+    argv = probe_argv(bench, length, checkpointing, extra)
     mem = run_probe_subprocess(bench, side, argv, timeout=timeout)
     point = {"command": f"prefopt bench _probe {bench} '{side}' " + " ".join(argv), **mem}
     points.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(point, indent=1) + "\n")
     return point
+
+
+def fit_side(got: list[dict[str, Any]], lengths: list[int], budget: float, tensors: bool) -> dict[str, Any]:
+    """One side's fit: resident totals (:func:`extrapolate`), or with ``tensors`` every steady phase
+    (:func:`steady_phases`) and the shortest length where one of them meets the budget."""
+    key = "tensor_phases" if tensors else "peak_total_mb"
+    if any(key not in g for g in got):
+        return {"points": got, "error": "a probe failed (see points)"}
+    if not tensors:
+        totals = [g["peak_total_mb"] for g in got]
+        return {"peak_total_mb": totals, "peak_step_mb": [g["peak_step_mb"] for g in got],
+                **extrapolate(lengths, totals, budget)}
+    phases = [steady_phases(g) for g in got]
+    fits = {ph: {"steady_mb": [p[ph] for p in phases], **extrapolate(lengths, [p[ph] for p in phases], budget)}
+            for ph in phases[0]}
+    bound = [(f["longest_extrapolated"], ph) for ph, f in fits.items() if f["longest_extrapolated"]]
+    longest, phase = min(bound) if bound else (None, None)
+    return {"phases": fits, "longest_extrapolated": longest, "bounding_phase": phase,
+            "peak_total_mb": [g["peak_total_mb"] for g in got]}
 
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -94,21 +130,22 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--points-dir", default=None)
     p.add_argument("--out", default=None)
     p.add_argument("--probe-timeout", type=float, default=3600, help="seconds per probe")
+    p.add_argument("--tensor-memory", action="store_true", help="count tensors op by op, fit each phase")
+    p.add_argument("--tiled-mlp", type=int, default=None, metavar="TOKENS", help="our side's MLP in tiles")
     args = p.parse_args(argv)
     lengths = [int(v) for v in args.lengths.split(",")]
-    stem = f"{args.bench}_longest{'_ckpt' if args.checkpointing else ''}"
+    stem = (f"{args.bench}_longest{'_ckpt' if args.checkpointing else ''}{'_tensor' if args.tensor_memory else ''}"
+            f"{f'_tiled{args.tiled_mlp}' if args.tiled_mlp else ''}")
     points = Path(args.points_dir or f"benchmarks/results/{stem}")
     budget = args.budget_gib * 1024
     result: dict[str, Any] = {"bench": args.bench, "lengths": lengths, "budget_mb": budget,
-                              "checkpointing": args.checkpointing, "sides": {}}
+                              "checkpointing": args.checkpointing, "tensor_memory": args.tensor_memory,
+                              "tiled_mlp": args.tiled_mlp, "sides": {}}
     for side in SIDES[args.bench]:
-        got = [measure(args.bench, side, n, args.checkpointing, points, args.probe_timeout) for n in lengths]
-        if any("peak_total_mb" not in g for g in got):
-            result["sides"][side] = {"points": got, "error": "a probe failed (see points)"}
-            continue
-        totals = [g["peak_total_mb"] for g in got]
-        result["sides"][side] = {"peak_total_mb": totals, "peak_step_mb": [g["peak_step_mb"] for g in got],
-                                 **extrapolate(lengths, totals, budget)}
+        extra = (["--tensor-memory"] if args.tensor_memory else []) + (
+            ["--tiled-mlp", str(args.tiled_mlp)] if args.tiled_mlp and side != "trl" else [])
+        got = [measure(args.bench, side, n, args.checkpointing, points, args.probe_timeout, extra) for n in lengths]
+        result["sides"][side] = fit_side(got, lengths, budget, args.tensor_memory)
     longest = {s: r.get("longest_extrapolated") for s, r in result["sides"].items()}
     if all(longest.values()):
         result["ratio_vs_trl"] = longest["prefopt[shared_prompt]"] / longest["trl"]

@@ -70,11 +70,14 @@ def probe_memory(side: Side, steps: int = 2) -> dict[str, float]:
 
 def probe_tensor_memory(side: Side, steps: int = 1) -> dict[str, Any]:
     """:func:`probe_memory` with the step's tensors counted op by op (:class:`TensorMemory`): each phase's
-    tensor peak (no allocator free lists or fragmentation), what is alive at it, and the resident peak."""
+    tensor peak (no allocator free lists or fragmentation), what is alive at it, and the resident peak.
+    The backward through the decoder layers (any live module whose class name ends in ``DecoderLayer``)
+    is its own phase."""
     from benchmarks.tensor_memory import TensorMemory
 
     base = _rss_bytes()
-    with RSSSampler() as s, TensorMemory() as mem:
+    layers = [o for o in gc.get_objects() if type(o).__name__.endswith("DecoderLayer")]  # any side's model
+    with RSSSampler() as s, TensorMemory(split_at=layers) as mem:
         for i in range(steps):
             side.step(i)
     mb = 2**20

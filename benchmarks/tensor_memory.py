@@ -8,11 +8,13 @@ optimizer step), keeps a weak reference to its storage, and adds its bytes until
 Views and in-place results share a storage already counted (or made outside the context, like the
 parameters, which the caller reports apart).
 
-A step has two phases: forward and backward (activations and the gradients), then the optimizer step
-(the gradients and the optimizer's state). Global optimizer hooks mark the switch, label the gradients'
-and the state's storages, and the peak of each phase is kept with a snapshot of what is alive at it,
-grouped by the op that made it and its shape: the memory profile that says which tensors bound the
-longest sequence, since only the first phase grows with the sequence.
+A step has up to three phases: the forward and the backward through the head (``forward_backward``);
+with ``split_at`` modules (the decoder layers), the backward through the layers, from the first of them
+reached (``layers_backward``: the recomputation under activation checkpointing); then the optimizer step
+(the gradients and the optimizer's state). Module backward pre-hooks and global optimizer hooks mark the
+switches and label the gradients' and the state's storages, and the peak of each phase is kept with a
+snapshot of what is alive at it, grouped by the op that made it and its shape: the memory profile that
+says which tensors bound the longest sequence, since only the first two phases grow with the sequence.
 """
 from __future__ import annotations
 
@@ -33,8 +35,9 @@ Entry = tuple[int, str, tuple[int, ...]]  # bytes, op, shape
 class TensorMemory(TorchDispatchMode):
     """Live bytes of the tensor storages created in the context; per phase, the peak and a snapshot."""
 
-    def __init__(self) -> None:
+    def __init__(self, split_at: Any = ()) -> None:
         super().__init__()
+        self._split_at = list(split_at)
         self.live: dict[int, Entry] = {}  # serial -> entry
         self.serial: dict[int, int] = {}  # live storage address -> serial (an address is reused after a free)
         self._count = itertools.count()
@@ -76,18 +79,26 @@ class TensorMemory(TorchDispatchMode):
             if key is not None:
                 self.labels[key] = label
 
+    def _switch(self, phase: str) -> None:
+        if phase not in self.peaks:
+            self.phase, self._snap_peak = phase, self.current
+            self.peaks[phase], self.snapshots[phase] = self.current, dict(self.live)
+
+    def _enter_layers(self, *_: Any) -> None:
+        if self.phase == "forward_backward":
+            self._switch("layers_backward")
+
     def _enter_optimizer(self, opt: torch.optim.Optimizer, *_: Any) -> None:
         self._label((p.grad for g in opt.param_groups for p in g["params"]), "gradients")
-        if self.phase != "optimizer_step":
-            self.phase, self._snap_peak = "optimizer_step", self.current
-            self.peaks[self.phase], self.snapshots[self.phase] = self.current, dict(self.live)
+        self._switch("optimizer_step")
 
     def _leave_optimizer(self, opt: torch.optim.Optimizer, *_: Any) -> None:
         self._label((v for s in opt.state.values() for v in s.values()), "optimizer_state")
 
     def __enter__(self) -> "TensorMemory":
         self._hooks = [register_optimizer_step_pre_hook(self._enter_optimizer),
-                       register_optimizer_step_post_hook(self._leave_optimizer)]
+                       register_optimizer_step_post_hook(self._leave_optimizer),
+                       *(m.register_full_backward_pre_hook(self._enter_layers) for m in self._split_at)]
         return super().__enter__()
 
     def __exit__(self, *exc: Any) -> None:
@@ -98,10 +109,13 @@ class TensorMemory(TorchDispatchMode):
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
         rets = func._schema.returns
-        for i, t in enumerate(tree_flatten(out)[0]):
-            aliases = i < len(rets) and rets[i].alias_info is not None  # a view or an in-place result
-            if isinstance(t, torch.Tensor) and not aliases:
-                self._track(t, func.__name__.split(".")[0])
+        per_return = out if len(rets) > 1 else (out,)
+        for ret, value in zip(rets, per_return, strict=False):  # an op with no return has none
+            if ret.alias_info is not None:  # a view (also each tensor of a list of views) or an in-place result
+                continue
+            for t in tree_flatten(value)[0]:
+                if isinstance(t, torch.Tensor):
+                    self._track(t, func.__name__.split(".")[0])
         return out
 
     def report(self, top: int = 12) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from prefopt.core.backend import BackendConfig, OptimConfig
 from prefopt.core.models import ModelConfig
 from prefopt.core.registry import CONFIG_KINDS
 from prefopt.core.sections import DataSectionBase, RunSectionBase, resolve_sections
+from prefopt.core.tiled_mlp import check_tiled_mlp_backend
 from prefopt.loops.online_config import OnlineConfig
 from prefopt.losses.sparsepo import SparsePOMaskConfig
 
@@ -103,6 +104,7 @@ class TrainConfig:
         object.__setattr__(self, "loss", spec.build_hparams(self.loss))
         resolve_sections(self, f"this run (algorithm {self.algorithm})")
         spec.check(self)
+        check_tiled_mlp_backend(self.model, self.backend)
         online_layout = self.online.layout if self.online is not None else None
         flash = self.model.attn_implementation == "flash_attention_2"
         if flash and "shared_prompt" in (self.data.layout, online_layout):

@@ -20,6 +20,7 @@ from prefopt.core.backend import BackendConfig, OptimConfig
 from prefopt.core.models import ModelConfig
 from prefopt.core.registry import CONFIG_KINDS
 from prefopt.core.sections import DataSectionBase, RunSectionBase, resolve_sections
+from prefopt.core.tiled_mlp import check_tiled_mlp_backend
 from reward_models.kinds import get_kind, kind_names
 from reward_models.rao_kupper import RaoKupperSection
 
@@ -170,6 +171,7 @@ class RMTrainConfig:
             raise ValueError("data.layout 'shared_prompt' needs a 4-D attention mask (sdpa or eager); "
                              "use 'packed' with flash_attention_2")
         resolve_sections(self, f"rm.kind {self.rm.kind}")
+        check_tiled_mlp_backend(self.model, self.backend)
 
     def unused_keys(self) -> tuple[str, ...]:
         """``data.use_margin`` when the kind's loss reads no pair margin (POLAR, ensemble, Rao-Kupper)."""

@@ -86,6 +86,10 @@ class ModelConfig:
     lora: LoraSettings | None = None
     # Recompute activations in the backward pass (less memory, ~30% slower).
     gradient_checkpointing: bool = False
+    # Run each decoder layer's MLP over the tokens in tiles of this many, keeping only its input (long
+    # sequences: with gradient_checkpointing the MLP's intermediates are most of a recomputed layer).
+    # None = untiled.
+    tiled_mlp_tokens: int | None = None
     # "eager" | "sdpa" | "flash_attention_2" | ...; None = transformers' default (sdpa).
     attn_implementation: str | None = None
 
@@ -94,6 +98,8 @@ class ModelConfig:
             raise ValueError("model.name must not be empty")
         if self.dtype not in DTYPES:
             raise ValueError(f"model.dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
+        if self.tiled_mlp_tokens is not None and self.tiled_mlp_tokens < 1:
+            raise ValueError(f"model.tiled_mlp_tokens must be >= 1 or null, got {self.tiled_mlp_tokens}")
 
 
 def torch_dtype(name: str | torch.dtype) -> torch.dtype:
@@ -352,9 +358,14 @@ def load_causal_lm(name_or_path: str, dtype: str = "float32", trust_remote_code:
 
 
 def load_model(cfg: ModelConfig, seed: int = 0) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
-    """``(model, tokenizer)`` from a :class:`ModelConfig`: load, enable gradient checkpointing, add LoRA."""
+    """``(model, tokenizer)`` from a :class:`ModelConfig`: load, enable gradient checkpointing and the
+    tiled MLP, add LoRA."""
     model, tok = load_causal_lm(cfg.name, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
                                 revision=cfg.revision, seed=seed, attn_implementation=cfg.attn_implementation)
+    if cfg.tiled_mlp_tokens is not None:
+        from prefopt.core.tiled_mlp import enable_tiled_mlp
+
+        enable_tiled_mlp(model, cfg.tiled_mlp_tokens)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False

@@ -36,6 +36,8 @@ def test_views_and_in_place_results_are_not_new_memory():
     with TensorMemory() as mem:
         v = base.view(10, 100).t()  # a view of a storage made outside: not counted
         v.add_(1.0)  # in place: no new storage
+        parts = base.split(300)  # a list of views (one aliasing return): not counted either
+        assert mem.current == 0 and len(parts) == 4
         y = base * 2  # 4000 new bytes
         z = y[:10]  # a view of y: counted once, with y
         del y
@@ -43,3 +45,21 @@ def test_views_and_in_place_results_are_not_new_memory():
         del z
     assert mem.current == 0 and mem.peak == 4000
     assert mem.report()["forward_backward"]["largest_activation_groups_mb"] == {"mul [1000]": 4000 / MB}
+
+
+def test_backward_through_split_modules_is_its_own_phase():
+    # head(layer(x)): the head's backward (forward_backward) ends where the layer's backward begins.
+    # x: 512 x 128 (256 KiB, made outside). layer out: 256 KiB (relu's result, saved for its backward).
+    # The head's backward makes the grad wrt its input (256 KiB) and its weight grad (1 KiB) before the
+    # layer's backward begins: forward_backward peak 513 KiB (+ scalars and the 4 KiB head output).
+    # layers_backward starts from that, and threshold_backward adds 256 KiB: 769 KiB.
+    torch.manual_seed(0)
+    layer = torch.nn.Sequential(torch.nn.ReLU())
+    head = torch.nn.Linear(128, 2, bias=False)
+    x = torch.randn(512, 128, requires_grad=True)
+    with TensorMemory(split_at=[layer]) as mem:
+        head(layer(x)).sum().backward()
+    kib = 1024
+    assert set(mem.peaks) == {"forward_backward", "layers_backward"}
+    assert abs(mem.peaks["forward_backward"] - 513 * kib) <= 5 * kib
+    assert abs(mem.peaks["layers_backward"] - 769 * kib) <= 5 * kib
