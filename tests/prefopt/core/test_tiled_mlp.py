@@ -104,3 +104,23 @@ def test_tiled_forward_keeps_no_intermediate_hand_count():
     assert plain.current == 4 * (4 * n * i + n * h)
     assert tiled.current == 4 * n * h
     torch.testing.assert_close(y_tiled, y_plain, rtol=1e-6, atol=0)
+
+
+def test_lora_adapters_in_the_mlp_get_the_same_gradients_tiled():
+    from prefopt.core.models import LoraSettings, ModelConfig, load_model
+
+    lora = LoraSettings(r=4, alpha=8.0, dropout=0.0, target_modules=["gate_proj", "up_proj", "down_proj"])
+    torch.manual_seed(0)
+    ids = torch.randint(3, 200, (2, 21))
+    grads = []
+    for tokens in (None, 8):
+        torch.manual_seed(1)  # the adapters' initialisation draws from the global generator
+        model, _ = load_model(ModelConfig(name="tiny-llama", lora=lora, tiled_mlp_tokens=tokens))
+        for n, p in model.named_parameters():  # adapters start at B = 0; give them a gradient path
+            if "lora_B" in n:
+                torch.nn.init.normal_(p, std=0.02, generator=torch.Generator().manual_seed(len(n)))
+        model.train()
+        grads.append(_loss_and_grads(model, ids)[1])
+    assert grads[0].keys() == grads[1].keys() and all("lora_" in n for n in grads[0]) and len(grads[0]) > 0
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=1e-5, atol=1e-7, msg=name)
