@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -37,12 +38,12 @@ def probe_argv(bench: str, length: int, checkpointing: bool, extra: Sequence[str
     return argv + (["--checkpointing"] if checkpointing else []) + list(extra)
 
 
-def steady_phases(point: dict[str, Any]) -> dict[str, float]:
-    """MB of each phase of a steady step from a ``--tensor-memory`` probe of a first step: the set-up RSS
-    (parameters, libraries) plus the phase's tensor peak, plus, for the forward and backward phases, the
-    optimizer state left at the end of the step (absent in a first step's forward, present in every later
-    one). The optimizer-step phase already holds it."""
-    setup, state = point["setup_rss_mb"], point["tensor_end_of_step_mb"]
+def steady_phases(point: dict[str, Any], setup: float) -> dict[str, float]:
+    """MB of each phase of a steady step from a ``--tensor-memory`` probe of a first step: ``setup`` (the
+    resident memory after set-up: parameters, libraries) plus the phase's tensor peak, plus, for the
+    forward and backward phases, the optimizer state left at the end of the step (absent in a first
+    step's forward, present in every later one). The optimizer-step phase already holds it."""
+    state = point["tensor_end_of_step_mb"]
     return {phase: setup + v["peak_mb"] + (0.0 if phase == "optimizer_step" else state)
             for phase, v in point["tensor_phases"].items()}
 
@@ -112,12 +113,15 @@ def fit_side(got: list[dict[str, Any]], lengths: list[int], budget: float, tenso
         totals = [g["peak_total_mb"] for g in got]
         return {"peak_total_mb": totals, "peak_step_mb": [g["peak_step_mb"] for g in got],
                 **extrapolate(lengths, totals, budget)}
-    phases = [steady_phases(g) for g in got]
+    # The set-up does not grow with L, but its RSS varies from probe to probe (by ~100 MB here), which
+    # would enter the slopes: every probe of a side uses the median set-up.
+    setup = float(statistics.median(g["setup_rss_mb"] for g in got))
+    phases = [steady_phases(g, setup) for g in got]
     fits = {ph: {"steady_mb": [p[ph] for p in phases], **extrapolate(lengths, [p[ph] for p in phases], budget)}
             for ph in phases[0]}
     bound = [(f["longest_extrapolated"], ph) for ph, f in fits.items() if f["longest_extrapolated"]]
     longest, phase = min(bound) if bound else (None, None)
-    return {"phases": fits, "longest_extrapolated": longest, "bounding_phase": phase,
+    return {"phases": fits, "longest_extrapolated": longest, "bounding_phase": phase, "setup_rss_mb": setup,
             "peak_total_mb": [g["peak_total_mb"] for g in got]}
 
 

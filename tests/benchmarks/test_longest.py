@@ -48,7 +48,7 @@ def test_concave_probes_use_the_two_longest():
 
 
 def test_tensor_probes_fit_each_steady_phase_and_the_first_to_meet_the_budget_bounds(tmp_path):
-    """Steady phase = set-up RSS + phase peak (+ the optimizer state left at the end, for the two
+    """Steady phase = the side's median set-up RSS + phase peak (+ the optimizer state left at the end, for the two
     backward phases). Ours: set-up 1000, state 200; head phase 300 + 0.1 L, layers 100 + 0.2 L, optimizer
     step 500 flat -> layers meets 2048 MB first: 1000 + 200 + 100 + 0.2 L = 2048 at L = 3740; the head at
     1000 + 200 + 300 + 0.1 L = 2048 at L = 5480. TRL: head 700 + 0.1 L meets 2048 at L = 1480 first."""
@@ -56,13 +56,13 @@ def test_tensor_probes_fit_each_steady_phase_and_the_first_to_meet_the_budget_bo
     pts.mkdir()
     shapes = {"prefopt[shared_prompt]": (300, 0.1, 100, 0.2), "trl": (700, 0.1, 100, 0.2)}
     for side, (h0, h1, l0, l1) in shapes.items():
-        for n in (1000, 2000):
+        for n, setup in ((1000, 990.0), (2000, 1000.0), (3000, 1100.0)):  # median set-up: 1000
             phases = {"forward_backward": {"peak_mb": h0 + h1 * n}, "layers_backward": {"peak_mb": l0 + l1 * n},
                       "optimizer_step": {"peak_mb": 500.0}}
             (pts / f"{side}_{n}.json").write_text(json.dumps({
-                "setup_rss_mb": 1000.0, "tensor_end_of_step_mb": 200.0, "tensor_phases": phases,
+                "setup_rss_mb": setup, "tensor_end_of_step_mb": 200.0, "tensor_phases": phases,
                 "peak_total_mb": 0.0}))
-    r = run(["--lengths", "1000,2000", "--budget-gib", "2", "--points-dir", str(pts), "--out",
+    r = run(["--lengths", "1000,2000,3000", "--budget-gib", "2", "--points-dir", str(pts), "--out",
              str(tmp_path / "r.json"), "--tensor-memory"])
     ours, trl = r["sides"]["prefopt[shared_prompt]"], r["sides"]["trl"]
     assert ours["bounding_phase"] == "layers_backward" and ours["longest_extrapolated"] == pytest.approx(3740)
