@@ -59,8 +59,8 @@ def fit_quadratic(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, floa
 
 def solve_length(a: float, b: float, c: float, budget: float) -> float | None:
     """The positive ``L`` where ``a + b L + c L^2 = budget`` (None when the fit never reaches it)."""
-    if abs(c) < 1e-12:
-        return (budget - a) / b if b > 0 else None
+    if abs(c) < 1e-12:  # a line; growth under 1 byte per token is float noise on a flat curve
+        return (budget - a) / b if b > 1e-6 else None
     disc = b * b - 4 * c * (a - budget)
     if disc < 0:
         return None
