@@ -12,7 +12,10 @@ On a CUDA machine (sized for <= 8 minutes on one H200 with a stock torch/transfo
 3. **lm_head** - the chunked completion-only LM head under CUDA bf16 autocast vs the model's full
    logits (sequence log-probs within bf16 rounding, 0.1 nats, as ``tests/prefopt/test_lm_head.py``;
    gradient cosine recorded).
-4. **throughput** - bf16 autocast (over fp32 weights, the project's ``precision: bf16``) DPO, RM and
+4. **tiled_mlp** - the sequence-tiled MLP (``model.tiled_mlp_tokens``) vs the plain MLP under activation
+   checkpointing on shared-prompt pairs: sequence log-probs (fp32: 1e-4; bf16 autocast: 0.1 nats) and the
+   gradient cosine.
+5. **throughput** - bf16 autocast (over fp32 weights, the project's ``precision: bf16``) DPO, RM and
    GRPO steps in ``shared_prompt`` and ``padded`` on a ~0.58B random Llama built from a config:
    tokens/s (padded-layout real tokens), MFU = 6 N x tokens fed to the model / s over a bf16 matmul
    peak measured in the same run (best of 8192^3 GEMMs), peak CUDA memory (``max_memory_allocated``).
@@ -55,7 +58,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes, same code paths")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/gpu_check[_dry_run].json)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--only", default=",".join(("equality", "block_mask", "lm_head", "throughput")),
+    p.add_argument("--only", default=",".join(("equality", "block_mask", "lm_head", "tiled_mlp", "throughput")),
                    help="comma-separated sections to run")
     return p
 
@@ -180,6 +183,35 @@ def lm_head(device: torch.device, dry: bool, seed: int) -> dict[str, Any]:
             "grad_cosine": cos, "passed": bool(diff <= HEAD_TOL and cos > 0.99)}
 
 
+def tiled_mlp(device: torch.device, dry: bool, seed: int) -> dict[str, Any]:
+    """Sequence-tiled MLP (tiles of 16 tokens) vs the plain MLP on ``device``, activation checkpointing on,
+    shared-prompt pairs: sequence log-probs and gradient cosine at fp32 and under bf16 autocast."""
+    from prefopt.core.tiled_mlp import enable_tiled_mlp
+
+    data = S.synthetic(EQ_SIZES[dry], seed)
+    base, what = S.smollm2(seed, dry)
+    batch = _batches(data, "shared_prompt")["pairs"]
+    out: dict[str, Any] = {"weights": what, "tile_tokens": 16}
+    for prec, tol, min_cos in (("fp32", BLOCK_TOL, 0.9999), ("bf16", HEAD_TOL, 0.99)):
+        seqs, grads = [], []
+        for tiled in (False, True):
+            model = S.clone_to(base, device)
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.train()
+            if tiled:
+                enable_tiled_mlp(model, 16)
+            s = _seq_logps(model, batch, prec, device)
+            s.sum().backward()
+            seqs.append(s.detach().cpu())
+            grads.append(torch.cat([p.grad.flatten().double().cpu() for p in model.parameters() if p.grad is not None]))
+        diff = float((seqs[0] - seqs[1]).abs().max())
+        cos = float(torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0))
+        out[prec] = {"seq_logp_max_abs_diff": diff, "grad_cosine": cos,
+                     "passed": bool(diff <= tol * max(1.0, float(seqs[0].abs().max())) and cos > min_cos)}
+    out["passed"] = out["fp32"]["passed"] and out["bf16"]["passed"]
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- throughput
 
 def matmul_peak(device: torch.device, size: int, reps: int = 10) -> float:
@@ -258,7 +290,8 @@ def throughput(device: torch.device, dry: bool, seed: int) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------- main
 
 SECTIONS: dict[str, Callable[[torch.device, bool, int], dict[str, Any]]] = {
-    "equality": equality, "block_mask": block_mask, "lm_head": lm_head, "throughput": throughput}
+    "equality": equality, "block_mask": block_mask, "lm_head": lm_head, "tiled_mlp": tiled_mlp,
+    "throughput": throughput}
 
 
 def run(argv: Sequence[str]) -> dict[str, Any]:

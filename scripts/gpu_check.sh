@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check (benchmarks/gpu_check.py): CUDA-vs-CPU equality at fp32 for the DPO, RM and GRPO steps,
-# the shared-prompt block mask through CUDA sdpa, the chunked LM head under CUDA autocast, bf16
+# the shared-prompt block mask through CUDA sdpa, the chunked LM head under CUDA autocast, the tiled MLP, bf16
 # throughput / MFU / peak memory on a ~0.58B random model. Writes one JSON (--out FILE.json).
 #   scripts/gpu_check.sh --out "$OUT/gpu_check.json"     # on a CUDA machine (<= 8 min on one H200)
 #   scripts/gpu_check.sh --dry-run --out /tmp/dry.json    # same code on CPU, tiny sizes (CI runs this)

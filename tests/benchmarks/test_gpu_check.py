@@ -30,7 +30,7 @@ def test_gpu_check_dry_run(tmp_path):
     assert d["dry_run"] is True and d["passed"] is True and d["environment"]["device"] == "cpu"
     assert d["forbidden_modules_imported"] == []
     sec = d["sections"]
-    assert set(sec) == {"equality", "block_mask", "lm_head", "throughput"}
+    assert set(sec) == {"equality", "block_mask", "lm_head", "tiled_mlp", "throughput"}
     for model in ("tiny", "smollm2_135m"):
         for kind in ("dpo", "rm", "grpo"):
             r = sec["equality"][model][kind]
@@ -44,6 +44,9 @@ def test_gpu_check_dry_run(tmp_path):
         assert b["shared_vs_padded_fp32_max_abs"] < 1e-4 and b["device_vs_cpu_fp32_max_abs"] == 0.0
         assert b["shared_vs_padded_bf16_max_abs"] < 0.1
     assert sec["lm_head"]["seq_logp_max_abs_diff"] <= 0.1 and sec["lm_head"]["grad_cosine"] > 0.99
+    tiled = sec["tiled_mlp"]
+    assert tiled["fp32"]["seq_logp_max_abs_diff"] < 1e-5 and tiled["fp32"]["grad_cosine"] > 0.999999
+    assert tiled["bf16"]["passed"] and tiled["passed"]
     tp = sec["throughput"]
     assert tp["trl"].startswith("skipped")
     assert tp["matmul_peak_bf16_gflops"]["start"] > 0
