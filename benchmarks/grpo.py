@@ -140,7 +140,7 @@ def ours_side(env: dict[str, Any], args: Any, layout: str) -> Side:
 
     return Side(f"prefopt[{layout}]", step, 6 * env["n_params"],
                 {"layout": layout, "model_tokens": model_tokens(layout, env["groups"]),
-                 "activation_checkpointing": is_checkpointing(policy), "tiled_mlp_tokens": args.tiled_mlp})
+                 "activation_checkpointing": is_checkpointing(policy), "tiled_mlp_tokens": getattr(args, "tiled_mlp", None)})
 
 
 def trl_batch(items: list, adv: torch.Tensor, pad: int) -> dict[str, torch.Tensor]:
