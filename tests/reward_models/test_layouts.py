@@ -132,3 +132,27 @@ def test_rm_default_layout_resolves_and_polar_falls_back(rm_data, tmp_path, capf
     assert resolve_layout(polar, model) == "padded"
     err = capfd.readouterr().err
     assert "rm train polar: layout auto -> padded" in err and "REWARD token" in err and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_rm_training_with_the_tiled_mlp_logs_the_same_losses(rm_data, tmp_path):
+    """Four BT steps on tiny-llama with activation checkpointing: model.tiled_mlp_tokens=4 (every row is
+    longer than 4 tokens, so every MLP runs tiled) logs the untiled run's losses (1e-5), and the run's
+    config.yaml records the setting."""
+    import yaml
+
+    from prefopt.core.logging import read_metrics
+    from reward_models.train import run_rm_train
+
+    losses = {}
+    for tiles in ("null", "4"):
+        out = tmp_path / f"tiles_{tiles}"
+        cfg, _ = make_config(rm_data["pairs"], out, ["max_steps=4", "run.eval_at_start=false",
+                                                     "model.gradient_checkpointing=true",
+                                                     f"model.tiled_mlp_tokens={tiles}"])
+        run_rm_train(cfg)
+        losses[tiles] = [r["loss"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
+        saved = yaml.safe_load((out / "config.yaml").read_text())
+        assert saved["model"]["tiled_mlp_tokens"] == (None if tiles == "null" else 4)
+    assert len(losses["null"]) == 4
+    assert losses["4"] == pytest.approx(losses["null"], abs=1e-5)
