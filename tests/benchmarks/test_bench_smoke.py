@@ -252,3 +252,18 @@ def test_loglog_slope():
     assert abs(slope([1, 2, 4], [3, 12, 48]) - 2.0) < 1e-12  # y = 3 x^2
     assert abs(slope([256, 512], [1.0, 1.5]) - math.log2(1.5)) < 1e-12
     assert slope([1], [1]) is None and slope([1, 2], [None, 3]) is None
+
+
+def test_tiled_mlp_ablation_runs_both_sides_with_equal_losses(tmp_path):
+    """benchmarks.ablate_tiled_mlp: the tiled and untiled copies of our side train the same batches to
+    the same losses (summation order only); tiles of 8 tokens are shorter than every row."""
+    from benchmarks.ablate_tiled_mlp import run
+
+    out = tmp_path / "ab.json"
+    payload = run(["dpo", "--model", "tiny-smollm2", "--steps", "2", "--warmup", "1", "--batch-size", "2",
+                   "--max-length", "96", "--checkpointing", "--tiled-mlp", "8", "--out", str(out)])
+    assert set(payload["s_per_step"]) == {"untiled", "tiled"}
+    assert len(payload["losses"]["tiled"]) == 3 and payload["max_loss_abs_diff"] < 1e-5
+    assert json.loads(out.read_text())["tiled_time_ratio"] > 0
+    with pytest.raises(SystemExit, match="--tiled-mlp TOKENS"):
+        run(["dpo", "--model", "tiny-smollm2", "--steps", "1"])
