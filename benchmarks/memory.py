@@ -75,14 +75,11 @@ def probe_tensor_memory(side: Side, steps: int = 1) -> dict[str, Any]:
     is its own phase."""
     from benchmarks.tensor_memory import TensorMemory
 
-    base = _rss_bytes()
     layers = [o for o in gc.get_objects() if type(o).__name__.endswith("DecoderLayer")]  # any side's model
-    with RSSSampler() as s, TensorMemory(split_at=layers) as mem:
-        for i in range(steps):
-            side.step(i)
+    with TensorMemory(split_at=layers) as mem:
+        out: dict[str, Any] = probe_memory(side, steps)
     mb = 2**20
-    return {"setup_rss_mb": base / mb, "peak_step_mb": (s.peak - base) / mb, "peak_total_mb": s.peak / mb,
-            "tensor_peak_step_mb": mem.peak / mb, "tensor_peak_total_mb": (base + mem.peak) / mb,
+    return {**out, "tensor_peak_step_mb": mem.peak / mb, "tensor_peak_total_mb": out["setup_rss_mb"] + mem.peak / mb,
             "tensor_end_of_step_mb": mem.current / mb, "tensor_phases": mem.report()}
 
 

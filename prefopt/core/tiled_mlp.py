@@ -43,23 +43,22 @@ class TiledMLPFunction(torch.autograd.Function):
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
         x, *params = ctx.saved_tensors
         device, autocast_on, autocast_dtype = ctx.autocast
+        need_x = ctx.needs_input_grad[2]
         rows, grads = x.reshape(-1, x.shape[-1]), grad_out.reshape(-1, grad_out.shape[-1])
-        grad_x = torch.empty_like(rows)
+        grad_x = torch.empty_like(rows) if need_x else None
         grad_params: list[torch.Tensor | None] = [None] * len(params)
         for start in range(0, rows.shape[0], ctx.tile):
-            part = rows[start:start + ctx.tile].detach().requires_grad_(x.requires_grad)
+            tile = slice(start, start + ctx.tile)
+            part = rows[tile].detach().requires_grad_(need_x)
             with torch.enable_grad(), torch.autocast(device, dtype=autocast_dtype, enabled=autocast_on):
                 out = ctx.fn(part)
-            inputs = ([part] if x.requires_grad else []) + list(params)
-            got = torch.autograd.grad(out, inputs, grads[start:start + ctx.tile], allow_unused=True)
-            if x.requires_grad:
-                grad_x[start:start + ctx.tile] = got[0]
-                got = got[1:]
-            for i, g in enumerate(got):
+            got = torch.autograd.grad(out, [part] * need_x + params, grads[tile], allow_unused=True)
+            if grad_x is not None:
+                grad_x[tile] = got[0]
+            for i, g in enumerate(got[need_x:]):
                 if g is not None:
                     grad_params[i] = g if grad_params[i] is None else grad_params[i].add_(g)
-        return (None, None, grad_x.reshape(x.shape) if x.requires_grad else None, *grad_params)
-
+        return (None, None, None if grad_x is None else grad_x.reshape(x.shape), *grad_params)
 
 def _tiled_forward(module: torch.nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], tile: int,
                    x: torch.Tensor) -> torch.Tensor:
